@@ -1,0 +1,161 @@
+"""Typed configuration: pydantic models mirroring params.yaml.
+
+`load_params()` is the only place that reads params.yaml. Every stage receives
+its own typed section, never the raw file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SYNTHETIC = "synthetic"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitParams(_Section):
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float = Field(0.25, gt=0, lt=1)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> SplitParams:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:.2f}"
+                " leaves too little for training; keep the sum below 0.9"
+            )
+        return self
+
+
+class DataParams(_Section):
+    source: str = SYNTHETIC
+    class_names: list[str] = Field(default_factory=lambda: ["normal", "lesion"], min_length=2)
+    split: SplitParams = SplitParams()
+
+    @model_validator(mode="after")
+    def _unique_classes(self) -> DataParams:
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ValueError(f"class_names must be unique, got {self.class_names}")
+        return self
+
+    def resolve_source(self, data_dir: Path) -> Path:
+        """The source as a path: `synthetic` is data_dir/synthetic; relative paths are under data_dir."""
+        path = Path(self.source).expanduser()
+        return path if path.is_absolute() else data_dir / path
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.source == SYNTHETIC
+
+
+class SynthParams(_Section):
+    n_patients: int = Field(160, ge=6)
+    images_per_patient: int = Field(3, ge=1, le=50)
+    lesion_prevalence: float = Field(0.5, gt=0, lt=1)
+    seed: int = 7
+
+
+class DeidParams(_Section):
+    allow_demo_key_for_synthetic: bool = True
+
+
+class ValidateParams(_Section):
+    allowed_modalities: list[str] = Field(
+        default_factory=lambda: ["CR", "DX", "CT", "MR", "US", "OT", "NM", "XA", "MG", "PX"]
+    )
+    min_images_per_class_per_split: int = Field(2, ge=1)
+    min_rows: int = Field(8, ge=1)
+    max_rows: int = Field(8192, ge=1)
+
+
+class PreprocessParams(_Section):
+    image_size: int = Field(64, ge=8, le=1024)
+    channels: int = Field(1)
+    percentile_low: float = Field(0.5, ge=0, lt=50)
+    percentile_high: float = Field(99.5, gt=50, le=100)
+
+    @model_validator(mode="after")
+    def _channels(self) -> PreprocessParams:
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        return self
+
+
+class AugmentParams(_Section):
+    max_shift: int = Field(4, ge=0)
+    # Off by default: left/right carries meaning in chest and many other images.
+    horizontal_flip: bool = False
+
+
+class TrainParams(_Section):
+    seed: int = 42
+    max_epochs: int = Field(12, ge=1)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    width: int = Field(32, ge=4)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    early_stopping_patience: int = Field(4, ge=1)
+    num_workers: int = Field(0, ge=0)
+    augment: AugmentParams = AugmentParams()
+
+
+class EvaluateParams(_Section):
+    threshold: float = Field(0.5, gt=0, lt=1)
+
+
+class GateParams(_Section):
+    min_auroc: float = Field(0.85, ge=0, le=1)
+    min_sensitivity: float = Field(0.7, ge=0, le=1)
+    min_specificity: float = Field(0.7, ge=0, le=1)
+
+
+class PackageParams(_Section):
+    model_name: str = Field("medflow-classifier", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+class Params(_Section):
+    data: DataParams = DataParams()
+    synth: SynthParams = SynthParams()
+    deid: DeidParams = DeidParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    preprocess: PreprocessParams = PreprocessParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    gate: GateParams = GateParams()
+    package: PackageParams = PackageParams()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ConfigError(ValueError):
+    """params.yaml is missing, unreadable or invalid; the message lists every problem."""
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate params.yaml, reporting every problem at once."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path.resolve()} (run from the project root)")
+    try:
+        raw: Any = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "\n".join(
+            f"  - {'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            f" (got {err.get('input')!r})"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{path} has {exc.error_count()} problem(s):\n{problems}") from exc

@@ -1,0 +1,1 @@
+"""Reading DICOM, de-identification, the manifest, splits and synthetic data."""

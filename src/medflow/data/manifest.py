@@ -1,0 +1,62 @@
+"""The ingest manifest: one row per image, pseudonymous identifiers only.
+
+Shared by ingest (which writes it), validate (which checks it) and preprocess
+(which reads it). Identifying DICOM attributes never appear as columns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+MANIFEST_FILE = "manifest.csv"
+SPLITS = ("train", "val", "test")
+
+# column -> pandas dtype
+COLUMNS: dict[str, str] = {
+    "image_id": "string",  # pseudonymous, stable per image (the de-identified SOPInstanceUID)
+    "file": "string",  # de-identified DICOM, relative to the ingest output folder
+    "patient_id": "string",  # keyed pseudonym of PatientID
+    "study_id": "string",  # de-identified StudyInstanceUID
+    "series_id": "string",  # de-identified SeriesInstanceUID
+    "modality": "string",
+    "manufacturer": "string",
+    "rows": "int64",
+    "columns": "int64",
+    "frames": "int64",
+    "pixel_spacing": "float64",  # mm, row spacing; NaN when absent
+    "bits_stored": "int64",
+    "photometric": "string",
+    "label": "int64",  # index into data.class_names
+    "label_name": "string",
+    "split": "string",  # train | val | test
+    "content_hash": "string",  # sha256 of the source file
+    "pixel_mean": "float64",  # statistics of the stored pixels after the modality LUT
+    "pixel_std": "float64",
+    "pixel_min": "float64",
+    "pixel_max": "float64",
+}
+
+# DICOM keywords that identify a person; none may appear as a manifest column.
+IDENTIFYING_COLUMNS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientAddress",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "PatientTelephoneNumbers",
+    "ReferringPhysicianName",
+    "InstitutionName",
+    "AccessionNumber",
+)
+
+
+def read_manifest(folder: Path) -> pd.DataFrame:
+    """Read the manifest written by the ingest stage, with its declared dtypes."""
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no manifest at {path}: run the ingest stage first")
+    df = pd.read_csv(path, dtype={k: v for k, v in COLUMNS.items() if v == "string"})
+    return df

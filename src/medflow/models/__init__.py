@@ -1,0 +1,1 @@
+"""Networks, the LightningModule, the DataModule and the model artifact format."""

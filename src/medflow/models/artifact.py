@@ -1,0 +1,86 @@
+"""The model artifact: weights plus everything needed to use them, in one folder.
+
+    model.pt    state_dict of the network (torch.save, loaded with weights_only=True)
+    model.json  architecture, class names, preprocessing params, threshold, provenance
+
+Written by train, read by evaluate, package and the Bento service.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medflow.config import PreprocessParams
+from medflow.models.net import SmallCNN
+
+WEIGHTS_FILE = "model.pt"
+CARD_FILE = "model.json"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a served or evaluated model needs besides its weights."""
+
+    architecture: str
+    in_channels: int
+    num_classes: int
+    width: int
+    dropout: float
+    class_names: list[str]
+    preprocess: dict[str, Any]
+    threshold: float = 0.5
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def preprocess_params(self) -> PreprocessParams:
+        return PreprocessParams.model_validate(self.preprocess)
+
+    def build(self) -> SmallCNN:
+        if self.architecture != "SmallCNN":
+            raise ValueError(f"unknown architecture {self.architecture!r}; expected 'SmallCNN'")
+        return SmallCNN(self.in_channels, self.num_classes, self.width, self.dropout)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(folder: Path, net: torch.nn.Module, spec: ModelSpec) -> None:
+    """Write weights and spec atomically into folder."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buf)
+    _atomic_write_bytes(folder / WEIGHTS_FILE, buf.getvalue())
+    _atomic_write_bytes(folder / CARD_FILE, json.dumps(asdict(spec), indent=2).encode())
+
+
+def load_spec(folder: Path) -> ModelSpec:
+    path = Path(folder) / CARD_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no model spec at {path}: run the train stage first")
+    return ModelSpec(**json.loads(path.read_text()))
+
+
+def load_model(folder: Path) -> tuple[SmallCNN, ModelSpec]:
+    """Rebuild the network from folder, in eval mode on the CPU."""
+    spec = load_spec(folder)
+    net = spec.build()
+    state = torch.load(Path(folder) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+    return net.eval(), spec

@@ -1,0 +1,1 @@
+"""The BentoML service: imports medflow.preprocess, never copies it."""

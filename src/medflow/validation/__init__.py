@@ -1,0 +1,1 @@
+"""Great Expectations suites on the manifest and the validate stage."""
