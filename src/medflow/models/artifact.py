@@ -8,9 +8,8 @@ Written by train, read by evaluate, package and the Bento service.
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from medflow.config import PreprocessParams
+from medflow.io import write_bytes_atomic, write_json_atomic
 from medflow.models.net import SmallCNN
 
 WEIGHTS_FILE = "model.pt"
@@ -48,26 +48,12 @@ class ModelSpec:
         return SmallCNN(self.in_channels, self.num_classes, self.width, self.dropout)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_model(folder: Path, net: torch.nn.Module, spec: ModelSpec) -> None:
     """Write weights and spec atomically into folder."""
-    import io
-
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buf)
-    _atomic_write_bytes(folder / WEIGHTS_FILE, buf.getvalue())
-    _atomic_write_bytes(folder / CARD_FILE, json.dumps(asdict(spec), indent=2).encode())
+    write_bytes_atomic(folder / WEIGHTS_FILE, buf.getvalue())
+    write_json_atomic(folder / CARD_FILE, asdict(spec))
 
 
 def load_spec(folder: Path) -> ModelSpec:

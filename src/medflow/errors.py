@@ -1,0 +1,20 @@
+"""Errors that stop a stage on purpose. The CLI turns them into a message and exit code 1;
+in the Prefect flow they fail the task, and so the flow run, with the same message."""
+
+from __future__ import annotations
+
+
+class StageFailed(RuntimeError):
+    """A stage ran correctly and decided the pipeline must stop (the message says why)."""
+
+
+class ValidationFailed(StageFailed):
+    """The dataset failed its Great Expectations suite."""
+
+
+class GateFailed(StageFailed):
+    """The model is below the evaluation gate's thresholds."""
+
+
+class IngestFailed(StageFailed):
+    """Ingest could not produce a usable, de-identified dataset."""
