@@ -1,0 +1,1 @@
+"""Prefect flows and deployments: compose the medflow stages; no domain logic here."""

@@ -1,0 +1,151 @@
+"""The `medflow` console script: one sub-command per stage, called by dvc.yaml.
+
+The Prefect flow in flows/ calls the same run_<stage>() functions directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from medflow.config import ConfigError, Params, load_params
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="medflow: DICOM in; de-identified data, a gated model and a Bento out.")
+log = logging.getLogger("medflow")
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read")]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _setup_logging() -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=os.environ.get("MEDFLOW_LOG_LEVEL", "INFO"), format="%(message)s",
+                        datefmt="[%X]", handlers=[RichHandler(show_path=False, markup=False)])
+
+
+def _stage(func: F) -> F:
+    """Run a stage command: expected failures become one clear message and exit code 1."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from medflow.errors import StageFailed
+        from medflow.preprocess import DicomError
+
+        _setup_logging()
+        try:
+            return func(*args, **kwargs)
+        except (StageFailed, ConfigError, DicomError, FileNotFoundError, ValueError) as exc:
+            typer.secho(f"medflow {func.__name__.rstrip('_')}: {type(exc).__name__}: {exc}",
+                        fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _params(path: Path) -> Params:
+    return load_params(path)
+
+
+@app.command()
+@_stage
+def synth(out: Path, params: ParamsOpt = Path("params.yaml")) -> None:
+    """Write the synthetic DICOM dataset (with labels.csv) into OUT."""
+    from medflow.data.synthetic import run_synth
+
+    p = _params(params)
+    result = run_synth(p.synth, p.data.class_names, out)
+    log.info("synthetic dataset: %s", result)
+
+
+@app.command()
+@_stage
+def ingest(src: Path, out: Path, params: ParamsOpt = Path("params.yaml")) -> None:
+    """Read SRC (DICOM folder with labels.csv, or .npz), de-identify, write the manifest to OUT."""
+    from medflow.data.deid import resolve_deid_key
+    from medflow.data.ingest import run_ingest
+
+    p = _params(params)
+    key = resolve_deid_key(os.environ, synthetic=p.data.is_synthetic,
+                           allow_demo=p.deid.allow_demo_key_for_synthetic)
+    result = run_ingest(p.data, src, out, key)
+    log.info("ingest: %d images, %d quarantined", result.n_images, result.n_quarantined)
+
+
+@app.command()
+@_stage
+def validate(ingest_dir: Path, out: Path, params: ParamsOpt = Path("params.yaml")) -> None:
+    """Validate the manifest in INGEST_DIR with Great Expectations; report into OUT."""
+    from medflow.validation.stage import run_validate
+
+    p = _params(params)
+    result = run_validate(p.validate_, p.data.class_names, ingest_dir, out)
+    log.info("validation passed (%s); Data Docs: %s", result.statistics, result.docs_index)
+
+
+@app.command()
+@_stage
+def preprocess(ingest_dir: Path, out: Path, params: ParamsOpt = Path("params.yaml")) -> None:
+    """Turn the de-identified DICOM in INGEST_DIR into training arrays in OUT."""
+    from medflow.preprocess_stage import run_preprocess
+
+    run_preprocess(_params(params).preprocess, ingest_dir, out)
+
+
+@app.command()
+@_stage
+def train(arrays_dir: Path, out: Path, params: ParamsOpt = Path("params.yaml")) -> None:
+    """Train the classifier on ARRAYS_DIR; write the model artifact into OUT."""
+    from medflow.train import run_train
+
+    p = _params(params)
+    run_train(p.train, p.data.class_names, arrays_dir, out)
+
+
+@app.command()
+@_stage
+def evaluate(model_dir: Path, arrays_dir: Path, out: Path,
+             params: ParamsOpt = Path("params.yaml")) -> None:
+    """Score the test split; write metrics.json, roc.csv and predictions.csv into OUT."""
+    from medflow.evaluate import run_evaluate
+
+    run_evaluate(_params(params).evaluate, model_dir, arrays_dir, out)
+
+
+@app.command()
+@_stage
+def gate(metrics: Path, out: Path, params: ParamsOpt = Path("params.yaml")) -> None:
+    """Judge METRICS against the gate thresholds; exit 1 (and never package) when refused."""
+    from medflow.gate import run_gate
+
+    run_gate(_params(params).gate, metrics, out)
+
+
+@app.command()
+@_stage
+def package(model_dir: Path, metrics: Path, gate_report: Path, out: Path,
+            params: ParamsOpt = Path("params.yaml"),
+            project_root: Annotated[Path, typer.Option(help="where deploy/ and src/ are")] = Path(".")
+            ) -> None:
+    """Save the model to the BentoML store and build the Bento; write its tag to OUT."""
+    from medflow.package import run_package
+
+    result = run_package(_params(params).package, model_dir, metrics, gate_report,
+                         project_root, out)
+    typer.echo(f"Bento built: {result.bento_tag}\nServe it with:  bentoml serve {result.bento_tag}")
+
+
+def main() -> None:  # pragma: no cover
+    app(prog_name="medflow")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

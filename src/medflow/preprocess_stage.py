@@ -1,0 +1,67 @@
+"""The preprocess stage: de-identified DICOM -> arrays ready for training, one set per split.
+
+Uses medflow.preprocess, the same path the Bento runs at serving time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medflow.config import PreprocessParams
+from medflow.data.manifest import SPLITS, read_manifest
+from medflow.io import atomic_dir, write_json_atomic
+from medflow.preprocess import preprocess_dataset, read_dicom
+
+log = logging.getLogger(__name__)
+META_FILE = "meta.json"
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    out_dir: Path
+    counts: dict[str, int]
+    data_hash: str
+
+
+def dataset_hash(manifest) -> str:  # noqa: ANN001 (a pandas DataFrame)
+    """Content hash of the dataset: source file hashes with their labels and splits."""
+    rows = sorted(zip(manifest["content_hash"], manifest["label"], manifest["split"], strict=True))
+    digest = hashlib.sha256()
+    for content, label, split in rows:
+        digest.update(f"{content}:{label}:{split}\n".encode())
+    return digest.hexdigest()
+
+
+def run_preprocess(params: PreprocessParams, ingest_dir: Path, out_dir: Path) -> PreprocessResult:
+    """Write `<split>_x.npy` (N, C, S, S float32 in [0, 1]), `<split>_y.npy` (int64) and
+    `<split>_ids.npy` (pseudonymous image ids) for train, val and test, plus meta.json."""
+    manifest = read_manifest(ingest_dir)
+    shape = (params.channels, params.image_size, params.image_size)
+    counts: dict[str, int] = {}
+    with atomic_dir(out_dir) as tmp:
+        for split in SPLITS:
+            rows = manifest[manifest["split"] == split].sort_values("image_id")
+            # stream into a memory-mapped file so memory stays flat as the dataset grows
+            x = np.lib.format.open_memmap(
+                tmp / f"{split}_x.npy", mode="w+", dtype=np.float32, shape=(len(rows), *shape)
+            )
+            for i, rel in enumerate(rows["file"]):
+                x[i] = preprocess_dataset(read_dicom(ingest_dir / rel), params)[0]
+            x.flush()
+            del x
+            np.save(tmp / f"{split}_y.npy", rows["label"].to_numpy(dtype=np.int64))
+            np.save(tmp / f"{split}_ids.npy", rows["image_id"].to_numpy(dtype=str))
+            counts[split] = len(rows)
+        data_hash = dataset_hash(manifest)
+        write_json_atomic(
+            tmp / META_FILE,
+            {"counts": counts, "data_hash": data_hash, "preprocess": params.model_dump(),
+             "shape": list(shape)},
+        )
+    log.info("preprocessed %s images into %s (shape %s)", counts, out_dir, shape)
+    return PreprocessResult(out_dir=out_dir, counts=counts, data_hash=data_hash)

@@ -1,0 +1,74 @@
+"""Derived tables for rules that span rows or describe the manifest itself.
+
+Great Expectations checks one row at a time on pandas, so cross-row rules (a patient in two
+splits, a class missing from a split) are checked on small tables derived here, where one row
+is one thing that can be wrong. Plain pandas: no Great Expectations import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from medflow.data.manifest import SPLITS
+
+# table name -> columns that identify a row in failure reports (pseudonymous ids only)
+ROW_KEYS: dict[str, list[str]] = {
+    "manifest": ["image_id"],
+    "manifest_columns": ["column"],
+    "patient_splits": ["patient_id", "splits"],
+    "class_balance": ["split", "label_name"],
+}
+
+
+def manifest_columns(manifest: pd.DataFrame) -> pd.DataFrame:
+    """One row per manifest column name, so a forbidden column is an unexpected value."""
+    return pd.DataFrame({"column": pd.array([str(c) for c in manifest.columns], dtype="string")})
+
+
+def patient_splits(manifest: pd.DataFrame) -> pd.DataFrame | None:
+    """One row per patient: patient_id, n_splits, splits (e.g. "test+train").
+
+    None when the manifest lacks patient_id or split (the schema suite reports that).
+    Rows with a null patient_id or split are left out here; the completeness suite counts them.
+    """
+    if not {"patient_id", "split"} <= set(manifest.columns):
+        return None
+    rows = manifest[["patient_id", "split"]].dropna()
+    per_patient = rows.groupby("patient_id", sort=True)["split"]
+    table = pd.DataFrame(
+        {
+            "n_splits": per_patient.nunique(),
+            "splits": per_patient.agg(lambda s: "+".join(sorted(set(map(str, s))))),
+        }
+    ).reset_index()
+    table["patient_id"] = table["patient_id"].astype("string")
+    table["splits"] = table["splits"].astype("string")
+    return table[["patient_id", "n_splits", "splits"]]
+
+
+def class_balance(manifest: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame | None:
+    """One row per (split, class) for every split in SPLITS and every class: n_images, zeros included.
+
+    None when the manifest lacks split or label. Labels and splits outside the declared ones
+    are not counted here; the values suite reports them.
+    """
+    if not {"split", "label"} <= set(manifest.columns):
+        return None
+    grid = pd.MultiIndex.from_product(
+        [list(SPLITS), range(len(class_names))], names=["split", "label"]
+    )
+    labels = pd.to_numeric(manifest["label"], errors="coerce")
+    labels = labels.where(labels % 1 == 0)  # 1.5 is no class; the values suite reports it
+    counts = (
+        pd.DataFrame({"split": manifest["split"].astype("string"), "label": labels})
+        .dropna()
+        .astype({"label": "int64"})
+        .value_counts()
+        .reindex(grid, fill_value=0)
+    )
+    table = counts.rename("n_images").reset_index()
+    table["split"] = table["split"].astype("string")
+    table["label_name"] = pd.array([class_names[i] for i in table["label"]], dtype="string")
+    return table[["split", "label", "label_name", "n_images"]]
