@@ -87,27 +87,40 @@ def package(layout: Layout) -> Any:
                        layout.gate, layout.root, layout.bento)
 
 
+STAGES = ("synth", "ingest", "validate", "preprocess", "train", "evaluate", "gate", "package")
+
+
 @flow(name="medflow-pipeline", log_prints=True)
-def pipeline(root: str = ".") -> dict[str, Any]:
-    """Run every stage in order; a failing stage (e.g. the gate) fails the flow run."""
+def pipeline(root: str = ".", stages: list[str] | None = None) -> dict[str, Any]:
+    """Run the stages in order (all by default, or the named subset, e.g. to re-judge a model
+    with new gate thresholds); a failing stage (e.g. the gate) fails the flow run."""
     layout = Layout(Path(root).resolve())
     logger = get_run_logger()
     params = load_params(layout.params)  # fail on config before any heavy work
+    unknown = sorted(set(stages or ()) - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    wanted = [s for s in STAGES if (stages is None or s in stages)]
+    if not params.data.is_synthetic and "synth" in wanted:
+        wanted.remove("synth")  # synthetic data is only made when it is the source
     results: dict[str, Any] = {}
-    stages = [synth] if params.data.is_synthetic else []
-    stages += [ingest, validate, preprocess, train, evaluate, gate, package]
-    for stage in stages:
-        logger.info("stage %s: starting", stage.name)
-        results[stage.name] = stage(layout)
-        logger.info("stage %s: done: %s", stage.name, results[stage.name])
+    for name in wanted:
+        stage = _TASKS[name]
+        logger.info("stage %s: starting", name)
+        results[name] = stage(layout)
+        logger.info("stage %s: done: %s", name, results[name])
     return results
+
+
+_TASKS = {t.name: t for t in (synth, ingest, validate, preprocess, train, evaluate, gate, package)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", default=".", help="project root holding params.yaml")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, help="run only these stages")
     args = parser.parse_args(argv)
-    state = pipeline(root=args.root, return_state=True)
+    state = pipeline(root=args.root, stages=args.stages, return_state=True)
     return 0 if state.is_completed() else 1
 
 

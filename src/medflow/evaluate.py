@@ -35,7 +35,7 @@ def predict_proba(net: torch.nn.Module, x: np.ndarray, batch_size: int = 256) ->
     out = []
     with torch.inference_mode():
         for i in range(0, len(x), batch_size):
-            batch = torch.from_numpy(np.asarray(x[i : i + batch_size])).to(device)
+            batch = torch.from_numpy(np.array(x[i : i + batch_size], dtype=np.float32)).to(device)
             out.append(net(batch).softmax(-1).float().cpu().numpy())
     return np.concatenate(out)
 

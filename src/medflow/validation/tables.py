@@ -21,6 +21,12 @@ ROW_KEYS: dict[str, list[str]] = {
     "class_balance": ["split", "label_name"],
 }
 
+# derived table -> manifest columns it is built from
+NEEDS: dict[str, tuple[str, ...]] = {
+    "patient_splits": ("patient_id", "split"),
+    "class_balance": ("split", "label"),
+}
+
 
 def manifest_columns(manifest: pd.DataFrame) -> pd.DataFrame:
     """One row per manifest column name, so a forbidden column is an unexpected value."""
@@ -33,7 +39,7 @@ def patient_splits(manifest: pd.DataFrame) -> pd.DataFrame | None:
     None when the manifest lacks patient_id or split (the schema suite reports that).
     Rows with a null patient_id or split are left out here; the completeness suite counts them.
     """
-    if not {"patient_id", "split"} <= set(manifest.columns):
+    if not set(NEEDS["patient_splits"]) <= set(manifest.columns):
         return None
     rows = manifest[["patient_id", "split"]].dropna()
     per_patient = rows.groupby("patient_id", sort=True)["split"]
@@ -54,7 +60,7 @@ def class_balance(manifest: pd.DataFrame, class_names: Sequence[str]) -> pd.Data
     None when the manifest lacks split or label. Labels and splits outside the declared ones
     are not counted here; the values suite reports them.
     """
-    if not {"split", "label"} <= set(manifest.columns):
+    if not set(NEEDS["class_balance"]) <= set(manifest.columns):
         return None
     grid = pd.MultiIndex.from_product(
         [list(SPLITS), range(len(class_names))], names=["split", "label"]

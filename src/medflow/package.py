@@ -1,0 +1,203 @@
+"""The package stage: a model that passed the gate -> BentoML model store -> a Bento.
+
+The model folder (model.pt + model.json) is saved as `<package.model_name>:<version>` with
+its metrics, spec, data hash and gate decision as metadata. The Bento is built from
+deploy/bentofile.yaml with that exact tag as the Bento argument `model_tag`, which
+medflow.serving.service reads, so the Bento serves the model packaged here and no other.
+Where the stores live is BentoML's business: $BENTOML_HOME (default ~/bentoml).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from medflow.config import PackageParams
+from medflow.errors import GateFailed
+from medflow.io import write_json_atomic
+from medflow.models.artifact import CARD_FILE, WEIGHTS_FILE, ModelSpec, load_spec
+
+logger = logging.getLogger(__name__)
+
+BENTOFILE = Path("deploy") / "bentofile.yaml"
+BUILD_CONTEXT = Path("src")
+# Must match medflow.serving.service.MODEL_TAG_ARG (not imported: that module loads torch
+# and reads the Bento arguments at import).
+MODEL_TAG_ARG = "model_tag"
+
+
+@dataclass(frozen=True)
+class PackageResult:
+    model_tag: str
+    bento_tag: str
+
+
+def read_gate(gate_file: Path) -> dict[str, Any]:
+    """The gate stage's decision; raises GateFailed with its reasons unless it passed."""
+    gate_file = Path(gate_file)
+    if not gate_file.is_file():
+        raise FileNotFoundError(f"no gate decision at {gate_file}: run the gate stage first")
+    gate = json.loads(gate_file.read_text())
+    passed = gate.get("passed") if isinstance(gate, dict) else None
+    if not isinstance(passed, bool):
+        raise ValueError(
+            f"{gate_file} must be a JSON object with a boolean 'passed', got {passed!r}:"
+            " re-run the gate stage"
+        )
+    if not passed:
+        failures = gate.get("failures") or ["(the gate gave no reasons)"]
+        reasons = "\n".join(f"  - {f}" for f in failures)
+        raise GateFailed(f"not packaging: the model failed the evaluation gate:\n{reasons}")
+    return gate
+
+
+def read_metrics(metrics_file: Path) -> dict[str, float]:
+    """The evaluation metrics, a flat JSON object of numbers (NaN allowed, as JSON writes it)."""
+    metrics_file = Path(metrics_file)
+    if not metrics_file.is_file():
+        raise FileNotFoundError(f"no metrics at {metrics_file}: run the evaluate stage first")
+    raw = json.loads(metrics_file.read_text())
+    if not isinstance(raw, dict):
+        raise ValueError(f"{metrics_file} must hold a JSON object, got {type(raw).__name__}")
+    bad = {k: v for k, v in raw.items() if isinstance(v, bool) or not isinstance(v, int | float)}
+    if bad:
+        raise ValueError(f"{metrics_file} must map names to numbers; not numbers: {bad}")
+    return {k: float(v) for k, v in raw.items()}
+
+
+def store_safe(value: Any) -> Any:
+    """`value` in the types BentoML accepts as model metadata: no None, no NaN surprises."""
+    if isinstance(value, dict):
+        return {str(k): store_safe(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [store_safe(v) for v in value if v is not None]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str | bool | int | float):
+        return value
+    return str(value)
+
+
+def model_labels(spec: ModelSpec) -> dict[str, str]:
+    """Short, filterable labels (`bentoml models list -l ...`); details go in the metadata."""
+    labels = {
+        "project": "medflow",
+        "architecture": spec.architecture,
+        "classes": ",".join(spec.class_names),
+        "gate": "passed",
+    }
+    data_hash = spec.provenance.get("data_hash")
+    if data_hash:
+        labels["data_hash"] = str(data_hash)
+    return labels
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_to_store(
+    name: str,
+    model_dir: Path,
+    spec: ModelSpec,
+    metrics: dict[str, float],
+    gate: dict[str, Any],
+) -> str:
+    """Copy model.pt and model.json into a new model store entry; returns its `name:version`."""
+    import bentoml
+
+    metadata = store_safe(
+        {
+            "metrics": metrics,
+            "spec": asdict(spec),
+            "data_hash": spec.provenance.get("data_hash"),
+            "gate": gate,
+            "sha256": {f: _sha256(model_dir / f) for f in (WEIGHTS_FILE, CARD_FILE)},
+        }
+    )
+    with bentoml.models.create(name=name, labels=model_labels(spec), metadata=metadata) as m:
+        for f in (WEIGHTS_FILE, CARD_FILE):
+            shutil.copy2(model_dir / f, m.path_of(f))
+    return str(m.tag)
+
+
+def build_bento(bentofile: Path, build_ctx: Path, model_tag: str) -> str:
+    """Build the Bento for exactly `model_tag`; returns the bento tag."""
+    import bentoml
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.utils.args import set_arguments
+
+    # Bento arguments are process-global in BentoML: restore them so that a later
+    # import of the service in this process does not inherit this build's model.
+    previous = dict(BentoMLContainer.bento_arguments.get())
+    try:
+        bento = bentoml.bentos.build_bentofile(
+            str(bentofile),
+            build_ctx=str(build_ctx),
+            args={MODEL_TAG_ARG: model_tag},
+            labels={"model_tag": model_tag},
+            # The service module reads the model tag at import: re-import it if this process
+            # imported it before (a second package run, tests).
+            reload=True,
+        )
+    finally:
+        set_arguments(previous)
+    packed = sorted(str(m.tag) for m in bento.info.all_models)
+    if packed != [model_tag]:
+        raise RuntimeError(
+            f"bento {bento.tag} references models {packed}, expected only {model_tag}:"
+            f" check the model reference in {bentofile} and medflow/serving/service.py"
+        )
+    return str(bento.tag)
+
+
+def run_package(
+    params: PackageParams,
+    model_dir: Path,
+    metrics_file: Path,
+    gate_file: Path,
+    project_root: Path,
+    out_file: Path,
+) -> PackageResult:
+    """Save a gated model to the model store, build its Bento and record both tags in out_file.
+
+    Raises GateFailed (and builds nothing) unless gate_file says the model passed.
+    """
+    model_dir, project_root = Path(model_dir), Path(project_root)
+    gate = read_gate(gate_file)
+    metrics = read_metrics(metrics_file)
+    spec = load_spec(model_dir)
+    if not (model_dir / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"no weights at {model_dir / WEIGHTS_FILE}: run the train stage")
+    bentofile, build_ctx = project_root / BENTOFILE, project_root / BUILD_CONTEXT
+    if not bentofile.is_file():
+        raise FileNotFoundError(f"no bentofile at {bentofile}: is {project_root} the project root?")
+
+    model_tag = save_to_store(params.model_name, model_dir, spec, metrics, gate)
+    logger.info("saved model %s to the BentoML model store", model_tag)
+    bento_tag = build_bento(bentofile, build_ctx, model_tag)
+    logger.info("built bento %s serving %s; run it with: bentoml serve %s", bento_tag, model_tag,
+                bento_tag)
+
+    result = PackageResult(model_tag=model_tag, bento_tag=bento_tag)
+    write_json_atomic(
+        out_file,
+        {
+            **asdict(result),
+            "serve": f"bentoml serve {bento_tag}",
+            "predict": "curl -F file=@image.dcm http://127.0.0.1:3000/predict",
+            "containerize": f"bentoml containerize {bento_tag}",
+            "metrics": metrics,
+        },
+    )
+    return result

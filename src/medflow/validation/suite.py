@@ -1,0 +1,247 @@
+"""Great Expectations suites on the manifest, built in code, and the run that checks them.
+
+Each suite runs on one table: the manifest itself, or a table derived from it
+(`medflow.validation.tables`) so that a cross-row rule fails on one row naming the culprit.
+Thresholds come from ValidateParams; nothing is read from a GX project folder.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+import pandas as pd
+from great_expectations.checkpoint import UpdateDataDocsAction
+from great_expectations.core.run_identifier import RunIdentifier
+from great_expectations.data_context.types.base import ProgressBarsConfig
+
+from medflow.config import ValidateParams
+from medflow.data.manifest import COLUMNS, IDENTIFYING_COLUMNS, SPLITS
+from medflow.validation.tables import NEEDS, ROW_KEYS
+
+DOCS_SITE = "medflow"
+PARTIAL_UNEXPECTED_COUNT = 20
+
+# Every later stage needs these: an image without one cannot be trained on or traced.
+REQUIRED = ("image_id", "file", "patient_id", "label", "split", "content_hash")
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    """A named list of expectations and the table they run on."""
+
+    name: str
+    table: str
+    expectations: list[gxe.Expectation]
+
+
+@dataclass(frozen=True)
+class SuiteRun:
+    """GX results, one per suite that ran, and the expectations that could not run."""
+
+    results: list[Any]  # ExpectationSuiteValidationResult
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+
+def identifying_column_regex(names: Sequence[str] = IDENTIFYING_COLUMNS) -> str:
+    """A case-insensitive regex matching exactly one of the identifying DICOM keywords."""
+    return "(?i)^\\s*(?:" + "|".join(re.escape(n) for n in names) + ")\\s*$"
+
+
+def build_suites(params: ValidateParams, class_names: Sequence[str]) -> list[SuiteSpec]:
+    """The validate stage's suites, in report order."""
+    labels = list(range(len(class_names)))
+    value_checks: list[gxe.Expectation] = [
+        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=labels),
+        gxe.ExpectColumnValuesToBeInSet(column="label_name", value_set=list(class_names)),
+        gxe.ExpectColumnPairValuesToBeInSet(
+            column_A="label",
+            column_B="label_name",
+            value_pairs_set=[(i, name) for i, name in enumerate(class_names)],
+            notes="label_name must be class_names[label]",
+        ),
+        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
+        gxe.ExpectColumnValuesToBeInSet(column="modality", value_set=list(params.allowed_modalities)),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="rows", min_value=params.min_rows, max_value=params.max_rows
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="columns", min_value=params.min_rows, max_value=params.max_rows
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="pixel_std",
+            min_value=0,
+            strict_min=True,
+            mostly=1.0,
+            notes="A constant image (blank, or a failed decode) has pixel_std 0.",
+        ),
+    ]
+    # Set and range checks ignore nulls, so every column they check must also be non-null.
+    checked = [getattr(e, "column", None) for e in value_checks]
+    not_null = list(dict.fromkeys([*REQUIRED, *(c for c in checked if c)]))
+    return [
+        SuiteSpec(
+            "schema",
+            "manifest",
+            [
+                gxe.ExpectTableColumnsToMatchSet(column_set=list(COLUMNS), exact_match=False),
+                gxe.ExpectTableRowCountToBeBetween(min_value=1),
+            ],
+        ),
+        SuiteSpec(
+            "identifying_columns",
+            "manifest_columns",
+            [
+                gxe.ExpectColumnValuesToNotMatchRegex(
+                    column="column",
+                    regex=identifying_column_regex(),
+                    notes="One row per manifest column. No identifying DICOM keyword may be a"
+                    " column, in any letter case: the manifest carries pseudonyms only.",
+                )
+            ],
+        ),
+        SuiteSpec(
+            "completeness",
+            "manifest",
+            [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in not_null],
+        ),
+        SuiteSpec("values", "manifest", value_checks),
+        SuiteSpec(
+            "uniqueness",
+            "manifest",
+            [
+                gxe.ExpectColumnValuesToBeUnique(column="image_id"),
+                gxe.ExpectColumnValuesToBeUnique(
+                    column="content_hash", notes="The same file twice is a duplicate image."
+                ),
+            ],
+        ),
+        SuiteSpec(
+            "leakage",
+            "patient_splits",
+            [
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="n_splits",
+                    max_value=1,
+                    notes="One row per patient pseudonym; n_splits counts the splits holding"
+                    " the patient's images. More than one leaks the patient into evaluation.",
+                )
+            ],
+        ),
+        SuiteSpec(
+            "balance",
+            "class_balance",
+            [
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="n_images",
+                    min_value=params.min_images_per_class_per_split,
+                    notes="One row per (split, class), zero counts included.",
+                )
+            ],
+        ),
+    ]
+
+
+def _columns_of(expectation: gxe.Expectation) -> set[str]:
+    names = [getattr(expectation, a, None) for a in ("column", "column_A", "column_B")]
+    names += list(getattr(expectation, "column_list", None) or [])
+    return {n for n in names if isinstance(n, str)}
+
+
+def _context(docs_dir: Path) -> Any:
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    # An ephemeral context would write its docs under a random $TMPDIR folder; pin them.
+    ctx.add_data_docs_site(
+        site_name=DOCS_SITE,
+        site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {
+                "class_name": "TupleFilesystemStoreBackend",
+                "base_directory": str(Path(docs_dir).resolve()),
+            },
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
+    return ctx
+
+
+def run_suites(
+    suites: Sequence[SuiteSpec], tables: Mapping[str, pd.DataFrame | None], docs_dir: Path
+) -> SuiteRun:
+    """Run every suite on its table with one checkpoint per table; Data Docs go to docs_dir.
+
+    An expectation whose column is absent, or a suite whose derived table could not be built
+    (None), is not run but listed in `skipped`; the schema suite fails for the same cause.
+    """
+    ctx = _context(docs_dir)
+    source = ctx.data_sources.add_pandas(name="manifest_tables")
+    run_id = RunIdentifier(run_name="validate", run_time=datetime.now(UTC))
+    results: dict[str, Any] = {}
+    skipped: list[dict[str, Any]] = []
+
+    for table in dict.fromkeys(s.table for s in suites):
+        df = tables.get(table)
+        on_table = [s for s in suites if s.table == table]
+        if df is None:
+            reason = f"table {table} needs manifest column(s) {', '.join(NEEDS.get(table, ()))}"
+            skipped += [
+                _skip(s.name, e, reason)
+                for s in on_table
+                for e in s.expectations
+            ]
+            continue
+        batch = source.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe(
+            "whole"
+        )
+        definitions = []
+        for spec in on_table:
+            suite = ctx.suites.add(gx.ExpectationSuite(name=spec.name))
+            for e in spec.expectations:
+                missing = _columns_of(e) - set(df.columns)
+                if missing:
+                    skipped.append(_skip(spec.name, e, f"missing column(s) {sorted(missing)}"))
+                else:
+                    suite.add_expectation(e)
+            definitions.append(
+                ctx.validation_definitions.add(
+                    gx.ValidationDefinition(name=spec.name, data=batch, suite=suite)
+                )
+            )
+        keys = [k for k in ROW_KEYS.get(table, []) if k in df.columns]
+        result_format: dict[str, Any] = {
+            "result_format": "SUMMARY",
+            "partial_unexpected_count": PARTIAL_UNEXPECTED_COUNT,
+        }
+        if keys:
+            result_format["unexpected_index_column_names"] = keys
+        checkpoint = ctx.checkpoints.add(
+            gx.Checkpoint(
+                name=table,
+                validation_definitions=definitions,
+                actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE])],
+                result_format=result_format,
+            )
+        )
+        outcome = checkpoint.run(batch_parameters={"dataframe": df}, run_id=run_id)
+        for vr in outcome.run_results.values():
+            results[vr.suite_name] = vr
+
+    ordered = [results[s.name] for s in suites if s.name in results]
+    return SuiteRun(results=ordered, skipped=skipped)
+
+
+def _skip(suite: str, expectation: gxe.Expectation, reason: str) -> dict[str, Any]:
+    columns = sorted(_columns_of(expectation))
+    return {
+        "suite": suite,
+        "expectation": expectation.expectation_type,
+        "column": ", ".join(columns) or None,
+        "reason": reason,
+    }

@@ -1,0 +1,36 @@
+"""flows/layout.py must name the same paths as dvc.yaml (the single declaration)."""
+
+from pathlib import Path
+
+import yaml
+
+from flows.layout import Layout
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _outs(stage: dict) -> set[str]:
+    wdir = stage.get("wdir", ".")
+    names = set()
+    for key in ("outs", "metrics", "plots"):
+        for item in stage.get(key, []):
+            name = next(iter(item)) if isinstance(item, dict) else item
+            names.add(str(Path(wdir) / name) if wdir != "." else name)
+    return names
+
+
+def test_layout_matches_dvc_outs():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    layout = Layout(Path("."))
+    expected = {
+        "synth": {layout.synthetic},
+        "ingest": {layout.ingested},
+        "validate": {layout.validation},
+        "preprocess": {layout.preprocessed},
+        "train": {layout.models},
+        "gate": {layout.gate},
+        "package": {layout.bento},
+    }
+    for name, paths in expected.items():
+        assert {str(p) for p in paths} <= _outs(stages[name]), name
+    assert str(layout.metrics) in _outs(stages["evaluate"])
