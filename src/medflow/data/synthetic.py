@@ -71,8 +71,28 @@ SITES = (
 )  # fmt: skip
 
 # Made-up syllables: fake names that are not real people and not common words.
-_SYLLABLES = ("bra", "dov", "kel", "mir", "quo", "zan", "tev", "lor", "vyx", "sul",
-              "gar", "fen", "nox", "pim", "rha", "wex", "jol", "tus", "yor", "hib")  # fmt: skip
+_SYLLABLES = (
+    "bra",
+    "dov",
+    "kel",
+    "mir",
+    "quo",
+    "zan",
+    "tev",
+    "lor",
+    "vyx",
+    "sul",
+    "gar",
+    "fen",
+    "nox",
+    "pim",
+    "rha",
+    "wex",
+    "jol",
+    "tus",
+    "yor",
+    "hib",
+)
 
 
 @dataclass(frozen=True)
@@ -83,8 +103,10 @@ class SynthResult:
 
 
 def _fake_name(rng: np.random.Generator, parts: int = 2) -> str:
-    words = ["".join(rng.choice(_SYLLABLES, size=int(rng.integers(2, 4)))).capitalize()
-             for _ in range(parts)]  # fmt: skip
+    words = [
+        "".join(rng.choice(_SYLLABLES, size=int(rng.integers(2, 4)))).capitalize()
+        for _ in range(parts)
+    ]
     return "^".join(words)
 
 
@@ -94,15 +116,17 @@ def _fake_date(rng: np.random.Generator, first_year: int, last_year: int) -> str
     )
 
 
-def _ellipse(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float,
-             edge: float) -> np.ndarray:  # fmt: skip
+def _ellipse(
+    yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float, edge: float
+) -> np.ndarray:
     """Soft ellipse mask in [0, 1]: 1 inside, a smooth ramp of width ~edge at the border."""
     d = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
     return 1.0 / (1.0 + np.exp((d - 1.0) / edge))
 
 
-def _render(anatomy: dict[str, float], site: Site, rng: np.random.Generator,
-            lesion: bool) -> np.ndarray:  # fmt: skip
+def _render(
+    anatomy: dict[str, float], site: Site, rng: np.random.Generator, lesion: bool
+) -> np.ndarray:
     """Display intensity image (rows, columns) in roughly [0, 1]; bright = dense."""
     h, w = site.rows, site.columns
     # Physical-ish coordinates: the short side spans [0, 1], so anatomy keeps its aspect ratio.
@@ -116,14 +140,25 @@ def _render(anatomy: dict[str, float], site: Site, rng: np.random.Generator,
     body = _ellipse(yy, xx, cy, cx, anatomy["body_ry"], anatomy["body_rx"], 0.04)
     lungs = []
     for sign in (-1.0, 1.0):
-        lungs.append(_ellipse(yy, xx, cy - 0.05, cx + sign * anatomy["lung_dx"],
-                              anatomy["lung_ry"], anatomy["lung_rx"], 0.06))  # fmt: skip
+        lungs.append(
+            _ellipse(
+                yy,
+                xx,
+                cy - 0.05,
+                cx + sign * anatomy["lung_dx"],
+                anatomy["lung_ry"],
+                anatomy["lung_rx"],
+                0.06,
+            )
+        )
     lung = np.maximum(*lungs)
     heart = _ellipse(yy, xx, cy + 0.12, cx + 0.06, 0.13, 0.12, 0.08)
 
     img = 0.07 + 0.55 * body - 0.32 * lung * body + 0.12 * heart * lung
     # Ribs: faint oblique stripes, only visible over the lungs.
-    ribs = np.sin(2 * np.pi * (anatomy["rib_freq"] * yy + 1.5 * (xx - cx) ** 2) + anatomy["rib_phase"])
+    ribs = np.sin(
+        2 * np.pi * (anatomy["rib_freq"] * yy + 1.5 * (xx - cx) ** 2) + anatomy["rib_phase"]
+    )
     img += 0.035 * ribs * lung
     # Smooth low-frequency variation (scatter, tissue thickness): a few long cosines.
     for _ in range(3):
@@ -132,14 +167,11 @@ def _render(anatomy: dict[str, float], site: Site, rng: np.random.Generator,
             2 * np.pi * (fy * yy + fx * xx) + rng.uniform(0, 2 * np.pi)
         )
     if lesion:
-        side_sign = anatomy["lesion_side"]
-        # Inside the chosen lung: a random point within 65% of its radii.
-        r, t = np.sqrt(rng.uniform(0, 1)) * 0.65, rng.uniform(0, 2 * np.pi)
+        r, t = anatomy["lesion_r"], anatomy["lesion_t"]
         ly = cy - 0.05 + r * np.sin(t) * anatomy["lung_ry"]
-        lx = cx + side_sign * anatomy["lung_dx"] + r * np.cos(t) * anatomy["lung_rx"]
-        sigma = rng.uniform(*LESION_SIGMA)
-        amp = rng.uniform(*LESION_AMPLITUDE)
-        img += amp * np.exp(-((yy - ly) ** 2 + (xx - lx) ** 2) / (2 * sigma**2))
+        lx = cx + anatomy["lesion_side"] * anatomy["lung_dx"] + r * np.cos(t) * anatomy["lung_rx"]
+        sigma = anatomy["lesion_sigma"]
+        img += anatomy["lesion_amp"] * np.exp(-((yy - ly) ** 2 + (xx - lx) ** 2) / (2 * sigma**2))
     # Exposure differs between images; noise last.
     img = img * rng.uniform(0.92, 1.08) + rng.uniform(-0.03, 0.03)
     img += rng.normal(0, NOISE_SIGMA, size=img.shape)
@@ -153,9 +185,13 @@ def _to_stored(img: np.ndarray, site: Site) -> np.ndarray:
     return np.clip(stored, 0, 2**site.bits_stored - 1).astype(dtype)
 
 
-def _dataset(site: Site, pixels: np.ndarray, tags: dict[str, object], uids: dict[str, str]) -> Dataset:
-    sop_class = DigitalXRayImageStorageForPresentation if site.modality == "DX" else (
-        ComputedRadiographyImageStorage
+def _dataset(
+    site: Site, pixels: np.ndarray, tags: dict[str, object], uids: dict[str, str]
+) -> Dataset:
+    sop_class = (
+        DigitalXRayImageStorageForPresentation
+        if site.modality == "DX"
+        else (ComputedRadiographyImageStorage)
     )
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
@@ -218,12 +254,23 @@ def run_synth(params: SynthParams, class_names: list[str], out_dir: Path) -> Syn
             site = SITES[p % len(SITES)]
             has_lesion = bool(rng.uniform() < params.lesion_prevalence)
             anatomy = {
-                "cy": rng.normal(0.52, 0.02), "cx": rng.normal(0.5, 0.02),
-                "body_ry": rng.uniform(0.42, 0.48), "body_rx": rng.uniform(0.38, 0.45),
-                "lung_dx": rng.uniform(0.15, 0.18), "lung_ry": rng.uniform(0.24, 0.29),
-                "lung_rx": rng.uniform(0.10, 0.13), "rib_freq": rng.uniform(6.0, 8.0),
-                "rib_phase": rng.uniform(0, 2 * np.pi), "lesion_side": rng.choice([-1.0, 1.0]),
-            }  # fmt: skip
+                "cy": rng.normal(0.52, 0.02),
+                "cx": rng.normal(0.5, 0.02),
+                "body_ry": rng.uniform(0.42, 0.48),
+                "body_rx": rng.uniform(0.38, 0.45),
+                "lung_dx": rng.uniform(0.15, 0.18),
+                "lung_ry": rng.uniform(0.24, 0.29),
+                "lung_rx": rng.uniform(0.10, 0.13),
+                "rib_freq": rng.uniform(6.0, 8.0),
+                "rib_phase": rng.uniform(0, 2 * np.pi),
+                # The lesion (drawn for everyone, shown only for class 1) stays put between
+                # a patient's images: inside one lung, within 65% of its radii.
+                "lesion_side": rng.choice([-1.0, 1.0]),
+                "lesion_r": np.sqrt(rng.uniform()) * 0.65,
+                "lesion_t": rng.uniform(0, 2 * np.pi),
+                "lesion_sigma": rng.uniform(*LESION_SIGMA),
+                "lesion_amp": rng.uniform(*LESION_AMPLITUDE),
+            }
             sex = str(rng.choice(["F", "M"]))
             birth = _fake_date(rng, 1935, 2005)
             patient_tags: dict[str, object] = {
@@ -263,6 +310,10 @@ def run_synth(params: SynthParams, class_names: list[str], out_dir: Path) -> Syn
     n_lesion = sum(label == class_names[1] for _, label in rows)
     logger.info(
         "synthetic dataset: %d images of %d patients (%d %s) in %s",
-        len(rows), params.n_patients, n_lesion, class_names[1], out_dir,
-    )  # fmt: skip
+        len(rows),
+        params.n_patients,
+        n_lesion,
+        class_names[1],
+        out_dir,
+    )
     return SynthResult(out_dir=out_dir, n_images=len(rows), n_patients=params.n_patients)

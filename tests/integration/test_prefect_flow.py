@@ -1,0 +1,64 @@
+"""A real Prefect flow run (ephemeral test server) of the same stages dvc.yaml runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.integration.pipeline_copy import make_copy, set_params
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory):
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    results = tmp_path_factory.mktemp("prefect_results")
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}):
+        with prefect_test_harness(server_startup_timeout=180):
+            yield
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_copy(tmp_path_factory.mktemp("flow_repo"))
+
+
+def _task_runs(flow_run_id) -> dict[str, str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {r.name.rsplit("-", 1)[0]: r.state.type.value for r in runs}
+
+
+def test_flow_runs_every_stage(prefect_server, repo):
+    from flows.pipeline import STAGES, pipeline
+
+    state = pipeline(root=str(repo), return_state=True)
+    assert state.is_completed(), state.message
+    results = state.result()
+    assert list(results) == list(STAGES)
+    bento = json.loads((repo / "reports/bento.json").read_text())
+    assert bento["bento_tag"] == results["package"].bento_tag
+    tasks = _task_runs(state.state_details.flow_run_id)
+    assert set(tasks) == set(STAGES) and set(tasks.values()) == {"COMPLETED"}, tasks
+
+
+def test_gate_refusal_fails_the_flow_run(prefect_server, repo):
+    from flows.pipeline import pipeline
+
+    before = (repo / "reports/bento.json").read_text()
+    set_params(repo, {"gate": {"min_auroc": 1.0, "min_sensitivity": 1.0, "min_specificity": 1.0}})
+    state = pipeline(root=str(repo), stages=["evaluate", "gate", "package"], return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match="refused by the evaluation gate"):
+        state.result()
+    tasks = _task_runs(state.state_details.flow_run_id)
+    assert tasks.get("gate") == "FAILED" and "package" not in tasks, tasks
+    assert (repo / "reports/bento.json").read_text() == before
