@@ -54,7 +54,9 @@ def test_gate_refusal_fails_the_flow_run(prefect_server, repo):
     from flows.pipeline import pipeline
 
     before = (repo / "reports/bento.json").read_text()
-    set_params(repo, {"gate": {"min_auroc": 1.0, "min_sensitivity": 1.0, "min_specificity": 1.0}})
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    metric = next(m for m in ("sensitivity", "specificity", "auroc") if metrics[m] < 1.0)
+    set_params(repo, {"gate": {f"min_{metric}": min(1.0, metrics[metric] + 0.01)}})
     state = pipeline(root=str(repo), stages=["evaluate", "gate", "package"], return_state=True)
     assert state.is_failed()
     with pytest.raises(Exception, match="refused by the evaluation gate"):
