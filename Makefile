@@ -33,13 +33,14 @@ install: $(VENV)/.installed
 
 run: install
 	dvc repro
-	@$(BIN)/python -c 'import json; b = json.load(open("reports/bento.json")); print(f"\nBento built: {b[\"bento_tag\"]}\nServe it:    BENTOML_HOME=$$PWD/.bentoml $(VENV)/bin/bentoml serve {b[\"bento_tag\"]}\nThen:        curl -F file=@<image.dcm> http://127.0.0.1:3000/predict")'
+	@echo
+	@medflow show-bento reports/bento.json
 
 flow: install
 	$(BIN)/python -m flows.pipeline --root .
 
 serve: install
-	$(BIN)/bentoml serve $$($(BIN)/python -c 'import json; print(json.load(open("reports/bento.json"))["bento_tag"])')
+	bentoml serve $$(python -c 'import json; print(json.load(open("reports/bento.json"))["bento_tag"])')
 
 test: install
 	$(BIN)/pytest

@@ -143,6 +143,22 @@ def package(model_dir: Path, metrics: Path, gate_report: Path, out: Path,
     typer.echo(f"Bento built: {result.bento_tag}\nServe it with:  bentoml serve {result.bento_tag}")
 
 
+@app.command("show-bento")
+def show_bento(report: Path = Path("reports/bento.json")) -> None:
+    """Print the Bento the last package stage built and how to serve it."""
+    import json
+
+    if not report.is_file():
+        typer.secho(f"no {report}: run the pipeline first (make run)", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1)
+    tag = json.loads(report.read_text())["bento_tag"]
+    typer.echo(
+        f"Bento built: {tag}\n"
+        f"Serve it:    bentoml serve {tag}   (with BENTOML_HOME={os.environ.get('BENTOML_HOME', '~/bentoml')})\n"
+        "Then:        curl -F file=@image.dcm http://127.0.0.1:3000/predict"
+    )
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="medflow")
 
