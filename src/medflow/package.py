@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +22,18 @@ from medflow.config import PackageParams
 from medflow.errors import GateFailed
 from medflow.io import write_json_atomic
 from medflow.models.artifact import CARD_FILE, WEIGHTS_FILE, ModelSpec, load_spec
+from medflow.serving import MODEL_TAG_ARG
 
 logger = logging.getLogger(__name__)
 
 BENTOFILE = Path("deploy") / "bentofile.yaml"
 BUILD_CONTEXT = Path("src")
-# Must match medflow.serving.service.MODEL_TAG_ARG (not imported: that module loads torch
-# and reads the Bento arguments at import).
-MODEL_TAG_ARG = "model_tag"
 
 
 @dataclass(frozen=True)
 class PackageResult:
+    """What package made: the model store entry and the Bento serving it (both `name:version`)."""
+
     model_tag: str
     bento_tag: str
 
@@ -69,6 +69,26 @@ def read_metrics(metrics_file: Path) -> dict[str, float]:
     if bad:
         raise ValueError(f"{metrics_file} must map names to numbers; not numbers: {bad}")
     return {k: float(v) for k, v in raw.items()}
+
+
+def served_spec(spec: ModelSpec, metrics: dict[str, float]) -> ModelSpec:
+    """The spec to serve, with the decision threshold the evaluation (and so the gate) used.
+
+    evaluate scores at `evaluate.threshold` and writes it into metrics.json; serving decides
+    with `spec.threshold`. Packaging makes them one value, so the Bento answers as the
+    gated model was judged.
+    """
+    threshold = metrics.get("threshold")
+    if threshold is None or threshold == spec.threshold:
+        return spec
+    if not 0 < threshold < 1:
+        raise ValueError(f"metrics threshold must be in (0, 1), got {threshold}")
+    logger.warning(
+        "serving with the evaluated threshold %g instead of model.json's %g",
+        threshold,
+        spec.threshold,
+    )
+    return replace(spec, threshold=threshold)
 
 
 def store_safe(value: Any) -> Any:
@@ -113,7 +133,7 @@ def save_to_store(
     metrics: dict[str, float],
     gate: dict[str, Any],
 ) -> str:
-    """Copy model.pt and model.json into a new model store entry; returns its `name:version`."""
+    """A new model store entry holding model.pt and `spec` as model.json; returns `name:version`."""
     import bentoml
 
     metadata = store_safe(
@@ -122,12 +142,14 @@ def save_to_store(
             "spec": asdict(spec),
             "data_hash": spec.provenance.get("data_hash"),
             "gate": gate,
-            "sha256": {f: _sha256(model_dir / f) for f in (WEIGHTS_FILE, CARD_FILE)},
+            "weights_sha256": _sha256(model_dir / WEIGHTS_FILE),
         }
     )
     with bentoml.models.create(name=name, labels=model_labels(spec), metadata=metadata) as m:
-        for f in (WEIGHTS_FILE, CARD_FILE):
-            shutil.copy2(model_dir / f, m.path_of(f))
+        shutil.copy2(model_dir / WEIGHTS_FILE, m.path_of(WEIGHTS_FILE))
+        # save_model's format, so that load_model reads it; differs from model_dir's copy
+        # only when served_spec changed the threshold.
+        write_json_atomic(Path(m.path_of(CARD_FILE)), asdict(spec))
     return str(m.tag)
 
 
@@ -176,7 +198,7 @@ def run_package(
     model_dir, project_root = Path(model_dir), Path(project_root)
     gate = read_gate(gate_file)
     metrics = read_metrics(metrics_file)
-    spec = load_spec(model_dir)
+    spec = served_spec(load_spec(model_dir), metrics)
     if not (model_dir / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"no weights at {model_dir / WEIGHTS_FILE}: run the train stage")
     bentofile, build_ctx = project_root / BENTOFILE, project_root / BUILD_CONTEXT
@@ -185,9 +207,17 @@ def run_package(
 
     model_tag = save_to_store(params.model_name, model_dir, spec, metrics, gate)
     logger.info("saved model %s to the BentoML model store", model_tag)
-    bento_tag = build_bento(bentofile, build_ctx, model_tag)
-    logger.info("built bento %s serving %s; run it with: bentoml serve %s", bento_tag, model_tag,
-                bento_tag)
+    try:
+        bento_tag = build_bento(bentofile, build_ctx, model_tag)
+    except BaseException:
+        # No model without its Bento: it would become "latest" for anyone serving from source.
+        import bentoml
+
+        bentoml.models.delete(model_tag)
+        raise
+    logger.info(
+        "built bento %s serving %s; run it with: bentoml serve %s", bento_tag, model_tag, bento_tag
+    )
 
     result = PackageResult(model_tag=model_tag, bento_tag=bento_tag)
     write_json_atomic(

@@ -1,1 +1,5 @@
 """The BentoML service: imports medflow.preprocess, never copies it."""
+
+# The Bento argument naming the model a Bento serves: set by medflow.package at build time,
+# read by medflow.serving.service at import. Here so that packaging need not import the service.
+MODEL_TAG_ARG = "model_tag"

@@ -18,10 +18,10 @@ from pydantic import BaseModel
 from medflow.config import PackageParams
 from medflow.models.artifact import load_model
 from medflow.preprocess import DicomError, PreprocessSummary, preprocess_dataset, read_dicom
+from medflow.serving import MODEL_TAG_ARG
 
 logger = logging.getLogger(__name__)
 
-MODEL_TAG_ARG = "model_tag"
 MODEL_TAG_ENV = "MEDFLOW_MODEL_TAG"
 
 
@@ -67,6 +67,8 @@ class MedflowClassifier:
     model_ref = bentoml.models.BentoModel(model_tag())
 
     def __init__(self) -> None:
+        # The worker process is our entrypoint; BentoML's server logging passes WARNING+ only.
+        logging.getLogger("medflow").setLevel(logging.INFO)
         stored = self.model_ref
         self.model_tag = str(stored.tag)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -96,8 +98,11 @@ class MedflowClassifier:
                 ds = read_dicom(fh)
             image, summary = preprocess_dataset(ds, self.preprocess_params)
         except DicomError as exc:
-            logger.info("rejected an upload: %s", exc)
-            raise InvalidArgument(f"{exc}; send one DICOM image file as the form field 'file'")
+            # A client error (HTTP 400), not a server fault; the message names the problem.
+            # BentoML logs it with a traceback; `from None` keeps that to one.
+            raise InvalidArgument(
+                f"{exc}; send one DICOM image file as the form field 'file'"
+            ) from None
         x = torch.from_numpy(image)[None].to(self.device)
         with torch.inference_mode():
             probs = torch.softmax(self.net(x).float(), dim=1)[0].cpu().tolist()
@@ -105,7 +110,9 @@ class MedflowClassifier:
         index = decide(probs, self.spec.threshold)
         names = self.spec.class_names
         logger.info(
-            "predicted %s for a %dx%d %s image", names[index], *summary.original_shape,
+            "predicted %s for a %dx%d %s image",
+            names[index],
+            *summary.original_shape,
             summary.photometric,
         )
         return Prediction(

@@ -1,0 +1,93 @@
+"""The package stage's checks, without a model store (see tests/integration/test_serving.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medflow.config import PreprocessParams
+from medflow.errors import GateFailed
+from medflow.models.artifact import ModelSpec
+from medflow.package import model_labels, read_gate, read_metrics, served_spec, store_safe
+
+
+def _spec(threshold: float = 0.5, **provenance: object) -> ModelSpec:
+    return ModelSpec(
+        "SmallCNN",
+        1,
+        2,
+        8,
+        0.1,
+        ["normal", "lesion"],
+        PreprocessParams().model_dump(),
+        threshold=threshold,
+        provenance=dict(provenance),
+    )
+
+
+def _write(tmp_path: Path, obj: object, name: str = "x.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def test_read_gate_passed(tmp_path: Path) -> None:
+    gate = {"passed": True, "failures": [], "metrics": {"auroc": 0.9}}
+    assert read_gate(_write(tmp_path, gate)) == gate
+
+
+def test_read_gate_failed_lists_every_reason(tmp_path: Path) -> None:
+    gate = {"passed": False, "failures": ["auroc = 0.6 is below 0.85", "sensitivity = 0.2"]}
+    with pytest.raises(GateFailed) as exc:
+        read_gate(_write(tmp_path, gate))
+    assert "auroc = 0.6 is below 0.85" in str(exc.value)
+    assert "sensitivity = 0.2" in str(exc.value)
+
+
+@pytest.mark.parametrize("gate", [{}, {"passed": "yes"}, {"passed": 1}, [True]])
+def test_read_gate_refuses_an_unclear_decision(tmp_path: Path, gate: object) -> None:
+    with pytest.raises(ValueError, match="boolean 'passed'"):
+        read_gate(_write(tmp_path, gate))
+
+
+def test_read_gate_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="run the gate stage"):
+        read_gate(tmp_path / "gate.json")
+
+
+def test_read_metrics(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    path.write_text('{"auroc": 0.9, "n_test": 120, "specificity": NaN}')
+    metrics = read_metrics(path)
+    assert metrics["auroc"] == 0.9 and metrics["n_test"] == 120.0
+    assert metrics["specificity"] != metrics["specificity"]  # NaN kept
+
+
+@pytest.mark.parametrize("bad", [{"auroc": "0.9"}, {"auroc": None}, {"ok": True}, {"a": [1]}])
+def test_read_metrics_rejects_non_numbers(tmp_path: Path, bad: dict) -> None:
+    with pytest.raises(ValueError, match="not numbers"):
+        read_metrics(_write(tmp_path, bad))
+
+
+def test_served_spec_takes_the_evaluated_threshold() -> None:
+    spec = _spec(threshold=0.5)
+    assert served_spec(spec, {"auroc": 0.9}) is spec
+    assert served_spec(spec, {"threshold": 0.5}) is spec
+    assert served_spec(spec, {"threshold": 0.3}).threshold == 0.3
+    with pytest.raises(ValueError, match="threshold"):
+        served_spec(spec, {"threshold": 1.5})
+
+
+def test_store_safe_drops_none_and_stringifies_nan() -> None:
+    raw = {"a": None, "b": [1, None, float("nan")], "c": {"d": (1, 2)}, "e": Path("x")}
+    assert store_safe(raw) == {"b": [1, "nan"], "c": {"d": [1, 2]}, "e": "x"}
+
+
+def test_model_labels_are_strings() -> None:
+    labels = model_labels(_spec(data_hash="f" * 64))
+    assert labels["data_hash"] == "f" * 64
+    assert labels["classes"] == "normal,lesion"
+    assert all(isinstance(v, str) for v in labels.values())
+    assert "data_hash" not in model_labels(_spec())
