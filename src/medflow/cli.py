@@ -30,6 +30,8 @@ def _setup_logging() -> None:
 
     logging.basicConfig(level=os.environ.get("MEDFLOW_LOG_LEVEL", "INFO"), format="%(message)s",
                         datefmt="[%X]", handlers=[RichHandler(show_path=False, markup=False)])
+    for noisy in ("great_expectations", "bentoml", "pytorch_lightning", "lightning_fabric"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _stage(func: F) -> F:

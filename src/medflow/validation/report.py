@@ -12,6 +12,8 @@ from typing import Any
 
 import pandas as pd
 
+from medflow.validation.tables import ROW_NOUNS
+
 MAX_OFFENDING = 5
 _MAX_RULE_CHARS = 90
 
@@ -65,37 +67,47 @@ def _failure(suite: str, table: str | None, r: Any) -> dict[str, Any]:
     # A failed metric reports its exception one level down, keyed by metric id.
     errors = [v for v in info.values() if isinstance(v, Mapping)] or [info]
     error = next((e.get("exception_message") for e in errors if e.get("raised_exception")), None)
-    columns = [kwargs.get(k) for k in ("column", "column_A", "column_B")]
+    columns = [c for c in (kwargs.get(k) for k in ("column", "column_A", "column_B")) if c]
+    meta = r.expectation_config.meta or {}
     return _plain(
         {
             "suite": suite,
             "table": table,
             "expectation": r.expectation_config.type,
-            "column": ", ".join(c for c in columns if c) or None,
-            "rule": _rule(kwargs),
+            "column": ", ".join(columns) or None,
+            "rule": meta.get("rule") or _rule(r.expectation_config.type, kwargs),
             "observed_value": result.get("observed_value"),
             "element_count": result.get("element_count"),
             "unexpected_count": result.get("unexpected_count"),
             "unexpected_percent": result.get("unexpected_percent"),
-            "offending": _offending(result),
+            "offending": _offending(result, columns),
             "error": error,
         }
     )
 
 
-def _offending(result: Mapping[str, Any]) -> list[Any]:
+def _offending(result: Mapping[str, Any], checked: Sequence[str]) -> list[Any]:
+    """Up to MAX_OFFENDING missing column names, unexpected rows (ids first) or values."""
     mismatched = (result.get("details") or {}).get("mismatched") or {}
     if mismatched.get("missing"):
-        return [{"missing_column": c} for c in mismatched["missing"][:MAX_OFFENDING]]
+        return list(mismatched["missing"][:MAX_OFFENDING])
     rows = result.get("partial_unexpected_index_list")
     if rows:
-        return list(rows[:MAX_OFFENDING])
+        # GX puts the checked value first; a reader looks for the row's id first.
+        return [
+            {k: row[k] for k in sorted(row, key=lambda k: k in checked)}
+            for row in rows[:MAX_OFFENDING]
+        ]
     return list((result.get("partial_unexpected_list") or [])[:MAX_OFFENDING])
 
 
-def _rule(kwargs: Mapping[str, Any]) -> str:
-    """What the expectation demands, from its arguments."""
+def _rule(expectation: str, kwargs: Mapping[str, Any]) -> str:
+    """What the expectation demands, from its type and arguments."""
     parts = []
+    if expectation.endswith("_to_not_be_null"):
+        parts.append("no nulls")
+    if expectation.endswith("_to_be_unique"):
+        parts.append("unique values")
     if kwargs.get("column_set") is not None:
         exact = "exactly" if kwargs.get("exact_match") else "at least"
         parts.append(f"{exact} the {len(kwargs['column_set'])} manifest columns")
@@ -122,9 +134,12 @@ def _line(f: Mapping[str, Any]) -> str:
     head = f"- {f['suite']}: {f['expectation']}{target}, expected {f['rule']}"
     if f["error"]:
         return f"{head}: error: {f['error']}"
+    if f["expectation"] == "expect_table_columns_to_match_set":
+        return f"{head}: missing {', '.join(map(str, f['offending']))}"
     if f["unexpected_count"] is not None:
-        head += f": {f['unexpected_count']} of {f['element_count']} rows unexpected"
-    elif f["observed_value"] is not None and not f["offending"]:
+        noun = ROW_NOUNS.get(f["table"] or "", "rows")
+        head += f": {f['unexpected_count']} of {f['element_count']} {noun} unexpected"
+    elif f["observed_value"] is not None:
         head += f": observed {f['observed_value']}"
     if f["offending"]:
         head += "; e.g. " + ", ".join(_show(o) for o in f["offending"])

@@ -29,6 +29,8 @@ DOCS_DIR = "docs"
 
 @dataclass(frozen=True)
 class ValidationResult:
+    """What the stage found; failures are the summary.json entries, docs_index the Data Docs."""
+
     success: bool
     statistics: dict[str, Any]
     summary_text: str

@@ -21,6 +21,14 @@ ROW_KEYS: dict[str, list[str]] = {
     "class_balance": ["split", "label_name"],
 }
 
+# table name -> what one row is, for the failure summary
+ROW_NOUNS: dict[str, str] = {
+    "manifest": "images",
+    "manifest_columns": "columns",
+    "patient_splits": "patients",
+    "class_balance": "split/class pairs",
+}
+
 # derived table -> manifest columns it is built from
 NEEDS: dict[str, tuple[str, ...]] = {
     "patient_splits": ("patient_id", "split"),
@@ -55,7 +63,7 @@ def patient_splits(manifest: pd.DataFrame) -> pd.DataFrame | None:
 
 
 def class_balance(manifest: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame | None:
-    """One row per (split, class) for every split in SPLITS and every class: n_images, zeros included.
+    """One row per (split, class) over SPLITS x class_names: n_images, zero counts included.
 
     None when the manifest lacks split or label. Labels and splits outside the declared ones
     are not counted here; the values suite reports them.

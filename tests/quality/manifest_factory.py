@@ -1,0 +1,63 @@
+"""Small synthetic manifests for the quality tests: valid by construction, broken on purpose."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+
+from medflow.data.manifest import COLUMNS, MANIFEST_FILE
+
+CLASS_NAMES = ["normal", "lesion"]
+N_PATIENTS = 20
+IMAGES_PER_PATIENT = 2
+
+
+def split_of(patient: int) -> str:
+    """Patients 0-11 train, 12-15 val, 16-19 test: every split holds both classes."""
+    return "train" if patient < 12 else "val" if patient < 16 else "test"
+
+
+def valid_manifest() -> pd.DataFrame:
+    """40 images of 20 patients, 2 classes, 3 patient-disjoint splits, every column in COLUMNS."""
+    rows = []
+    for p in range(N_PATIENTS):
+        label = p % 2
+        for k in range(IMAGES_PER_PATIENT):
+            image_id = f"2.25.{p:03d}{k}"
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "file": f"images/{image_id}.dcm",
+                    "patient_id": f"PSEUDO-{p:03d}",
+                    "study_id": f"2.25.9{p:03d}",
+                    "series_id": f"2.25.8{p:03d}",
+                    "modality": "CR",
+                    "manufacturer": "medflow-synth",
+                    "rows": 64,
+                    "columns": 64,
+                    "frames": 1,
+                    "pixel_spacing": 0.5,
+                    "bits_stored": 12,
+                    "photometric": "MONOCHROME2",
+                    "label": label,
+                    "label_name": CLASS_NAMES[label],
+                    "split": split_of(p),
+                    "content_hash": hashlib.sha256(image_id.encode()).hexdigest(),
+                    "pixel_mean": 1000.0 + p,
+                    "pixel_std": 120.0 + k,
+                    "pixel_min": 0.0,
+                    "pixel_max": 4095.0,
+                }
+            )
+    df = pd.DataFrame(rows)
+    assert list(df.columns) == list(COLUMNS)
+    return df
+
+
+def write_manifest(df: pd.DataFrame, ingest_dir: Path) -> Path:
+    """Write df as ingest_dir/manifest.csv, the way the ingest stage leaves it."""
+    ingest_dir.mkdir(parents=True, exist_ok=True)
+    df.to_csv(ingest_dir / MANIFEST_FILE, index=False)
+    return ingest_dir
