@@ -1,0 +1,295 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pydicom.config
+import pydicom.examples
+import pytest
+
+from medflow.config import DataParams
+from medflow.data.ingest import MISSING, NO_LABEL, run_ingest
+from medflow.data.manifest import COLUMNS, IDENTIFYING_COLUMNS, read_manifest
+from medflow.errors import IngestFailed
+from tests.unit.data.conftest import CLASSES, SMALL
+from tests.unit.data.test_npz_source import SIZES, make_npz
+
+KEY = b"unit-test-key-0123456789"
+PARAMS = DataParams(source="source", class_names=CLASSES)
+IDENTIFYING = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "InstitutionName",
+    "ReferringPhysicianName",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+)
+
+
+def _append_labels(source: Path, rows: list[tuple[str, str]]) -> None:
+    with (source / "labels.csv").open("a") as fh:
+        fh.writelines(f"{path},{label}\n" for path, label in rows)
+
+
+def _identifying_values(source: Path) -> set[str]:
+    """Every original identifying value (and name part) of the DICOM files under source.
+
+    Vendor test files give the vendor as institution (TOSHIBA / TOSHIBA_MEC): the
+    manufacturer is kept on purpose, so such values are not identifying.
+    """
+    values: set[str] = set()
+    vendors: list[str] = []
+    for path in source.rglob("*"):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:
+            continue
+        vendors.append(str(ds.get("Manufacturer", "")))
+        for keyword in IDENTIFYING:
+            value = str(ds.get(keyword, "") or "").strip()
+            values |= {value, *value.split("^")} if keyword.endswith("Name") else {value}
+    return {v for v in values if len(v) >= 6 and not any(v in m for m in vendors)}
+
+
+def _tree_hashes(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def messy_source(synth_dir: Path, tmp_path: Path) -> Path:
+    """The small synthetic set plus what real exports contain: junk, non-images, strays."""
+    source = tmp_path / "source"
+    shutil.copytree(synth_dir, source)
+    (source / "P0001" / "x.dcm").write_text("this is not DICOM\n")
+    shutil.copy(pydicom.examples.get_path("rt_plan"), source / "P0002" / "plan.dcm")
+    shutil.copy(source / "P0003" / "IM0001.dcm", source / "P0003" / "unlisted.dcm")
+    _append_labels(
+        source,
+        [("P0001/x.dcm", "normal"), ("P0002/plan.dcm", "1"), ("P0009/gone.dcm", "lesion")],
+    )
+    return source
+
+
+@pytest.fixture
+def ingested(messy_source: Path, tmp_path: Path) -> tuple[Path, Path, object]:
+    out = tmp_path / "ingested"
+    return messy_source, out, run_ingest(PARAMS, messy_source, out, KEY)
+
+
+def test_manifest_has_exactly_the_columns(ingested: tuple) -> None:
+    _, out, result = ingested
+    manifest = read_manifest(out)
+    assert list(manifest.columns) == list(COLUMNS)
+    assert not set(IDENTIFYING_COLUMNS) & set(manifest.columns)
+    n = SMALL.n_patients * SMALL.images_per_patient
+    assert len(manifest) == result.n_images == n
+    assert result.n_patients == manifest.patient_id.nunique() == SMALL.n_patients
+    assert result.manifest == out / "manifest.csv"
+    assert manifest.image_id.is_unique and manifest.patient_id.str.startswith("PSN-").all()
+    assert set(manifest.photometric) == {"MONOCHROME1", "MONOCHROME2"}
+    assert (manifest.pixel_max >= manifest.pixel_mean).all() and manifest.pixel_std.gt(0).all()
+    assert manifest.pixel_spacing.notna().all()
+    assert (manifest.label_name == manifest.label.map(dict(enumerate(CLASSES)))).all()
+    for row in manifest.itertuples():
+        ds = pydicom.dcmread(out / row.file)
+        assert row.file == f"images/{row.image_id}.dcm" and ds.SOPInstanceUID == row.image_id
+        assert ds.PatientID == row.patient_id and ds.PatientIdentityRemoved == "YES"
+
+
+def test_labels_and_content_hashes_match_the_source(ingested: tuple) -> None:
+    source, out, _ = ingested
+    manifest = read_manifest(out)
+    labels = pd.read_csv(source / "labels.csv")
+    by_hash = {
+        hashlib.sha256((source / p).read_bytes()).hexdigest(): label
+        for p, label in zip(labels.path, labels.label, strict=True)
+        if (source / p).is_file()
+    }
+    for row in manifest.itertuples():
+        assert by_hash[row.content_hash] == row.label_name
+
+
+def test_bad_files_are_quarantined_with_reasons_and_the_run_goes_on(ingested: tuple) -> None:
+    _, out, result = ingested
+    quarantine = pd.read_csv(out / "quarantine.csv").set_index("path")
+    assert result.n_quarantined == len(quarantine) == 4
+    assert "not a DICOM file" in quarantine.loc["P0001/x.dcm", "reason"]
+    assert "no pixel data" in quarantine.loc["P0002/plan.dcm", "reason"]
+    assert quarantine.loc["P0003/unlisted.dcm", "reason"] == NO_LABEL
+    assert quarantine.loc["P0009/gone.dcm", "reason"] == MISSING
+    assert len(quarantine.loc["P0001/x.dcm", "sha256"]) == 64
+
+
+def test_no_identifying_value_anywhere_in_the_output(ingested: tuple) -> None:
+    source, out, _ = ingested
+    values = _identifying_values(source)
+    assert len(values) > 5 * SMALL.n_patients  # names, IDs, dates, UIDs of every patient
+    for path in out.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            leaked = [v for v in values if v.encode() in data]
+            assert not leaked, f"{len(leaked)} original value(s) in {path.relative_to(out)}"
+    audit = json.loads((out / "phi_audit.json").read_text())
+    n_files = sum(1 for p in out.rglob("*") if p.is_file())
+    assert audit["findings"] == 0 and audit["files_scanned"] == n_files - 1  # all but itself
+
+
+def test_splits_are_patient_level_and_counted(ingested: tuple) -> None:
+    _, out, result = ingested
+    manifest = read_manifest(out)
+    assert (manifest.groupby("patient_id").split.nunique() == 1).all()
+    assert set(manifest.split) == {"train", "val", "test"}
+    counted = Counter(zip(manifest.split, manifest.label_name, strict=True))
+    assert {(s, c): n for s, by in result.counts.items() for c, n in by.items() if n} == counted
+
+
+def test_inputs_are_never_modified(messy_source: Path, tmp_path: Path) -> None:
+    before = _tree_hashes(messy_source)
+    run_ingest(PARAMS, messy_source, tmp_path / "out", KEY)
+    assert _tree_hashes(messy_source) == before
+
+
+def test_same_key_same_output_and_hash(synth_dir: Path, tmp_path: Path) -> None:
+    first = run_ingest(PARAMS, synth_dir, tmp_path / "a", KEY)
+    second = run_ingest(PARAMS, synth_dir, tmp_path / "b", KEY)
+    assert first.data_hash == second.data_hash
+    assert (tmp_path / "a" / "manifest.csv").read_bytes() == (
+        tmp_path / "b" / "manifest.csv"
+    ).read_bytes()
+    other = run_ingest(PARAMS, synth_dir, tmp_path / "c", b"a-different-key-0123456789")
+    assert other.data_hash == first.data_hash  # the data did not change, only pseudonyms
+    assert set(read_manifest(tmp_path / "c").patient_id).isdisjoint(
+        read_manifest(tmp_path / "a").patient_id
+    )
+
+
+def test_leaked_identifier_fails_the_audit_and_writes_nothing(
+    synth_dir: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(synth_dir, source)
+    target = source / "P0001" / "IM0001.dcm"
+    ds = pydicom.dcmread(target)
+    family = str(ds.PatientName).split("^")[0]
+    ds.ImageComments = f"follow-up for {family}, see prior"  # free text dicognito keeps
+    ds.save_as(target, enforce_file_format=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "previous.txt").write_text("an earlier good run")
+    with pytest.raises(IngestFailed, match="PatientName component") as info:
+        run_ingest(PARAMS, source, out, KEY)
+    assert family not in str(info.value)
+    # The previous output is untouched and no half-written folder is left behind.
+    assert [p.name for p in out.iterdir()] == ["previous.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "source"]
+
+
+def test_patient_named_folders_are_withheld_in_quarantine(synth_dir: Path, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(synth_dir, source)
+    family = str(pydicom.dcmread(source / "P0002" / "IM0001.dcm").PatientName).split("^")[0]
+    (source / family).mkdir()
+    (source / family / "notes.txt").write_text("scanned request form")
+    run_ingest(PARAMS, source, tmp_path / "out", KEY)
+    text = (tmp_path / "out" / "quarantine.csv").read_text()
+    assert family.upper() not in text.upper() and "withheld" in text
+
+
+def test_missing_labels_csv_is_an_error(synth_dir: Path, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(synth_dir, source)
+    (source / "labels.csv").unlink()
+    with pytest.raises(IngestFailed, match="labels.csv"):
+        run_ingest(PARAMS, source, tmp_path / "out", KEY)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_classes_are_named(synth_dir: Path, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(synth_dir, source)
+    _append_labels(source, [("P0001/IM0001.dcm", "tumour"), ("P0001/IM0002.dcm", "5")])
+    with pytest.raises(IngestFailed, match=r"\['5', 'tumour'\].*normal"):
+        run_ingest(PARAMS, source, tmp_path / "out", KEY)
+
+
+def test_nothing_ingestible_is_an_error(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "a.dcm").write_text("junk")
+    (source / "labels.csv").write_text("path,label\na.dcm,normal\n")
+    with pytest.raises(IngestFailed, match="no image could be ingested"):
+        run_ingest(PARAMS, source, tmp_path / "out", KEY)
+    assert not (tmp_path / "out").exists()
+
+
+def test_pydicom_examples_are_ingested(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    names = ["ct", "mr", "rgb_color", "palette_color", "jpeg2k"]
+    for name in names:
+        shutil.copy(pydicom.examples.get_path(name), source / f"{name}.dcm")
+    (source / "labels.csv").write_text(
+        "path,label\n" + "".join(f"{n}.dcm,{i % 2}\n" for i, n in enumerate(names))
+    )
+    result = run_ingest(PARAMS, source, tmp_path / "out", KEY)
+    assert result.n_images == len(names) and result.n_quarantined == 0
+    manifest = read_manifest(tmp_path / "out")
+    assert set(manifest.modality) >= {"CT", "MR", "US"}
+    values = _identifying_values(source)
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert not [v for v in values if v.encode() in path.read_bytes()]
+
+
+def test_npz_keeps_official_splits(tmp_path: Path) -> None:
+    npz = make_npz(tmp_path / "tiny.npz")
+    params = DataParams(source="tiny.npz", class_names=["normal", "pneumonia"])
+    result = run_ingest(params, npz, tmp_path / "out", KEY)
+    manifest = read_manifest(tmp_path / "out")
+    assert Counter(manifest.split) == SIZES
+    assert result.n_images == sum(SIZES.values()) and result.n_quarantined == 0
+    archive = np.load(npz)
+    for split, n in SIZES.items():
+        expected = Counter(archive[f"{split}_labels"][:, 0].tolist())
+        assert Counter(manifest[manifest.split == split].label.tolist()) == expected
+        assert sum(result.counts[split].values()) == n
+    assert (manifest.modality == "OT").all()
+
+
+def test_unusable_npz_is_an_ingest_error(tmp_path: Path) -> None:
+    npz = make_npz(tmp_path / "bad.npz", test_labels=np.array([[0], [3], [1], [0]]))
+    params = DataParams(source="bad.npz", class_names=["normal", "pneumonia"])
+    with pytest.raises(IngestFailed, match="test_labels holds"):
+        run_ingest(params, npz, tmp_path / "out", KEY)
+
+
+def test_invalid_original_values_are_not_quoted_in_logs(
+    synth_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(synth_dir, source)
+    target = source / "P0001" / "IM0001.dcm"
+    ds = pydicom.dcmread(target)
+    odd_uid = "1.2.0999.03.77"  # a leading zero: pydicom warns, quoting the value
+    with pytest.warns(UserWarning):
+        ds.StudyInstanceUID = odd_uid
+    ds.save_as(target, enforce_file_format=True)
+    caplog.clear()  # only what ingest logs counts
+    with caplog.at_level(logging.DEBUG):
+        run_ingest(PARAMS, source, tmp_path / "out", KEY)
+    assert odd_uid not in caplog.text
+    assert pydicom.config.settings.reading_validation_mode == pydicom.config.WARN  # restored
