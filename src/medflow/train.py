@@ -72,14 +72,14 @@ def run_train(
         pl.seed_everything(params.seed, workers=True, verbose=False)
         model = Classifier(in_channels, len(class_names), params)
         checkpoint = ModelCheckpoint(dirpath=tmp / "checkpoints", filename="best",
-                                     monitor="val_auroc", mode="max", save_top_k=1, save_last=True)
+                                     monitor="val_loss", mode="min", save_top_k=1, save_last=True)
         trainer = pl.Trainer(
             accelerator="auto",
             devices=1,
             precision=_precision(),
             deterministic=True,
             max_epochs=params.max_epochs,
-            callbacks=[checkpoint, EarlyStopping(monitor="val_auroc", mode="max",
+            callbacks=[checkpoint, EarlyStopping(monitor="val_loss", mode="min",
                                                  patience=params.early_stopping_patience)],
             logger=CSVLogger(tmp, name="logs", version=0),
             enable_progress_bar=False,
@@ -90,8 +90,8 @@ def run_train(
         best_path = Path(checkpoint.best_model_path)
         state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
         model.load_state_dict(state)
-        best = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None \
-            else float("nan")
+        # selected on val loss (ranking *and* calibration); report that model's val AUROC
+        best = float(trainer.validate(model, datamodule=dm, verbose=False)[0]["val_auroc"])
         preprocess = PreprocessParams.model_validate(meta["preprocess"])
         spec = ModelSpec(
             architecture="SmallCNN",

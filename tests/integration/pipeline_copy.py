@@ -14,9 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Small enough for CI's two cores, big enough that a real model learns something.
 TINY_PARAMS = {
-    "synth": {"n_patients": 40, "images_per_patient": 2},
+    "synth": {"n_patients": 60, "images_per_patient": 2},
     "preprocess": {"image_size": 32},
-    "train": {"max_epochs": 4, "width": 8, "batch_size": 32},
+    "train": {"max_epochs": 8, "width": 8, "batch_size": 16},
     "gate": {"min_auroc": 0.5, "min_sensitivity": 0.0, "min_specificity": 0.0},
 }
 
