@@ -146,7 +146,11 @@ def package(model_dir: Path, metrics: Path, gate_report: Path, out: Path,
 
 
 @app.command("show-bento")
-def show_bento(report: Path = Path("reports/bento.json")) -> None:
+def show_bento(
+    report: Annotated[Path, typer.Argument(help="the package stage's report")] = Path(
+        "reports/bento.json"
+    ),
+) -> None:
     """Print the Bento the last package stage built and how to serve it."""
     import json
 
