@@ -17,20 +17,10 @@ from medflow.data.deid import (
     resolve_deid_key,
 )
 from medflow.errors import IngestFailed
+from tests.unit.data.phi import IDENTIFYING_KEYWORDS, KEY
 
-KEY = b"unit-test-key-0123456789"
 OTHER_KEY = b"another-unit-test-key-987"
-ORIGINAL_KEYWORDS = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "AccessionNumber",
-    "InstitutionName",
-    "ReferringPhysicianName",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SOPInstanceUID",
-)
+ORIGINAL_KEYWORDS = IDENTIFYING_KEYWORDS
 
 
 def _first_file(folder: Path) -> Path:

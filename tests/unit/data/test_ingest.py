@@ -19,21 +19,11 @@ from medflow.data.ingest import MISSING, NO_LABEL, run_ingest
 from medflow.data.manifest import COLUMNS, IDENTIFYING_COLUMNS, read_manifest
 from medflow.errors import IngestFailed
 from tests.unit.data.conftest import CLASSES, SMALL
+from tests.unit.data.phi import IDENTIFYING_KEYWORDS, KEY
 from tests.unit.data.test_npz_source import SIZES, make_npz
 
-KEY = b"unit-test-key-0123456789"
 PARAMS = DataParams(source="source", class_names=CLASSES)
-IDENTIFYING = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "AccessionNumber",
-    "InstitutionName",
-    "ReferringPhysicianName",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SOPInstanceUID",
-)
+IDENTIFYING = IDENTIFYING_KEYWORDS
 
 
 def _append_labels(source: Path, rows: list[tuple[str, str]]) -> None:
