@@ -32,12 +32,15 @@ def synth(layout: Layout) -> Any:
 @task(name="ingest", **_TASK)
 def ingest(layout: Layout) -> Any:
     from medflow.data.deid import resolve_deid_key
-    from medflow.data.ingest import run_ingest
+    from medflow.data.ingest import IngestConfig, run_ingest
 
     p = load_params(layout.params)
-    key = resolve_deid_key(os.environ, synthetic=p.data.is_synthetic,
-                           allow_demo=p.deid.allow_demo_key_for_synthetic)
-    return run_ingest(p.data, p.data.resolve_source(layout.data), layout.ingested, key)
+    key = resolve_deid_key(
+        os.environ, synthetic=p.data.is_synthetic, allow_demo=p.deid.allow_demo_key_for_synthetic
+    )
+    return run_ingest(
+        IngestConfig.from_params(p), p.data.resolve_source(layout.data), layout.ingested, key
+    )
 
 
 @task(name="validate", **_TASK)
@@ -52,8 +55,9 @@ def validate(layout: Layout) -> Any:
 def preprocess(layout: Layout) -> Any:
     from medflow.preprocess_stage import run_preprocess
 
-    return run_preprocess(load_params(layout.params).preprocess, layout.ingested,
-                          layout.preprocessed)
+    return run_preprocess(
+        load_params(layout.params).preprocess, layout.ingested, layout.preprocessed
+    )
 
 
 @task(name="train", **_TASK)
@@ -68,8 +72,9 @@ def train(layout: Layout) -> Any:
 def evaluate(layout: Layout) -> Any:
     from medflow.evaluate import run_evaluate
 
-    return run_evaluate(load_params(layout.params).evaluate, layout.models, layout.preprocessed,
-                        layout.reports)
+    return run_evaluate(
+        load_params(layout.params).evaluate, layout.models, layout.preprocessed, layout.reports
+    )
 
 
 @task(name="gate", **_TASK)
@@ -83,8 +88,14 @@ def gate(layout: Layout) -> Any:
 def package(layout: Layout) -> Any:
     from medflow.package import run_package
 
-    return run_package(load_params(layout.params).package, layout.models, layout.metrics,
-                       layout.gate, layout.root, layout.bento)
+    return run_package(
+        load_params(layout.params).package,
+        layout.models,
+        layout.metrics,
+        layout.gate,
+        layout.root,
+        layout.bento,
+    )
 
 
 STAGES = ("synth", "ingest", "validate", "preprocess", "train", "evaluate", "gate", "package")

@@ -70,16 +70,39 @@ def synth(out: Path, params: ParamsOpt = Path("params.yaml")) -> None:
 
 @app.command()
 @_stage
-def ingest(src: Path, out: Path, params: ParamsOpt = Path("params.yaml")) -> None:
-    """Read SRC (DICOM folder with labels.csv, or .npz), de-identify, write the manifest to OUT."""
+def ingest(
+    src: Path,
+    out: Path,
+    params: ParamsOpt = Path("params.yaml"),
+    workers: Annotated[
+        int | None, typer.Option(help="worker processes (default: ingest.workers)")
+    ] = None,
+) -> None:
+    """Read SRC recursively (DICOM + labels.csv or class folders, or .npz), de-identify, and
+    write the images, manifest.csv and quarantine.csv into OUT. Re-running only reads new or
+    changed files."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
     from medflow.data.deid import resolve_deid_key
-    from medflow.data.ingest import run_ingest
+    from medflow.data.ingest import IngestConfig, run_ingest
 
     p = _params(params)
+    if workers is not None:
+        p = p.model_copy(update={"ingest": p.ingest.model_copy(update={"workers": workers})})
     key = resolve_deid_key(os.environ, synthetic=p.data.is_synthetic,
                            allow_demo=p.deid.allow_demo_key_for_synthetic)
-    result = run_ingest(p.data, src, out, key)
-    log.info("ingest: %d images, %d quarantined", result.n_images, result.n_quarantined)
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("ingest", total=None)
+        result = run_ingest(IngestConfig.from_params(p), src, out, key,
+                            progress=lambda done, total: bar.update(task, completed=done,
+                                                                    total=total))
+    if result.unchanged:
+        log.info("ingest: nothing changed since the last run; %d images in %s", result.n_images,
+                 out)
+    else:
+        log.info("ingest: %d images from %d files (%d reused); not ingested: %s",
+                 result.n_images, result.n_files, result.n_reused, result.outcomes or "none")
 
 
 @app.command()

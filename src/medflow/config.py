@@ -7,10 +7,10 @@ its own typed section, never the raw file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SYNTHETIC = "synthetic"
 
@@ -64,6 +64,18 @@ class SynthParams(_Section):
 
 class DeidParams(_Section):
     allow_demo_key_for_synthetic: bool = True
+    # Pixels with burned-in text (BurnedInAnnotation YES) may show a name: quarantined unless
+    # the source is known to be clean (e.g. the annotation was masked upstream).
+    allow_burned_in_annotation: bool = False
+
+
+class IngestParams(_Section):
+    # Worker processes; 1 decodes in the calling process. A cluster goes through Prefect's
+    # Dask task runner instead (flows/ingest_dask.py).
+    workers: int = Field(2, ge=1, le=256)
+    shard_size: int = Field(64, ge=1)  # files per unit of work sent to a worker
+    # Fail the stage when more than this fraction of the files had to be quarantined.
+    max_quarantine_fraction: float = Field(0.05, ge=0, le=1)
 
 
 class ValidateParams(_Section):
@@ -75,11 +87,27 @@ class ValidateParams(_Section):
     max_rows: int = Field(8192, ge=1)
 
 
+class WindowParams(_Section):
+    center: float
+    width: float = Field(gt=0)
+
+
 class PreprocessParams(_Section):
     image_size: int = Field(64, ge=8, le=1024)
     channels: int = Field(1)
+    # Multi-frame files: the first frame, the middle one, or every frame as its own sample.
+    frames: Literal["first", "middle", "all"] = "first"
+    # Decompression-bomb guard, checked on the header before decoding: pixels per frame.
+    max_frame_pixels: int = Field(64 * 1024 * 1024, ge=1)
+    # VOI window per modality (e.g. CT: {center: 40, width: 400}); overrides the file's own.
+    windows: dict[str, WindowParams] = Field(default_factory=dict)
     percentile_low: float = Field(0.5, ge=0, lt=50)
     percentile_high: float = Field(99.5, gt=50, le=100)
+
+    @field_validator("windows")
+    @classmethod
+    def _modality_keys(cls, value: dict[str, WindowParams]) -> dict[str, WindowParams]:
+        return {k.strip().upper(): v for k, v in value.items()}
 
     @model_validator(mode="after")
     def _channels(self) -> PreprocessParams:
@@ -125,6 +153,7 @@ class Params(_Section):
     data: DataParams = DataParams()
     synth: SynthParams = SynthParams()
     deid: DeidParams = DeidParams()
+    ingest: IngestParams = IngestParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     preprocess: PreprocessParams = PreprocessParams()
     train: TrainParams = TrainParams()

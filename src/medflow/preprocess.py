@@ -1,15 +1,15 @@
 """The one preprocessing path, imported by preprocess (training), evaluation and serving.
 
-DICOM dataset -> first frame -> modality LUT -> colour to grey -> window (from the
-file, else robust percentiles) -> MONOCHROME1 inverted -> padded square ->
-resized -> float32 array of shape (channels, size, size) in [0, 1].
+DICOM dataset -> one frame (decoded alone) -> modality LUT -> VOI: a window for the
+modality from params, else the file's VOI LUT or window, else robust percentiles ->
+MONOCHROME1 inverted -> padded square -> resized -> float32 (channels, size, size) in [0, 1].
+Colour (RGB, YBR, PALETTE COLOR) stays RGB for 3 channels and becomes luminance for 1.
 
 Keep this module light (numpy, pydicom, torch): the Bento imports it.
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -19,18 +19,25 @@ import pydicom
 import torch
 import torch.nn.functional as F
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_modality_lut
+from pydicom.pixels import apply_voi
 
 from medflow.config import PreprocessParams
+from medflow.dicom import DicomError, NotAnImage, read_dicom
+from medflow.pixels import decode_frame, frame_indices, luminance, n_frames, photometric
 
-_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-_GREY = ("MONOCHROME1", "MONOCHROME2")
-_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
-
-
-class DicomError(ValueError):
-    """The input is not a usable DICOM image; the message names the problem."""
+__all__ = [
+    "DicomError",
+    "NotAnImage",
+    "PreprocessSummary",
+    "decode_frame",
+    "frame_indices",
+    "luminance",
+    "normalise",
+    "preprocess_dataset",
+    "preprocess_file",
+    "read_dicom",
+    "to_model_input",
+]
 
 
 @dataclass(frozen=True)
@@ -45,96 +52,85 @@ class PreprocessSummary:
     output_size: int
 
 
-def read_dicom(source: Path | str | bytes | BinaryIO) -> Dataset:
-    """Parse a DICOM Part-10 file (path, bytes or file object); refuse anything else clearly."""
-    if isinstance(source, bytes):
-        source = io.BytesIO(source)
-    try:
-        ds = pydicom.dcmread(source)
-    except InvalidDicomError as exc:
-        raise DicomError(
-            "not a DICOM file: no 'DICM' marker after the 128-byte preamble"
-            f" and no recognisable DICOM header ({exc})"
-        ) from exc
-    except Exception as exc:  # truncated or corrupt files raise many kinds of errors
-        raise DicomError(f"unreadable DICOM file: {type(exc).__name__}: {exc}") from exc
-    if not any(k in ds for k in _PIXEL_KEYWORDS):
-        sop = ds.get("SOPClassUID")
-        name = getattr(sop, "name", sop) if sop is not None else "unknown SOP class"
-        raise DicomError(f"DICOM file has no pixel data (SOP class: {name}); an image is required")
-    return ds
+def _first(value: object) -> float:
+    return float(value[0]) if isinstance(value, pydicom.multival.MultiValue) else float(value)
 
 
-def decode_pixels(ds: Dataset) -> tuple[np.ndarray, int, int]:
-    """First frame as float64 (H, W) grey values after the modality LUT.
-
-    Returns (pixels, frames_in_file, frame_used). Colour images become luminance.
-    """
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
-    if photometric not in _GREY + _COLOUR:
-        raise DicomError(
-            f"unsupported PhotometricInterpretation {photometric!r};"
-            f" expected one of {', '.join(_GREY + _COLOUR)}"
-        )
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    try:
-        arr = ds.pixel_array
-    except Exception as exc:
-        ts = getattr(ds.file_meta, "TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
-        ts_name = getattr(ts, "name", ts) or "unknown transfer syntax"
-        raise DicomError(f"cannot decode pixel data ({ts_name}): {type(exc).__name__}: {exc}") from exc
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if frames > 1:
-        arr = arr[0]
-    if photometric == "PALETTE COLOR":
-        arr = apply_color_lut(arr, ds)
-        samples = 3
-    if samples == 3:
-        # pydicom converts YBR to RGB by default; luminance per ITU-R BT.601
-        rgb = arr.astype(np.float64)
-        grey = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-    else:
-        grey = apply_modality_lut(arr, ds).astype(np.float64)
-    if grey.ndim != 2:
-        raise DicomError(f"expected a 2-D image per frame, got pixel array of shape {arr.shape}")
-    return grey, frames, 0
-
-
-def _window(ds: Dataset) -> tuple[float, float] | None:
+def _file_window(ds: Dataset) -> tuple[float, float, str] | None:
     centre, width = ds.get("WindowCenter"), ds.get("WindowWidth")
     if centre is None or width is None:
         return None
-    first = lambda v: float(v[0]) if isinstance(v, pydicom.multival.MultiValue) else float(v)  # noqa: E731
-    c, w = first(centre), first(width)
+    try:
+        c, w = _first(centre), _first(width)
+    except (TypeError, ValueError):
+        return None
     if w <= 0:
         return None
-    return c - w / 2.0, c + w / 2.0
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    return c, w, function
 
 
-def normalise(grey: np.ndarray, ds: Dataset, params: PreprocessParams) -> tuple[np.ndarray, str]:
-    """Scale to [0, 1] with the file's window, else with robust percentiles; invert MONOCHROME1."""
-    window = None if ds.get("SamplesPerPixel", 1) == 3 else _window(ds)
-    if window is not None:
-        lo, hi = window
-        how = f"file window [{lo:g}, {hi:g}]"
+def _voi(grey: np.ndarray, ds: Dataset, params: PreprocessParams) -> tuple[np.ndarray, str]:
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    preset = params.windows.get(modality)
+    if preset is not None:
+        c, w, function, how = preset.center, preset.width, "LINEAR", f"{modality} window (params)"
+    elif "VOILUTSequence" in ds:
+        try:
+            out = apply_voi(grey, ds, index=0)
+            bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+            return np.clip(out / float(2**bits - 1), 0.0, 1.0), "file VOI LUT"
+        except Exception:  # a malformed LUT falls back to the window or percentiles
+            pass
+        window = _file_window(ds)
+        if window is None:
+            return _percentiles(grey, params)
+        c, w, function = window
+        how = f"file window C={c:g} W={w:g}"
+    elif (window := _file_window(ds)) is not None:
+        c, w, function = window
+        how = f"file window C={c:g} W={w:g}"
     else:
-        lo, hi = np.percentile(grey, [params.percentile_low, params.percentile_high])
-        how = f"percentiles {params.percentile_low:g}-{params.percentile_high:g}"
+        return _percentiles(grey, params)
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (grey - c) / w)), how + " sigmoid"
+    return np.clip((grey - (c - w / 2.0)) / w, 0.0, 1.0), how
+
+
+def _percentiles(grey: np.ndarray, params: PreprocessParams) -> tuple[np.ndarray, str]:
+    lo, hi = np.percentile(grey, [params.percentile_low, params.percentile_high])
     scale = hi - lo
     out = np.zeros_like(grey) if scale <= 0 else np.clip((grey - lo) / scale, 0.0, 1.0)
-    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+    return out, f"percentiles {params.percentile_low:g}-{params.percentile_high:g}"
+
+
+def normalise(pixels: np.ndarray, ds: Dataset, params: PreprocessParams) -> tuple[np.ndarray, str]:
+    """Scale a decoded frame to [0, 1]; returns the image and how it was windowed.
+
+    Grey: window per modality from params, else the file's VOI, else percentiles;
+    MONOCHROME1 inverted. RGB: divided by the largest value BitsStored allows.
+    """
+    if pixels.ndim == 3:
+        bits = int(ds.get("BitsStored", 8) or 8)
+        top = float(2**bits - 1)
+        return np.clip(pixels / top, 0.0, 1.0).astype(np.float32), f"colour / {top:g}"
+    out, how = _voi(pixels, ds, params)
+    if photometric(ds) == "MONOCHROME1":
         out = 1.0 - out
     return out.astype(np.float32), how
 
 
 def to_model_input(image: np.ndarray, params: PreprocessParams) -> np.ndarray:
-    """(H, W) in [0, 1] -> (channels, size, size) float32: pad to square, then resize."""
-    h, w = image.shape
+    """(H, W) or (H, W, 3) in [0, 1] -> (channels, size, size) float32: pad square, resize."""
+    if image.ndim == 3 and params.channels == 1:
+        image = luminance(image)
+    planes = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
+    c, h, w = planes.shape
     side = max(h, w)
     top, left = (side - h) // 2, (side - w) // 2
-    square = np.zeros((side, side), dtype=np.float32)
-    square[top : top + h, left : left + w] = image
-    t = torch.from_numpy(square)[None, None]
+    square = np.zeros((c, side, side), dtype=np.float32)
+    square[:, top : top + h, left : left + w] = planes
+    t = torch.from_numpy(square)[None]
     if side != params.image_size:
         t = F.interpolate(
             t,
@@ -144,21 +140,29 @@ def to_model_input(image: np.ndarray, params: PreprocessParams) -> np.ndarray:
             antialias=side > params.image_size,
         )
     out = t[0].clamp_(0.0, 1.0).numpy()
-    if params.channels == 3:
+    if params.channels == 3 and out.shape[0] == 1:
         out = np.repeat(out, 3, axis=0)
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def preprocess_dataset(ds: Dataset, params: PreprocessParams) -> tuple[np.ndarray, PreprocessSummary]:
-    """The full path for one DICOM dataset: model input and a summary of what was done."""
-    grey, frames, used = decode_pixels(ds)
-    image, how = normalise(grey, ds, params)
+def preprocess_dataset(
+    ds: Dataset, params: PreprocessParams, frame: int | None = None
+) -> tuple[np.ndarray, PreprocessSummary]:
+    """The full path for one DICOM dataset: model input and a summary of what was done.
+
+    `frame` picks the frame (as the manifest records it); by default preprocess.frames
+    decides, and `all` (one sample per frame in training) means the middle frame here.
+    """
+    if frame is None:
+        frame = frame_indices(ds, "middle" if params.frames == "all" else params.frames)[0]
+    pixels = decode_frame(ds, frame, params.max_frame_pixels)
+    image, how = normalise(pixels, ds, params)
     summary = PreprocessSummary(
-        frames_in_file=frames,
-        frame_used=used,
-        photometric=str(ds.get("PhotometricInterpretation", "")).strip(),
+        frames_in_file=n_frames(ds),
+        frame_used=frame,
+        photometric=photometric(ds),
         window=how,
-        original_shape=(int(grey.shape[0]), int(grey.shape[1])),
+        original_shape=(int(pixels.shape[0]), int(pixels.shape[1])),
         output_size=params.image_size,
     )
     return to_model_input(image, params), summary

@@ -50,8 +50,9 @@ def run_preprocess(params: PreprocessParams, ingest_dir: Path, out_dir: Path) ->
             x = np.lib.format.open_memmap(
                 tmp / f"{split}_x.npy", mode="w+", dtype=np.float32, shape=(len(rows), *shape)
             )
-            for i, rel in enumerate(rows["file"]):
-                x[i] = preprocess_dataset(read_dicom(ingest_dir / rel), params)[0]
+            for i, (rel, frame) in enumerate(zip(rows["file"], rows["frame"], strict=True)):
+                ds = read_dicom(ingest_dir / rel)
+                x[i] = preprocess_dataset(ds, params, frame=int(frame))[0]
             x.flush()
             del x
             np.save(tmp / f"{split}_y.npy", rows["label"].to_numpy(dtype=np.int64))

@@ -11,17 +11,6 @@ from tests.integration.pipeline_copy import make_copy, set_params
 
 
 @pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory):
-    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    results = tmp_path_factory.mktemp("prefect_results")
-    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}):
-        with prefect_test_harness(server_startup_timeout=180):
-            yield
-
-
-@pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_copy(tmp_path_factory.mktemp("flow_repo"))
 

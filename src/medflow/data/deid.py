@@ -199,6 +199,15 @@ class PhiAudit:
     def __len__(self) -> int:
         return len(self._simple) + len(self._complex)
 
+    def merge(self, other: PhiAudit) -> None:
+        """Add the values another audit remembered (e.g. a worker's, for one shard)."""
+        for mine, theirs in ((self._simple, other._simple), (self._complex, other._complex)):
+            for token, kinds in theirs.items():
+                mine.setdefault(token, set()).update(kinds)
+        for word, tokens in other._complex_by_word.items():
+            self._complex_by_word.setdefault(word, set()).update(tokens)
+        self.n_unscannable += other.n_unscannable
+
     def add(self, kind: str, value: str) -> None:
         """Remember one original value of the identifier `kind`."""
         value = value.strip().strip("^=").strip()
@@ -304,7 +313,21 @@ class Deidentifier:
             raise ValueError(f"key has {len(key)} bytes, expected at least {MIN_KEY_BYTES}")
         self._key = bytes(key)
         self.audit = audit if audit is not None else PhiAudit()
-        self._anonymizer = Anonymizer(seed=_hmac_hex(self._key, "medflow/dicognito-seed"))
+        self._anonymizers: dict[str, Anonymizer] = {}
+
+    def _anonymizer_for(self, patient_key: str) -> Anonymizer:
+        """dicognito seeded per patient: each patient's dates move by their own offset.
+
+        A single offset for everyone would let one known date (a birthday, a scan the
+        patient remembers) undo the shift of every patient's dates.
+        """
+        anonymizer = self._anonymizers.get(patient_key)
+        if anonymizer is None:
+            if len(self._anonymizers) >= 4096:  # bounded: sources can hold millions of patients
+                self._anonymizers.clear()
+            seed = _hmac_hex(self._key, "medflow/dicognito-seed/" + patient_key)
+            anonymizer = self._anonymizers[patient_key] = Anonymizer(seed=seed)
+        return anonymizer
 
     def patient_pseudonym(self, patient_id: str) -> str:
         """Stable pseudonym of an original PatientID: same key and ID, same pseudonym."""
@@ -330,11 +353,12 @@ class Deidentifier:
     def deidentify(self, ds: Dataset) -> Dataset:
         """Remove or replace identifying attributes of ds in place and return it."""
         self.audit.collect(ds)
-        pseudonym = self.patient_pseudonym(self.patient_key(ds))
+        patient_key = self.patient_key(ds)
+        pseudonym = self.patient_pseudonym(patient_key)
         institution = str(ds.get("InstitutionName", "") or "").strip()
 
         ds.remove_private_tags()
-        self._anonymizer.anonymize(ds)
+        self._anonymizer_for(patient_key).anonymize(ds)
 
         def clear_names(_: Dataset, elem: DataElement) -> None:
             # dicognito swaps names for realistic fake ones; nobody's name is needed at all.
@@ -356,6 +380,8 @@ class Deidentifier:
             ds.PatientBirthDate = ""  # shifted dates stay; a birth date is not needed
         if institution:
             ds.InstitutionName = self.site_pseudonym(institution)
+        elif "InstitutionName" in ds:
+            ds.InstitutionName = ""  # dicognito invents a clinic name; none is better
         ds.PatientIdentityRemoved = "YES"
         existing = (
             ds.data_element("DeidentificationMethod") if "DeidentificationMethod" in ds else None

@@ -1,375 +1,468 @@
 """The ingest stage: DICOM folder (or .npz archive) + labels -> de-identified dataset + manifest.
 
-Every readable, labelled image is de-identified and written to images/<image_id>.dcm with
-one manifest row; every other file goes to quarantine.csv with its reason and the run goes
-on. Before the output folder appears, a PHI audit searches every output byte for the
-original identifiers. The output is built in a temporary folder and renamed into place.
+Every decodable, labelled image is de-identified and written to images/<content hash>.dcm
+with one manifest row per sample; every other file goes to quarantine.csv with its sha256,
+outcome and reason, and the run goes on, unless more than ingest.max_quarantine_fraction
+of the files were lost. The work is done in shards (shard.py), here or in worker
+processes or on a Dask cluster (a `mapper`); only new or changed files are read again
+(incremental.py). Before the output folder appears, a PHI audit searches every output byte
+for the original identifiers. The output is built in a temporary folder and renamed into
+place, so a failed run leaves the previous output as it was.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import math
-import re
+import os
+import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import pydicom
-import pydicom.config
-from pydicom.dataset import Dataset
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
 
-from medflow.config import DataParams
-from medflow.data.deid import Deidentifier
-from medflow.data.manifest import COLUMNS, MANIFEST_FILE, SPLITS
+from medflow.config import DataParams, DeidParams, IngestParams, Params, PreprocessParams
+from medflow.data import incremental
+from medflow.data.deid import Deidentifier, PhiAudit
+from medflow.data.manifest import COLUMNS, MANIFEST_FILE, SPLITS, read_manifest
 from medflow.data.npz_source import npz_to_dicom
+from medflow.data.shard import (
+    DUPLICATE,
+    IMAGES_DIR,
+    QUARANTINED,
+    SKIPPED,
+    Outcome,
+    ShardSettings,
+    ShardTask,
+    ingest_shard,
+    quiet_pydicom,
+)
+from medflow.data.sources import LABELS_FILE, read_labels, walk_source
 from medflow.data.splits import assign_splits
+from medflow.data.workers import Mapper, local_mapper
 from medflow.errors import IngestFailed
 from medflow.io import atomic_dir, write_json_atomic
-from medflow.preprocess import DicomError, decode_pixels, read_dicom
 
 logger = logging.getLogger(__name__)
 
-LABELS_FILE = "labels.csv"
-IMAGES_DIR = "images"
-QUARANTINE_FILE = "quarantine.csv"
+QUARANTINE_FILE = incremental.QUARANTINE_FILE
 PHI_AUDIT_FILE = "phi_audit.json"
-
-NO_LABEL = "no label"
+LOG_FILE = "ingest.log"
 MISSING = "listed in labels.csv but missing"
+QUARANTINE_COLUMNS = ["path", "sha256", "outcome", "reason", "category"]
+
+Progress = Callable[[int, int], None]  # (files done, files in all)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """The params sections the ingest stage reads."""
+
+    data: DataParams
+    ingest: IngestParams
+    deid: DeidParams
+    preprocess: PreprocessParams
+
+    @classmethod
+    def from_params(cls, params: Params) -> IngestConfig:
+        return cls(params.data, params.ingest, params.deid, params.preprocess)
+
+    def shard_settings(self) -> ShardSettings:
+        return ShardSettings(
+            class_names=tuple(self.data.class_names),
+            frames=self.preprocess.frames,
+            max_frame_pixels=self.preprocess.max_frame_pixels,
+            allow_burned_in_annotation=self.deid.allow_burned_in_annotation,
+        )
 
 
 @dataclass(frozen=True)
 class IngestResult:
     n_images: int
-    n_quarantined: int
+    n_quarantined: int  # files lost: unreadable, undecodable or refused
     n_patients: int
     manifest: Path
-    data_hash: str  # sha256 over the sorted (content hash, label) pairs
+    data_hash: str  # sha256 over the sorted (content hash, frame, label) triples
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> class -> images
+    outcomes: dict[str, int] = field(default_factory=dict)  # quarantined/skipped/duplicate
+    n_files: int = 0
+    n_reused: int = 0  # files whose previous result was reused without decoding
+    unchanged: bool = False  # nothing to do: the output was left as it was
 
 
-@dataclass(frozen=True)
-class _Quarantined:
-    path: str  # relative to the source
-    sha256: str
-    reason: str
-    category: str  # short, value-free: what the logs count
+def run_ingest(
+    config: IngestConfig,
+    source: Path,
+    out_dir: Path,
+    key: bytes,
+    *,
+    mapper: Mapper | None = None,
+    progress: Progress | None = None,
+) -> IngestResult:
+    """Ingest a DICOM folder (labels.csv or class folders), or a MedMNIST-style .npz, into out_dir.
 
-
-def _read_labels(source: Path, class_names: list[str]) -> dict[str, int]:
-    """labels.csv as {relative path: class index}; every problem reported at once."""
-    path = source / LABELS_FILE
-    if not path.is_file():
+    `mapper` runs the shards (default: a local pool of ingest.workers processes).
+    """
+    source, out_dir = Path(source), Path(out_dir)
+    if not source.exists():
         raise IngestFailed(
-            f"no {LABELS_FILE} in the source folder {source}: add one with the columns path,label"
-            " (path relative to that folder, label = a class name or its index in data.class_names)"
+            f"data source {source} does not exist (data.source: {config.data.source!r})"
         )
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:
-        raise IngestFailed(f"{path} is not a readable CSV file: {exc}") from exc
-    missing = {"path", "label"} - set(table.columns)
-    if missing:
-        raise IngestFailed(
-            f"{path} lacks the column(s) {sorted(missing)}; expected the header path,label"
-            f" (found {list(table.columns)})"
-        )
-    index = {name: i for i, name in enumerate(class_names)}
-    labels: dict[str, int] = {}
-    unknown: set[str] = set()
-    conflicting: set[str] = set()
-    for raw_path, raw_label in zip(table["path"], table["label"], strict=True):
-        rel = raw_path.strip().replace("\\", "/").removeprefix("./")
-        label_text = raw_label.strip()
-        if label_text in index:
-            label = index[label_text]
-        elif label_text.isdigit() and int(label_text) < len(class_names):
-            label = int(label_text)
-        else:
-            unknown.add(label_text)
-            continue
-        if labels.get(rel, label) != label:
-            conflicting.add(rel)
-        labels[rel] = label
-    problems = []
-    if unknown:
-        problems.append(
-            f"{len(unknown)} unknown label value(s) {sorted(unknown)[:10]}; expected one of"
-            f" data.class_names {class_names} or an index 0..{len(class_names) - 1}"
-        )
-    if conflicting:
-        problems.append(f"{len(conflicting)} path(s) listed twice with different labels")
-    if problems:
-        raise IngestFailed(f"{path}: " + "; ".join(problems))
-    return labels
-
-
-def _source_files(source: Path) -> list[str]:
-    files = (p for p in source.rglob("*") if p.is_file())
-    return sorted(p.relative_to(source).as_posix() for p in files if p != source / LABELS_FILE)
-
-
-def _to_explicit_little_endian(ds: Dataset) -> None:
-    """Write every output in explicit VR little endian: plain bytes the PHI audit can read."""
-    ts = ds.file_meta.TransferSyntaxUID
-    if ts in (ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    elif ts == ExplicitVRBigEndian:
-        binary = [e.keyword or str(e.tag) for e in ds if e.VR in ("OW", "OF", "OD", "OL", "OV")]
-        if binary != ["PixelData"]:
-            raise DicomError(
-                f"big-endian file with binary elements {binary}: only Pixel Data can be converted"
-                " to little endian here; convert the file to explicit VR little endian first"
-            )
-        bits = int(ds.BitsAllocated)
-        if bits > 8:
-            arr = np.frombuffer(ds.PixelData, dtype=f">u{bits // 8}")
-            ds.PixelData = arr.astype(f"<u{bits // 8}").tobytes()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-
-
-def _first(ds: Dataset, *keywords: str) -> float:
-    for keyword in keywords:
-        value = ds.get(keyword)
-        if value:
+    if out_dir.resolve().is_relative_to(source.resolve()):
+        raise IngestFailed(f"output folder {out_dir} is inside the source {source}; move it out")
+    mapper = mapper or local_mapper(config.ingest.workers)
+    if source.is_file() and source.suffix.lower() == ".npz":
+        with tempfile.TemporaryDirectory(prefix="medflow-npz-") as scratch:
             try:
-                return float(
-                    value[0] if isinstance(value, list | pydicom.multival.MultiValue) else value
+                records = npz_to_dicom(
+                    source, list(config.data.class_names), Path(scratch) / "dicom"
                 )
-            except (TypeError, ValueError):
-                continue
-    return math.nan
-
-
-def _row(
-    ds: Dataset,
-    grey: np.ndarray,
-    frames: int,
-    content_hash: str,
-    label: int,
-    class_names: list[str],
-) -> dict[str, object]:
-    image_id = str(ds.SOPInstanceUID)
-    return {
-        "image_id": image_id,
-        "file": f"{IMAGES_DIR}/{image_id}.dcm",
-        "patient_id": str(ds.PatientID),
-        "study_id": str(ds.get("StudyInstanceUID", "")),
-        "series_id": str(ds.get("SeriesInstanceUID", "")),
-        "modality": str(ds.get("Modality", "")),
-        "manufacturer": str(ds.get("Manufacturer", "")),
-        "rows": int(ds.Rows),
-        "columns": int(ds.Columns),
-        "frames": frames,
-        "pixel_spacing": _first(ds, "PixelSpacing", "ImagerPixelSpacing"),
-        "bits_stored": int(ds.get("BitsStored", 0) or 0),
-        "photometric": str(ds.get("PhotometricInterpretation", "")).strip(),
-        "label": label,
-        "label_name": class_names[label],
-        "split": "",
-        "content_hash": content_hash,
-        "pixel_mean": float(grey.mean()),
-        "pixel_std": float(grey.std()),
-        "pixel_min": float(grey.min()),
-        "pixel_max": float(grey.max()),
-    }
+            except ValueError as exc:
+                raise IngestFailed(str(exc)) from exc
+            official = {r.path: r.split for r in records}
+            return _ingest_folder(
+                config, Path(scratch) / "dicom", out_dir, key, mapper, progress, official
+            )
+    if source.is_dir():
+        return _ingest_folder(config, source, out_dir, key, mapper, progress, None)
+    raise IngestFailed(
+        f"data source {source} is neither a folder (DICOM files + {LABELS_FILE}, or one folder"
+        " per class) nor an .npz archive"
+    )
 
 
 def _ingest_folder(
+    config: IngestConfig,
     source: Path,
-    tmp: Path,
-    class_names: list[str],
-    deid: Deidentifier,
+    out_dir: Path,
+    key: bytes,
+    mapper: Mapper,
+    progress: Progress | None,
     official_splits: dict[str, str] | None,
-) -> tuple[list[dict[str, object]], list[_Quarantined]]:
-    labels = _read_labels(source, class_names)
-    rows: list[dict[str, object]] = []
-    quarantined: list[_Quarantined] = []
-    seen: set[str] = set()
-    without_patient_id = 0
-    (tmp / IMAGES_DIR).mkdir()
-    files = _source_files(source)
-    for rel in files:
-        sha = ""
-        try:
-            data = (source / rel).read_bytes()  # inputs are only ever read
-            sha = hashlib.sha256(data).hexdigest()
-            if rel not in labels:
-                _collect_quietly(data, deid)  # its identifiers may still appear in paths
-                quarantined.append(_Quarantined(rel, sha, NO_LABEL, NO_LABEL))
-                continue
-            ds = read_dicom(data)
-            # Remember the originals now: the file may still fail below, its path and
-            # reason are written to quarantine.csv and must not leak them.
-            deid.audit.collect(ds)
-            grey, frames, _ = decode_pixels(ds)
-            if not str(ds.get("PatientID", "") or "").strip():
-                without_patient_id += 1
-            deid.deidentify(ds)
-            image_id = str(ds.SOPInstanceUID)
-            if image_id in seen:
-                raise DicomError("duplicate: another file with the same SOPInstanceUID came first")
-            _to_explicit_little_endian(ds)
-            buf = io.BytesIO()
-            pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-            (tmp / IMAGES_DIR / f"{image_id}.dcm").write_bytes(buf.getvalue())
-            seen.add(image_id)
-            row = _row(ds, grey, frames, sha, labels[rel], class_names)
-            if official_splits is not None:
-                row["split"] = official_splits[rel]
-            rows.append(row)
-        except DicomError as exc:
-            category = re.split(r"[:(;]", str(exc))[0].strip()
-            quarantined.append(_Quarantined(rel, sha, str(exc), category))
-        except Exception as exc:  # one bad file must not stop the run
-            reason = f"unexpected {type(exc).__name__}: {exc}"
-            quarantined.append(_Quarantined(rel, sha, reason, f"unexpected {type(exc).__name__}"))
-    present = set(files)
-    for rel in sorted(set(labels) - present):
-        quarantined.append(_Quarantined(rel, "", MISSING, MISSING))
-    if without_patient_id:
-        logger.warning(
-            "%d image(s) have no PatientID: each of their studies is treated as its own patient",
-            without_patient_id,
+) -> IngestResult:
+    Deidentifier(key)  # a bad key fails here, before any work
+    class_names = list(config.data.class_names)
+    listed, unreadable = walk_source(source)
+    files = [f for f in listed if f.rel != LABELS_FILE]
+    labels = read_labels(source, [f.rel for f in files], class_names)
+    settings = config.shard_settings()
+    fingerprint = incremental.fingerprint(key, settings)
+    extra = f"{sorted((u.rel, u.reason) for u in unreadable)}{config.data.split}{official_splits}"
+    listing = incremental.listing_digest(key, files, labels, extra)
+    previous = incremental.load_previous(out_dir, fingerprint)
+    if previous is not None and previous.listing == listing:
+        logger.info("nothing changed since the last ingest into %s: output left as it was", out_dir)
+        return _result(
+            read_manifest(out_dir),
+            out_dir,
+            _read_outcomes(out_dir),
+            len(files),
+            len(files),
+            unchanged=True,
         )
-    return rows, quarantined
+
+    reused: dict[str, str] = {}  # path -> sha256, known without reading the file
+    todo: list[tuple[str, int | None]] = []
+    for f in files:
+        sha = previous.sha_of(key, f) if previous is not None and f.rel in labels else None
+        if sha is not None and (sha in previous.rows_by_hash or sha in previous.outcomes_by_hash):
+            reused[f.rel] = sha
+        else:
+            todo.append((f.rel, labels.get(f.rel)))
+
+    audit = PhiAudit()
+    with atomic_dir(out_dir) as tmp, ExitStack() as log_capture:
+        log_capture.enter_context(_log_to(tmp / LOG_FILE))
+        (tmp / IMAGES_DIR).mkdir()
+        rows: list[dict[str, object]] = []
+        outcomes: list[Outcome] = []
+        hashes = dict(reused)
+        files_scanned = 0
+        if previous is not None:
+            for rel, sha in reused.items():
+                rows += _reuse(previous, rel, sha, labels[rel], class_names, tmp, outcomes)
+        size = config.ingest.shard_size
+        tasks = [
+            ShardTask(str(source), str(tmp), tuple(todo[i : i + size]), key, settings)
+            for i in range(0, len(todo), size)
+        ]
+        logger.info(
+            "ingesting %d file(s) in %d shard(s); %d unchanged file(s) reused",
+            len(todo),
+            len(tasks),
+            len(reused),
+        )
+        done = len(reused)
+        if progress:
+            progress(done, len(files))
+        findings: list[tuple[str, str]] = []
+        without_patient_id = 0
+        for shard in mapper(ingest_shard, tasks):
+            rows += shard.rows
+            outcomes += shard.outcomes
+            hashes.update(shard.hashes)
+            audit.merge(shard.audit)
+            findings += shard.findings
+            files_scanned += shard.files_scanned
+            without_patient_id += shard.without_patient_id
+            done += len(shard.hashes) + sum(1 for o in shard.outcomes if not o.sha256)
+            if progress:
+                progress(done, len(files))
+        if findings:
+            shown = "; ".join(f"{f}: {kind}" for f, kind in findings[:10])
+            raise IngestFailed(
+                f"PHI audit failed: {len(findings)} original identifier(s) found in de-identified"
+                f" images ({shown}); nothing was written. Check the de-identification of these"
+                " attributes before ingesting this source"
+            )
+        if without_patient_id:
+            logger.warning(
+                "%d image(s) have no PatientID: each of their studies is treated as its own"
+                " patient",
+                without_patient_id,
+            )
+        rows, outcomes = _resolve_duplicates(rows, outcomes, hashes, labels, tmp)
+        outcomes += [
+            Outcome(
+                u.rel,
+                "",
+                SKIPPED if "loop" in u.reason else QUARANTINED,
+                u.reason,
+                u.reason.split(":")[0],
+            )
+            for u in unreadable
+        ]
+        present = {f.rel for f in files}
+        outcomes += [
+            Outcome(rel, "", QUARANTINED, MISSING, MISSING) for rel in sorted(set(labels) - present)
+        ]
+        by_outcome = dict(Counter(o.outcome for o in outcomes))
+        by_category = dict(Counter(o.category for o in outcomes).most_common())
+        _check_losses(config, len(files) + len(unreadable), outcomes, by_category, rows, source)
+
+        manifest = pd.DataFrame(rows, columns=list(COLUMNS))
+        if official_splits is not None:
+            split_of = {sha: official_splits[rel] for rel, sha in hashes.items()}
+            manifest["split"] = manifest["content_hash"].map(split_of)
+        else:
+            splits = assign_splits(manifest[["patient_id", "label"]], config.data.split)
+            manifest["split"] = manifest["patient_id"].map(splits)
+        manifest = manifest.sort_values(["file", "frame"]).astype(COLUMNS)
+        manifest.to_csv(tmp / MANIFEST_FILE, index=False)
+        _write_quarantine(tmp / QUARANTINE_FILE, outcomes, audit)
+        write_json_atomic(
+            tmp / incremental.STATE_FILE,
+            incremental.state(key, fingerprint, listing, files, hashes),
+        )
+        result = _result(manifest, out_dir, by_outcome, len(files), len(reused))
+        logger.info(
+            "ingested %d sample(s) of %d patient(s) from %d file(s) (%d reused); outcomes %s,"
+            " reasons %s; per split and class: %s",
+            result.n_images,
+            result.n_patients,
+            len(files),
+            len(reused),
+            by_outcome,
+            by_category,
+            result.counts,
+        )
+        log_capture.close()  # the log is complete: audit it with the other shared outputs
+        _audit(tmp, audit, files_scanned)
+    return result
 
 
-def _collect_quietly(data: bytes, deid: Deidentifier) -> None:
-    try:
-        deid.audit.collect(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True))
-    except Exception:
-        pass  # not DICOM: nothing to remember
+def _reuse(
+    previous: incremental.Previous,
+    rel: str,
+    sha: str,
+    label: int,
+    class_names: list[str],
+    tmp: Path,
+    outcomes: list[Outcome],
+) -> list[dict[str, object]]:
+    """The previous result of an unchanged file: its rows (relabelled) or its outcome."""
+    if sha not in previous.rows_by_hash:
+        old = previous.outcomes_by_hash[sha]
+        outcomes.append(Outcome(rel, sha, old.outcome, old.reason, old.category))
+        return []
+    image = f"{IMAGES_DIR}/{sha}.dcm"
+    target = tmp / image
+    if not target.exists():
+        try:
+            os.link(previous.folder / image, target)
+        except OSError:
+            shutil.copy2(previous.folder / image, target)
+    rows = [dict(r) for r in previous.rows_by_hash[sha]]
+    for row in rows:
+        row["label"], row["label_name"], row["split"] = label, class_names[label], ""
+    return rows
 
 
-def _write_quarantine(path: Path, quarantined: list[_Quarantined], deid: Deidentifier) -> None:
+def _resolve_duplicates(
+    rows: list[dict[str, object]],
+    outcomes: list[Outcome],
+    hashes: dict[str, str],
+    labels: dict[str, int],
+    tmp: Path,
+) -> tuple[list[dict[str, object]], list[Outcome]]:
+    """One copy per content; files with the same SOP instance but other content quarantined."""
+    ingested = {str(r["content_hash"]) for r in rows}
+    first_path: dict[str, str] = {}
+    for rel in sorted(hashes):
+        sha = hashes[rel]
+        if sha not in ingested or rel not in labels:  # unlabelled: already quarantined
+            continue
+        if sha not in first_path:
+            first_path[sha] = rel
+            continue
+        original = first_path[sha]
+        if labels.get(rel) != labels.get(original):
+            reason = f"same content as {original} but labelled differently: fix labels.csv"
+            outcomes.append(Outcome(rel, sha, QUARANTINED, reason, "conflicting duplicate"))
+        else:
+            outcomes.append(Outcome(rel, sha, DUPLICATE, f"same content as {original}", DUPLICATE))
+    unique: dict[tuple[str, object], dict[str, object]] = {}
+    for row in rows:  # a duplicate's rows came from the same bytes: keep one set
+        unique.setdefault((str(row["content_hash"]), row["frame"]), row)
+    by_sop: dict[str, tuple[str, tuple[object, ...]]] = {}  # sop -> (path, geometry)
+    dropped: set[str] = set()
+    for sha, rel in sorted(first_path.items(), key=lambda item: item[1]):
+        row = next(r for r in unique.values() if r["content_hash"] == sha)
+        sop, geometry = str(row["sop_instance_id"]), (row["rows"], row["columns"], row["frames"])
+        if sop not in by_sop:
+            by_sop[sop] = rel, geometry
+            continue
+        dropped.add(sha)
+        (tmp / IMAGES_DIR / f"{sha}.dcm").unlink(missing_ok=True)
+        kept, kept_geometry = by_sop[sop]
+        if geometry == kept_geometry:
+            # The same instance in another transfer syntax (a transcoded copy): DICOM
+            # identifies an instance by its UID, whatever its encoding.
+            reason = f"same SOPInstanceUID and image size as {kept}: the same image re-encoded"
+            outcomes.append(Outcome(rel, sha, DUPLICATE, reason, DUPLICATE))
+        else:
+            reason = (
+                f"conflict: same SOPInstanceUID as {kept} but a different image"
+                f" ({geometry[0]}x{geometry[1]}, {geometry[2]} frame(s)); the first was kept"
+            )
+            outcomes.append(Outcome(rel, sha, QUARANTINED, reason, "conflicting SOPInstanceUID"))
+    return [r for r in unique.values() if r["content_hash"] not in dropped], outcomes
+
+
+def _check_losses(
+    config: IngestConfig,
+    n_files: int,
+    outcomes: list[Outcome],
+    by_category: dict[str, int],
+    rows: list[dict[str, object]],
+    source: Path,
+) -> None:
+    lost = sum(1 for o in outcomes if o.outcome == QUARANTINED)
+    limit = config.ingest.max_quarantine_fraction
+    if n_files and lost / n_files > limit:
+        raise IngestFailed(
+            f"{lost} of {n_files} file(s) ({lost / n_files:.1%}) were quarantined, more than"
+            f" ingest.max_quarantine_fraction = {limit:.1%}; reasons: {by_category}. Fix the"
+            " source (or raise the threshold if these losses are expected); nothing was written"
+        )
+    if not rows:
+        raise IngestFailed(
+            f"no image could be ingested from {source}: {len(outcomes)} file(s) not ingested"
+            f" ({by_category}); check the labels and that the files are DICOM images"
+        )
+
+
+def _write_quarantine(path: Path, outcomes: list[Outcome], audit: PhiAudit) -> None:
     def safe(text: str) -> str:
         # Hospital exports name folders after patients: never copy an identifier along.
-        kinds = deid.audit.kinds_in_text(text)
+        kinds = audit.kinds_in_text(text)
         return f"[withheld: contains {', '.join(sorted(kinds))}]" if kinds else text
 
-    records = [(safe(q.path), q.sha256, safe(q.reason)) for q in quarantined]
-    pd.DataFrame(records, columns=["path", "sha256", "reason"]).to_csv(path, index=False)
+    records = [
+        (safe(o.path), o.sha256, o.outcome, safe(o.reason), safe(o.category))
+        for o in sorted(outcomes, key=lambda o: o.path)
+    ]
+    pd.DataFrame(records, columns=QUARANTINE_COLUMNS).to_csv(path, index=False)
 
 
-def _audit(tmp: Path, deid: Deidentifier) -> None:
-    outputs = sorted(p for p in tmp.rglob("*") if p.is_file())
-    findings = deid.audit.scan(outputs)
-    write_json_atomic(
-        tmp / PHI_AUDIT_FILE,
-        {
-            "files_scanned": len(outputs),
-            "findings": len(findings),
-            "identifying_values_checked": len(deid.audit),
-            "values_too_short_to_check": deid.audit.n_unscannable,
-        },
-    )
+def _read_outcomes(folder: Path) -> dict[str, int]:
+    table = pd.read_csv(folder / QUARANTINE_FILE, dtype=str, keep_default_na=False)
+    return {str(k): int(v) for k, v in table["outcome"].value_counts().items()}
+
+
+def _audit(folder: Path, audit: PhiAudit, images_scanned: int) -> None:
+    """Scan the shared outputs (images were scanned by their shard); fail if any value leaked."""
+    shared = [p for p in sorted(folder.iterdir()) if p.is_file() and p.name != PHI_AUDIT_FILE]
+    findings = audit.scan(shared)
+    report = {
+        "files_scanned": images_scanned + len(shared),
+        "images_scanned_by_shards": images_scanned,
+        "findings": len(findings),
+        "identifying_values_checked": len(audit),
+        "values_too_short_to_check": audit.n_unscannable,
+    }
     if findings:
-        shown = "; ".join(f"{f.file.relative_to(tmp)}: {f.kind}" for f in findings[:10])
+        shown = "; ".join(f"{f.file.name}: {f.kind}" for f in findings[:10])
         raise IngestFailed(
             f"PHI audit failed: {len(findings)} original identifier(s) found in the output"
-            f" ({shown}{'; ...' if len(findings) > 10 else ''}); nothing was written. Check the"
-            " de-identification of these attributes before ingesting this source"
+            f" ({shown}); nothing was written. Check the de-identification of these"
+            " attributes before ingesting this source"
         )
+    write_json_atomic(folder / PHI_AUDIT_FILE, report)
 
 
 @contextmanager
-def _no_value_warnings() -> Iterator[None]:
-    """pydicom's invalid-value warnings quote the value (a UID, a name): keep them out of logs."""
-    settings = pydicom.config.settings
-    saved = settings.reading_validation_mode, settings.writing_validation_mode
-    settings.reading_validation_mode = settings.writing_validation_mode = pydicom.config.IGNORE
+def _log_to(path: Path) -> Iterator[None]:
+    """Copy the medflow log lines of this run into the output (the audit scans them)."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("medflow")
+    root.addHandler(handler)
+    previous_level = root.level
+    if root.getEffectiveLevel() > logging.INFO:
+        root.setLevel(logging.INFO)
     try:
-        yield
+        with quiet_pydicom():
+            yield
     finally:
-        settings.reading_validation_mode, settings.writing_validation_mode = saved
+        root.removeHandler(handler)
+        root.setLevel(previous_level)
+        handler.close()
 
 
-def run_ingest(params: DataParams, source: Path, out_dir: Path, key: bytes) -> IngestResult:
-    """Ingest a DICOM folder with labels.csv, or a MedMNIST-style .npz, into out_dir."""
-    with _no_value_warnings():
-        return _run_ingest(params, source, out_dir, key)
-
-
-def _run_ingest(params: DataParams, source: Path, out_dir: Path, key: bytes) -> IngestResult:
-    source, out_dir = Path(source), Path(out_dir)
-    class_names = list(params.class_names)
-    if not source.exists():
-        raise IngestFailed(f"data source {source} does not exist (data.source: {params.source!r})")
-    if out_dir.resolve().is_relative_to(source.resolve()):
-        raise IngestFailed(f"output folder {out_dir} is inside the source {source}; move it out")
-    deid = Deidentifier(key)
-    official: dict[str, str] | None = None  # an .npz archive brings its own splits
-    with atomic_dir(out_dir) as tmp:
-        if source.is_file() and source.suffix.lower() == ".npz":
-            with tempfile.TemporaryDirectory(prefix="medflow-npz-") as scratch:
-                try:
-                    records = npz_to_dicom(source, class_names, Path(scratch) / "dicom")
-                except ValueError as exc:
-                    raise IngestFailed(str(exc)) from exc
-                official = {r.path: r.split for r in records}
-                rows, quarantined = _ingest_folder(
-                    Path(scratch) / "dicom", tmp, class_names, deid, official
-                )
-        elif source.is_dir():
-            rows, quarantined = _ingest_folder(source, tmp, class_names, deid, None)
-        else:
-            raise IngestFailed(
-                f"data source {source} is neither a folder (DICOM files + {LABELS_FILE})"
-                " nor an .npz archive"
-            )
-        by_category = dict(Counter(q.category for q in quarantined).most_common())
-        if not rows:
-            raise IngestFailed(
-                f"no image could be ingested from {source}: {len(quarantined)} file(s) quarantined"
-                f" ({by_category}); check labels.csv and that the files are DICOM images"
-            )
-        manifest = pd.DataFrame(rows, columns=list(COLUMNS))
-        if official is None:
-            splits = assign_splits(manifest[["patient_id", "label"]], params.split)
-            manifest["split"] = manifest["patient_id"].map(splits)
-        manifest = manifest.sort_values("file").astype(COLUMNS)
-        manifest.to_csv(tmp / MANIFEST_FILE, index=False)
-        _write_quarantine(tmp / QUARANTINE_FILE, quarantined, deid)
-        _audit(tmp, deid)
-
-    pairs = sorted((manifest.content_hash + "," + manifest.label_name).tolist())
-    data_hash = hashlib.sha256("\n".join(pairs).encode()).hexdigest()
+def _result(
+    manifest: pd.DataFrame,
+    out_dir: Path,
+    outcomes: dict[str, int],
+    n_files: int,
+    n_reused: int,
+    *,
+    unchanged: bool = False,
+) -> IngestResult:
+    triples = sorted(
+        f"{h},{f},{n}"
+        for h, f, n in zip(manifest.content_hash, manifest.frame, manifest.label_name, strict=True)
+    )
     counts = {
         split: {
             name: int(((manifest.split == split) & (manifest.label_name == name)).sum())
-            for name in class_names
+            for name in sorted(set(manifest.label_name))
         }
         for split in SPLITS
     }
-    n_patients = int(manifest.patient_id.nunique())
-    logger.info(
-        "ingested %d images of %d patients, quarantined %d %s; per split and class: %s",
-        len(manifest),
-        n_patients,
-        len(quarantined),
-        by_category,
-        counts,
-    )
     return IngestResult(
         n_images=len(manifest),
-        n_quarantined=len(quarantined),
-        n_patients=n_patients,
+        n_quarantined=int(outcomes.get(QUARANTINED, 0)),
+        n_patients=int(manifest.patient_id.nunique()),
         manifest=out_dir / MANIFEST_FILE,
-        data_hash=data_hash,
+        data_hash=hashlib.sha256("\n".join(triples).encode()).hexdigest(),
         counts=counts,
+        outcomes=outcomes,
+        n_files=n_files,
+        n_reused=n_reused,
+        unchanged=unchanged,
     )

@@ -15,13 +15,18 @@ SPLITS = ("train", "val", "test")
 
 # column -> pandas dtype
 COLUMNS: dict[str, str] = {
-    "image_id": "string",  # pseudonymous, stable per image (the de-identified SOPInstanceUID)
-    "file": "string",  # de-identified DICOM, relative to the ingest output folder
+    # pseudonymous, stable per sample: the de-identified SOPInstanceUID, with ":<frame>"
+    # appended when one file gives several samples (preprocess.frames: all)
+    "image_id": "string",
+    "file": "string",  # de-identified DICOM, images/<content_hash>.dcm in the ingest output
+    "frame": "int64",  # the frame of that file this row is (preprocess.frames)
     "patient_id": "string",  # keyed pseudonym of PatientID
     "study_id": "string",  # de-identified StudyInstanceUID
     "series_id": "string",  # de-identified SeriesInstanceUID
+    "sop_instance_id": "string",  # de-identified SOPInstanceUID (one per file)
     "modality": "string",
     "manufacturer": "string",
+    "site": "string",  # keyed pseudonym of InstitutionName ("" when absent)
     "rows": "int64",
     "columns": "int64",
     "frames": "int64",

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
+import hashlib
+
 import pandas as pd
 
 from medflow.config import SplitParams
-from medflow.data.manifest import SPLITS
 
 
 def _majority_labels(patients: pd.DataFrame) -> pd.Series:
@@ -16,26 +16,21 @@ def _majority_labels(patients: pd.DataFrame) -> pd.Series:
     return counts.drop_duplicates("patient_id").set_index("patient_id")["label"].sort_index()
 
 
-def _split_sizes(n: int, params: SplitParams) -> tuple[int, int]:
-    """(n_val, n_test) for a group of n patients; each split gets one when n allows it."""
-    n_test = int(round(n * params.test_fraction))
-    n_val = int(round(n * params.val_fraction))
-    if n >= 3:
-        n_test, n_val = max(n_test, 1), max(n_val, 1)
-    while n_test + n_val >= n and n_test + n_val > 0:  # keep at least one for training
-        if n_val >= n_test and n_val > 0:
-            n_val -= 1
-        else:
-            n_test -= 1
-    return n_val, n_test
+def _position(patient_id: str, seed: int) -> float:
+    """A patient's fixed place in [0, 1): a hash of the seed and the pseudonym."""
+    digest = hashlib.sha256(f"{seed}/{patient_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def assign_splits(patients: pd.DataFrame, params: SplitParams) -> dict[str, str]:
     """Map every patient_id to 'train', 'val' or 'test'.
 
     `patients` has one row per image (or per patient) with columns patient_id and label.
-    Stratified by each patient's majority label, so every class reaches every split when it
-    has at least three patients; deterministic for a given params.seed and set of patients.
+    A patient's split depends only on a hash of params.seed and its pseudonym, so adding
+    patients later never moves anyone: a test patient of one dataset version never turns up
+    in training in the next. Small classes are the exception: a class with 3 or more
+    patients and none in val or test gives that split the patient nearest to it, so every
+    class reaches every split; the result is independent of row order.
     """
     missing = {"patient_id", "label"} - set(patients.columns)
     if missing:
@@ -43,15 +38,20 @@ def assign_splits(patients: pd.DataFrame, params: SplitParams) -> dict[str, str]
     if patients.empty:
         return {}
     majority = _majority_labels(patients[["patient_id", "label"]].astype({"patient_id": str}))
-    rng = np.random.default_rng(params.seed)
+    cut_test = params.test_fraction
+    cut_val = params.test_fraction + params.val_fraction
     assignment: dict[str, str] = {}
     for label in sorted(majority.unique()):
-        # Sorted before shuffling: the result does not depend on the input row order.
         ids = sorted(majority.index[majority == label])
-        ids = [ids[i] for i in rng.permutation(len(ids))]
-        n_val, n_test = _split_sizes(len(ids), params)
-        for i, pid in enumerate(ids):
-            assignment[pid] = (
-                SPLITS[2] if i < n_test else SPLITS[1] if i < n_test + n_val else SPLITS[0]
-            )
+        position = {pid: _position(pid, params.seed) for pid in ids}
+        for pid, u in position.items():
+            assignment[pid] = "test" if u < cut_test else "val" if u < cut_val else "train"
+        if len(ids) < 3:
+            continue
+        for split, target in (("test", cut_test / 2), ("val", (cut_test + cut_val) / 2)):
+            members = [pid for pid in ids if assignment[pid] == split]
+            train = [pid for pid in ids if assignment[pid] == "train"]
+            if not members and len(train) > 1:
+                nearest = min(train, key=lambda pid: (abs(position[pid] - target), pid))
+                assignment[nearest] = split
     return assignment

@@ -14,15 +14,23 @@ import pydicom.config
 import pydicom.examples
 import pytest
 
-from medflow.config import DataParams
-from medflow.data.ingest import MISSING, NO_LABEL, run_ingest
+from medflow.config import DataParams, DeidParams, IngestParams, PreprocessParams
+from medflow.data.ingest import MISSING, IngestConfig, run_ingest
+from medflow.data.shard import NO_LABEL
 from medflow.data.manifest import COLUMNS, IDENTIFYING_COLUMNS, read_manifest
 from medflow.errors import IngestFailed
 from tests.unit.data.conftest import CLASSES, SMALL
 from tests.unit.data.phi import IDENTIFYING_KEYWORDS, KEY
 from tests.unit.data.test_npz_source import SIZES, make_npz
 
-PARAMS = DataParams(source="source", class_names=CLASSES)
+
+def config(data: DataParams, **ingest: object) -> IngestConfig:
+    """In-process, and every loss tolerated: these tests look at what was lost and why."""
+    settings = {"workers": 1, "max_quarantine_fraction": 1.0, **ingest}
+    return IngestConfig(data, IngestParams(**settings), DeidParams(), PreprocessParams())
+
+
+PARAMS = config(DataParams(source="source", class_names=CLASSES))
 IDENTIFYING = IDENTIFYING_KEYWORDS
 
 
@@ -96,7 +104,8 @@ def test_manifest_has_exactly_the_columns(ingested: tuple) -> None:
     assert (manifest.label_name == manifest.label.map(dict(enumerate(CLASSES)))).all()
     for row in manifest.itertuples():
         ds = pydicom.dcmread(out / row.file)
-        assert row.file == f"images/{row.image_id}.dcm" and ds.SOPInstanceUID == row.image_id
+        assert row.file == f"images/{row.content_hash}.dcm"
+        assert ds.SOPInstanceUID == row.sop_instance_id == row.image_id and row.frame == 0
         assert ds.PatientID == row.patient_id and ds.PatientIdentityRemoved == "YES"
 
 
@@ -116,9 +125,13 @@ def test_labels_and_content_hashes_match_the_source(ingested: tuple) -> None:
 def test_bad_files_are_quarantined_with_reasons_and_the_run_goes_on(ingested: tuple) -> None:
     _, out, result = ingested
     quarantine = pd.read_csv(out / "quarantine.csv").set_index("path")
-    assert result.n_quarantined == len(quarantine) == 4
+    assert len(quarantine) == 4 and result.n_quarantined == 3
+    assert result.outcomes == {"quarantined": 3, "skipped": 1}
     assert "not a DICOM file" in quarantine.loc["P0001/x.dcm", "reason"]
-    assert "no pixel data" in quarantine.loc["P0002/plan.dcm", "reason"]
+    assert quarantine.loc["P0002/plan.dcm", "outcome"] == "skipped"
+    assert (
+        "not an image to learn from: RT Plan Storage" in quarantine.loc["P0002/plan.dcm", "reason"]
+    )
     assert quarantine.loc["P0003/unlisted.dcm", "reason"] == NO_LABEL
     assert quarantine.loc["P0009/gone.dcm", "reason"] == MISSING
     assert len(quarantine.loc["P0001/x.dcm", "sha256"]) == 64
@@ -247,7 +260,7 @@ def test_pydicom_examples_are_ingested(tmp_path: Path) -> None:
 
 def test_npz_keeps_official_splits(tmp_path: Path) -> None:
     npz = make_npz(tmp_path / "tiny.npz")
-    params = DataParams(source="tiny.npz", class_names=["normal", "pneumonia"])
+    params = config(DataParams(source="tiny.npz", class_names=["normal", "pneumonia"]))
     result = run_ingest(params, npz, tmp_path / "out", KEY)
     manifest = read_manifest(tmp_path / "out")
     assert Counter(manifest.split) == SIZES
@@ -262,7 +275,7 @@ def test_npz_keeps_official_splits(tmp_path: Path) -> None:
 
 def test_unusable_npz_is_an_ingest_error(tmp_path: Path) -> None:
     npz = make_npz(tmp_path / "bad.npz", test_labels=np.array([[0], [3], [1], [0]]))
-    params = DataParams(source="bad.npz", class_names=["normal", "pneumonia"])
+    params = config(DataParams(source="bad.npz", class_names=["normal", "pneumonia"]))
     with pytest.raises(IngestFailed, match="test_labels holds"):
         run_ingest(params, npz, tmp_path / "out", KEY)
 

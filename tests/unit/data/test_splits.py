@@ -28,9 +28,18 @@ def test_every_patient_in_exactly_one_split() -> None:
 
 
 def test_sizes_follow_the_fractions() -> None:
-    splits = assign_splits(_images(200), SplitParams(val_fraction=0.15, test_fraction=0.25))
+    splits = assign_splits(_images(2000, 1), SplitParams(val_fraction=0.15, test_fraction=0.25))
     counts = Counter(splits.values())
-    assert abs(counts["test"] - 50) <= 2 and abs(counts["val"] - 30) <= 2
+    # each patient's split is a fair draw: within 4 standard deviations of the fractions
+    assert abs(counts["test"] - 500) <= 4 * (2000 * 0.25 * 0.75) ** 0.5
+    assert abs(counts["val"] - 300) <= 4 * (2000 * 0.15 * 0.85) ** 0.5
+
+
+def test_adding_patients_never_moves_existing_ones() -> None:
+    params = SplitParams()
+    before = assign_splits(_images(300), params)
+    after = assign_splits(_images(400), params)
+    assert {pid: after[pid] for pid in before} == before
 
 
 def test_stratified_every_class_in_every_split() -> None:

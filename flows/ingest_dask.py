@@ -1,0 +1,113 @@
+"""The ingest stage on a Dask cluster, through Prefect's Dask task runner (prefect-dask).
+
+The same shards as a local run (medflow.data.shard.ingest_shard), each a Prefect task on a
+Dask worker; the same run_ingest merges them, so the manifest is the same as with one
+worker. By default a temporary local cluster of `n_workers` processes is started; pass
+`address` (tcp://scheduler:8786) to use a running cluster. A cluster's workers need
+medflow installed, the de-identification key in their environment is NOT needed (the key
+travels with each shard in memory), and the source and output folders on a filesystem
+they all mount at the same path. Start workers with one thread each
+(`dask worker --nthreads 1 ...`): pydicom's settings are per process.
+
+    python -m flows.ingest_dask --root . --workers 4
+    python -m flows.ingest_dask --root . --address tcp://10.0.0.5:8786
+
+Task results are kept in memory only (persist_result=False): a shard's result holds the
+original identifiers for the PHI audit and must never be written anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect_dask import DaskTaskRunner
+
+from flows.layout import Layout
+from medflow.config import load_params
+from medflow.data.deid import resolve_deid_key
+from medflow.data.ingest import IngestConfig, run_ingest
+from medflow.data.shard import ShardResult, ShardTask, ingest_shard
+from medflow.data.workers import ShardFn
+
+
+@task(name="ingest-shard", cache_policy=NO_CACHE, persist_result=False, log_prints=False)
+def ingest_shard_task(shard: ShardTask) -> ShardResult:
+    return ingest_shard(shard)
+
+
+def _prefect_mapper(_: ShardFn, tasks: Sequence[ShardTask]) -> Iterator[ShardResult]:
+    """Fan the shards out through the flow's task runner; results as they finish."""
+    futures = [ingest_shard_task.submit(t) for t in tasks]
+    for future in as_completed(futures):
+        yield future.result()
+
+
+@flow(name="medflow-ingest-dask")
+def ingest_dask(
+    root: str = ".",
+    source: str | None = None,
+    out: str | None = None,
+    params_file: str | None = None,
+) -> dict[str, Any]:
+    """Ingest data.source (or `source`) into data/ingested (or `out`) with shards on Dask.
+
+    Parameters are paths only: a flow run's parameters are stored by the Prefect server, so
+    the key is read here from the environment (MEDFLOW_DEID_KEY / MEDFLOW_DEID_KEY_FILE).
+    """
+    layout = Layout(Path(root).resolve())
+    params = load_params(Path(params_file) if params_file else layout.params)
+    src = Path(source) if source else params.data.resolve_source(layout.data)
+    dst = Path(out) if out else layout.ingested
+    key = resolve_deid_key(
+        os.environ,
+        synthetic=params.data.is_synthetic,
+        allow_demo=params.deid.allow_demo_key_for_synthetic,
+    )
+    result = run_ingest(IngestConfig.from_params(params), src, dst, key, mapper=_prefect_mapper)
+    get_run_logger().info(
+        "ingested %d images from %d files on Dask; outcomes %s",
+        result.n_images,
+        result.n_files,
+        result.outcomes,
+    )
+    return {
+        "n_images": result.n_images,
+        "n_files": result.n_files,
+        "outcomes": result.outcomes,
+        "data_hash": result.data_hash,
+    }
+
+
+def dask_runner(n_workers: int = 2, address: str | None = None) -> DaskTaskRunner:
+    """A runner for a running cluster (address) or a temporary local one of n_workers."""
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(
+        cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True}
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default=".", help="project root (params.yaml, data/)")
+    parser.add_argument("--source", help="source folder (default: data.source)")
+    parser.add_argument("--out", help="output folder (default: data/ingested)")
+    parser.add_argument("--workers", type=int, default=2, help="local cluster size")
+    parser.add_argument("--address", help="scheduler address of a running Dask cluster")
+    args = parser.parse_args()
+    runner = dask_runner(args.workers, args.address)
+    summary = ingest_dask.with_options(task_runner=runner)(
+        root=args.root, source=args.source, out=args.out
+    )
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()

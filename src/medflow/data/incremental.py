@@ -1,0 +1,130 @@
+"""What the last ingest into a folder already did, so a re-ingest only does the new work.
+
+The state file records, per source file, its size, modification time and content hash,
+keyed by an HMAC of its path (folder names can name patients), plus a fingerprint of
+everything that decides what a file turns into (key, frame policy, size cap, burned-in
+policy, format version). A file whose size and time match is not even read again; a file
+whose content hash matches reuses its de-identified image and manifest rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from medflow.data.manifest import COLUMNS, MANIFEST_FILE
+from medflow.data.shard import NO_LABEL, Outcome, ShardSettings
+from medflow.data.sources import SourceFile
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "ingest_state.json"
+QUARANTINE_FILE = "quarantine.csv"
+FORMAT = 2  # bump when the output of a file changes for the same settings
+
+
+def path_token(key: bytes, rel: str) -> str:
+    return hmac.new(key, f"medflow/path/{rel}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def fingerprint(key: bytes, settings: ShardSettings) -> str:
+    """Changes whenever the same file would be ingested differently."""
+    text = json.dumps(
+        {
+            "format": FORMAT,
+            "key": hmac.new(key, b"medflow/key-fingerprint", hashlib.sha256).hexdigest(),
+            "frames": settings.frames,
+            "max_frame_pixels": settings.max_frame_pixels,
+            "burned_in": settings.allow_burned_in_annotation,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def listing_digest(key: bytes, files: list[SourceFile], labels: dict[str, int], extra: str) -> str:
+    """One hash of the file list with sizes, times and labels: equal means nothing changed."""
+    digest = hashlib.sha256(extra.encode())
+    for f in files:
+        token = path_token(key, f.rel)
+        digest.update(f"{token}:{f.size}:{f.mtime_ns}:{labels.get(f.rel)}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Previous:
+    """The last ingest's outputs in `folder`, valid for the current settings."""
+
+    folder: Path
+    listing: str
+    known: dict[str, tuple[int, int, str]]  # path token -> (size, mtime_ns, sha256)
+    rows_by_hash: dict[str, list[dict[str, object]]]
+    outcomes_by_hash: dict[str, Outcome]
+
+    def sha_of(self, key: bytes, f: SourceFile) -> str | None:
+        """The content hash of f if it is unchanged since the last ingest, without reading it."""
+        known = self.known.get(path_token(key, f.rel))
+        if known is not None and known[0] == f.size and known[1] == f.mtime_ns:
+            return known[2]
+        return None
+
+
+def load_previous(folder: Path, settings_fingerprint: str) -> Previous | None:
+    """The previous ingest in folder, or None (absent, from other settings, or unreadable)."""
+    state_path = folder / STATE_FILE
+    if not state_path.is_file():
+        return None
+    try:
+        state = json.loads(state_path.read_text())
+        if state.get("fingerprint") != settings_fingerprint:
+            logger.info("settings or key changed since the last ingest: ingesting everything")
+            return None
+        manifest = pd.read_csv(
+            folder / MANIFEST_FILE, dtype={k: v for k, v in COLUMNS.items() if v == "string"}
+        )
+        quarantine = pd.read_csv(folder / QUARANTINE_FILE, dtype=str, keep_default_na=False)
+    except Exception as exc:  # a damaged previous output is only a lost shortcut
+        logger.warning("previous ingest output unusable (%s): ingesting everything", exc)
+        return None
+    rows: dict[str, list[dict[str, object]]] = {}
+    for row in manifest.to_dict("records"):
+        if (folder / str(row["file"])).is_file():
+            rows.setdefault(str(row["content_hash"]), []).append(row)
+    outcomes = {
+        r["sha256"]: Outcome(r["path"], r["sha256"], r["outcome"], r["reason"], r["category"])
+        for r in quarantine.to_dict("records")
+        if r["sha256"] and r["outcome"] != "duplicate" and r["reason"] != NO_LABEL
+    }
+    return Previous(
+        folder=folder,
+        listing=state.get("listing", ""),
+        known={t: (int(v[0]), int(v[1]), str(v[2])) for t, v in state.get("files", {}).items()},
+        rows_by_hash=rows,
+        outcomes_by_hash=outcomes,
+    )
+
+
+def state(
+    key: bytes,
+    settings_fingerprint: str,
+    listing: str,
+    files: list[SourceFile],
+    hashes: dict[str, str],
+) -> dict[str, object]:
+    """The state file's content for this ingest (no path or value in clear)."""
+    return {
+        "format": FORMAT,
+        "fingerprint": settings_fingerprint,
+        "listing": listing,
+        "files": {
+            path_token(key, f.rel): [f.size, f.mtime_ns, hashes[f.rel]]
+            for f in files
+            if f.rel in hashes
+        },
+    }

@@ -1,0 +1,256 @@
+"""The unit of ingest work: one shard of source files, read, checked, de-identified, written.
+
+`ingest_shard` is a plain, picklable function of a `ShardTask`, so the same work runs in
+the calling process, in a local process pool, or on a Dask cluster through Prefect. Each
+de-identified image is audited for the identifiers of its own source file right here, in
+parallel; the small shared outputs (manifest, reports) are audited by the caller against
+the identifiers of every shard.
+
+The result carries the original identifying values (inside `audit`) back to the caller in
+memory only: never persist or log a ShardResult.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pydicom.config
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from medflow.data.deid import Deidentifier, PhiAudit
+from medflow.dicom import DicomError, NotAnImage, check_image, read_dicom
+from medflow.pixels import decode_frame, frame_indices, luminance, n_frames, photometric
+
+IMAGES_DIR = "images"
+NO_LABEL = "no label"
+
+QUARANTINED, SKIPPED, DUPLICATE = "quarantined", "skipped", "duplicate"
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    """Everything, besides the key, that decides what a file turns into."""
+
+    class_names: tuple[str, ...]
+    frames: str
+    max_frame_pixels: int
+    allow_burned_in_annotation: bool
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    source: str  # the source folder
+    out_dir: str  # the (temporary) output folder; images go to out_dir/images
+    files: tuple[tuple[str, int | None], ...]  # (path relative to source, label or None)
+    key: bytes
+    settings: ShardSettings
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A file that did not become manifest rows, and why."""
+
+    path: str  # relative to the source
+    sha256: str
+    outcome: str  # quarantined | skipped | duplicate
+    reason: str
+    category: str  # short and value-free: what the logs count
+
+
+@dataclass
+class ShardResult:
+    rows: list[dict[str, object]] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+    hashes: dict[str, str] = field(default_factory=dict)  # path -> sha256 of its bytes
+    audit: PhiAudit = field(default_factory=PhiAudit)
+    files_scanned: int = 0
+    findings: list[tuple[str, str]] = field(default_factory=list)  # (output file, kind)
+    without_patient_id: int = 0
+
+
+@contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """pydicom's warnings and log lines quote values (names, UIDs): keep them out of logs."""
+    settings = pydicom.config.settings
+    saved = settings.reading_validation_mode, settings.writing_validation_mode
+    pydicom_logger = logging.getLogger("pydicom")
+    saved_level = pydicom_logger.level
+    settings.reading_validation_mode = settings.writing_validation_mode = pydicom.config.IGNORE
+    pydicom_logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        settings.reading_validation_mode, settings.writing_validation_mode = saved
+        pydicom_logger.setLevel(saved_level)
+
+
+def ingest_shard(task: ShardTask) -> ShardResult:
+    """Ingest the files of one shard; never raises for a bad file (it becomes an Outcome)."""
+    deid = Deidentifier(task.key)
+    result = ShardResult(audit=deid.audit)
+    source, out_dir = Path(task.source), Path(task.out_dir)
+    (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    with quiet_pydicom():
+        for rel, label in task.files:
+            sha = ""
+            try:
+                data = (source / rel).read_bytes()  # inputs are only ever read
+                sha = hashlib.sha256(data).hexdigest()
+                result.hashes[rel] = sha
+                if label is None:
+                    _collect_quietly(data, deid)  # its identifiers may still appear in paths
+                    result.outcomes.append(Outcome(rel, sha, QUARANTINED, NO_LABEL, NO_LABEL))
+                    continue
+                rows, path, had_patient_id = _ingest_file(
+                    data, sha, label, task.settings, deid, out_dir
+                )
+                result.without_patient_id += not had_patient_id
+                result.rows += rows
+                written.append(path)
+            except NotAnImage as exc:
+                result.outcomes.append(Outcome(rel, sha, SKIPPED, str(exc), "not an image"))
+            except DicomError as exc:
+                category = re.split(r"[:(;]", str(exc))[0].strip()
+                result.outcomes.append(Outcome(rel, sha, QUARANTINED, str(exc), category))
+            except Exception as exc:  # one bad file must not stop the run
+                reason = f"unexpected {type(exc).__name__}: {exc}"
+                category = f"unexpected {type(exc).__name__}"
+                result.outcomes.append(Outcome(rel, sha, QUARANTINED, reason, category))
+    result.files_scanned = len(written)
+    result.findings = [
+        (f.file.relative_to(out_dir).as_posix(), f.kind) for f in deid.audit.scan(written)
+    ]
+    return result
+
+
+def _ingest_file(
+    data: bytes,
+    sha: str,
+    label: int,
+    settings: ShardSettings,
+    deid: Deidentifier,
+    out_dir: Path,
+) -> tuple[list[dict[str, object]], Path, bool]:
+    ds = read_dicom(data)
+    # Remember the originals first: if the file fails below, its path and reason are
+    # written to the quarantine report, which must not leak them either.
+    deid.audit.collect(ds)
+    check_image(ds, settings.max_frame_pixels)
+    burned_in = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    if burned_in == "YES" and not settings.allow_burned_in_annotation:
+        raise DicomError(
+            "burned-in annotation: BurnedInAnnotation is YES, the pixels may show identifying"
+            " text that header de-identification cannot remove; mask it upstream, or set"
+            " deid.allow_burned_in_annotation if this source is known to be clean"
+        )
+    frames = frame_indices(ds, settings.frames)
+    stats = [_stats(luminance(decode_frame(ds, i, settings.max_frame_pixels))) for i in frames]
+    had_patient_id = bool(str(ds.get("PatientID", "") or "").strip())
+    deid.deidentify(ds)
+    _to_explicit_little_endian(ds)
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    path = out_dir / IMAGES_DIR / f"{sha}.dcm"
+    path.write_bytes(buf.getvalue())
+    rows = []
+    for frame, frame_stats in zip(frames, stats, strict=True):
+        row = _row(ds, frame, len(frames) > 1, sha, label, settings.class_names)
+        row.update(frame_stats)
+        rows.append(row)
+    return rows, path, had_patient_id
+
+
+def _collect_quietly(data: bytes, deid: Deidentifier) -> None:
+    try:
+        deid.audit.collect(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True))
+    except Exception:
+        pass  # not DICOM: nothing to remember
+
+
+def _stats(grey: np.ndarray) -> dict[str, float]:
+    return {
+        "pixel_mean": float(grey.mean()),
+        "pixel_std": float(grey.std()),
+        "pixel_min": float(grey.min()),
+        "pixel_max": float(grey.max()),
+    }
+
+
+def _first(ds: Dataset, *keywords: str) -> float:
+    for keyword in keywords:
+        value = ds.get(keyword)
+        if value:
+            try:
+                return float(
+                    value[0] if isinstance(value, list | pydicom.multival.MultiValue) else value
+                )
+            except (TypeError, ValueError):
+                continue
+    return math.nan
+
+
+def _row(
+    ds: Dataset, frame: int, per_frame: bool, sha: str, label: int, class_names: tuple[str, ...]
+) -> dict[str, object]:
+    sop = str(ds.SOPInstanceUID)
+    return {
+        "image_id": f"{sop}:{frame}" if per_frame else sop,
+        "file": f"{IMAGES_DIR}/{sha}.dcm",
+        "frame": frame,
+        "patient_id": str(ds.PatientID),
+        "study_id": str(ds.get("StudyInstanceUID", "")),
+        "series_id": str(ds.get("SeriesInstanceUID", "")),
+        "sop_instance_id": sop,
+        "modality": str(ds.get("Modality", "")),
+        "manufacturer": str(ds.get("Manufacturer", "")),
+        "site": str(ds.get("InstitutionName", "") or ""),
+        "rows": int(ds.Rows),
+        "columns": int(ds.Columns),
+        "frames": n_frames(ds),
+        "pixel_spacing": _first(ds, "PixelSpacing", "ImagerPixelSpacing"),
+        "bits_stored": int(ds.get("BitsStored", 0) or 0),
+        "photometric": photometric(ds),
+        "label": label,
+        "label_name": class_names[label],
+        "split": "",
+        "content_hash": sha,
+    }
+
+
+def _to_explicit_little_endian(ds: Dataset) -> None:
+    """Write every output in explicit VR little endian: plain bytes the PHI audit can read."""
+    ts = ds.file_meta.TransferSyntaxUID if "TransferSyntaxUID" in ds.file_meta else None
+    if ts is None or ts in (ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    elif ts == ExplicitVRBigEndian:
+        binary = [e.keyword or str(e.tag) for e in ds if e.VR in ("OW", "OF", "OD", "OL", "OV")]
+        if binary != ["PixelData"]:
+            raise DicomError(
+                f"big-endian file with binary elements {binary}: only Pixel Data can be converted"
+                " to little endian here; convert the file to explicit VR little endian first"
+            )
+        bits = int(ds.BitsAllocated)
+        if bits > 8:
+            arr = np.frombuffer(ds.PixelData, dtype=f">u{bits // 8}")
+            ds.PixelData = arr.astype(f"<u{bits // 8}").tobytes()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

@@ -1,0 +1,109 @@
+"""Reading DICOM safely: parse, decide whether it is an image to learn from, refuse bombs.
+
+Shared by ingest and serving, so both refuse the same inputs with the same words. Keep it
+light (pydicom only): the Bento imports it.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import BinaryIO
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# Elements every image SOP instance carries; a forced parse of random bytes has none of them.
+_IMAGE_PIXEL_KEYWORDS = ("Rows", "Columns")
+
+
+class DicomError(ValueError):
+    """The input is not a usable DICOM image; the message names the problem."""
+
+
+class NotAnImage(DicomError):
+    """A valid DICOM object that is not an image to learn from (SEG, SR, presentation state...)."""
+
+
+def sop_class_name(ds: Dataset) -> str:
+    sop = ds.get("SOPClassUID")
+    if sop is None:
+        return "no SOP Class UID"
+    uid = UID(str(sop))
+    return f"{uid.name} ({uid})" if uid.name != str(uid) else f"unknown SOP class {uid}"
+
+
+def _parse(source: BinaryIO, *, force: bool) -> Dataset:
+    return pydicom.dcmread(source, force=force)
+
+
+def read_dicom(source: Path | str | bytes | BinaryIO) -> Dataset:
+    """Parse a DICOM file (path, bytes or file object); refuse anything else clearly.
+
+    Part-10 files are read as such; a file without the 128-byte preamble and 'DICM' marker
+    (raw data sets, as some old modalities write) is read too, if it parses as a data set
+    that carries image attributes.
+    """
+    if isinstance(source, str | Path):
+        source = Path(source).read_bytes()
+    if isinstance(source, bytes):
+        if not source:
+            raise DicomError("empty file (0 bytes)")
+        source = io.BytesIO(source)
+    start = source.tell()
+    try:
+        try:
+            return _parse(source, force=False)
+        except InvalidDicomError:
+            source.seek(start)
+            ds = _parse(source, force=True)
+    except Exception as exc:  # truncated or corrupt files raise many kinds of errors
+        raise DicomError(f"unreadable DICOM file: {type(exc).__name__}: {exc}") from exc
+    if "SOPClassUID" not in ds and not all(k in ds for k in _IMAGE_PIXEL_KEYWORDS):
+        raise DicomError(
+            "not a DICOM file: no 'DICM' marker after the 128-byte preamble, and the bytes do"
+            " not parse as a DICOM data set either"
+        )
+    return ds
+
+
+def check_image(ds: Dataset, max_pixels: int) -> None:
+    """Raise unless ds is an image SOP instance whose pixel data may safely be decoded.
+
+    The size check uses only the header, so a file that claims 60000 x 60000 pixels is
+    refused before anything is allocated.
+    """
+    sop = ds.get("SOPClassUID")
+    if sop is not None:
+        uid = UID(str(sop))
+        known = uid.name != str(uid)
+        # Storage classes of images are all named "... Image Storage" in the DICOM registry
+        # (CT, MR, CR/DX, US, SC, NM, PET, MG, XA, RT Image, WSI, ...); SEG, SR, RT Dose,
+        # parametric maps and presentation states are not.
+        if known and "Image Storage" not in uid.name:
+            raise NotAnImage(f"not an image to learn from: {uid.name} ({uid})")
+    if not any(k in ds for k in PIXEL_KEYWORDS):
+        raise DicomError(
+            f"DICOM file has no pixel data ({sop_class_name(ds)}); an image is required"
+        )
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise DicomError(f"image header incomplete or invalid (Rows, Columns, ...): {exc}") from exc
+    if rows <= 0 or cols <= 0 or frames <= 0 or samples not in (1, 3):
+        raise DicomError(
+            f"implausible image header: {rows} x {cols} pixels, {frames} frame(s),"
+            f" {samples} sample(s) per pixel"
+        )
+    # Checked per frame: frames are decoded one at a time.
+    if rows * cols * samples > max_pixels:
+        raise DicomError(
+            f"image too large: the header claims {rows} x {cols} pixels x {samples} sample(s)"
+            f" per frame, above the limit of {max_pixels:,} (preprocess.max_frame_pixels);"
+            " refused before decoding"
+        )

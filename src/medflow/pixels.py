@@ -1,0 +1,83 @@
+"""Decoding one frame of a DICOM image: pixel decoders, photometric, modality LUT.
+
+numpy and pydicom only, so ingest workers start fast; medflow.preprocess builds the model
+input from what this returns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
+
+from medflow.dicom import DicomError, check_image
+
+_GREY = ("MONOCHROME1", "MONOCHROME2")
+_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
+
+
+def photometric(ds: Dataset) -> str:
+    return str(ds.get("PhotometricInterpretation", "")).strip().upper()
+
+
+def n_frames(ds: Dataset) -> int:
+    return int(ds.get("NumberOfFrames", 1) or 1)
+
+
+def frame_indices(ds: Dataset, policy: str) -> list[int]:
+    """Frames to take from ds under preprocess.frames: first, middle or all."""
+    n = n_frames(ds)
+    if policy == "all":
+        return list(range(n))
+    return [n // 2 if policy == "middle" else 0]
+
+
+def decode_frame(ds: Dataset, index: int, max_pixels: int) -> np.ndarray:
+    """One frame, decoded on its own: float64 (H, W) after the modality LUT, or (H, W, 3) RGB.
+
+    Raises DicomError naming the problem: not an image, too large, unsupported
+    photometric interpretation, or pixel data that cannot be decoded.
+    """
+    check_image(ds, max_pixels)
+    pi = photometric(ds)
+    if pi not in _GREY + _COLOUR:
+        raise DicomError(
+            f"unsupported PhotometricInterpretation {pi!r}; expected one of"
+            f" {', '.join(_GREY + _COLOUR)}"
+        )
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is None:  # a raw data set without file meta: as it was read
+        implicit, little = getattr(ds, "original_encoding", (True, True))
+        ts = (
+            pydicom.uid.ExplicitVRBigEndian
+            if little is False
+            else pydicom.uid.ImplicitVRLittleEndian
+            if implicit is not False
+            else pydicom.uid.ExplicitVRLittleEndian
+        )
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError as exc:
+        raise DicomError(f"no pixel decoder for transfer syntax {ts.name} ({ts})") from exc
+    try:
+        # as_rgb converts YBR to RGB; frames are decoded one at a time (bounded memory).
+        arr, _ = decoder.as_array(ds, index=index, as_rgb=True)
+    except Exception as exc:
+        raise DicomError(
+            f"cannot decode pixel data ({ts.name}): {type(exc).__name__}: {exc}"
+        ) from exc
+    if pi == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        return arr.astype(np.float64)
+    if arr.ndim != 2:
+        raise DicomError(f"expected a 2-D image per frame, got pixel array of shape {arr.shape}")
+    return apply_modality_lut(arr, ds).astype(np.float64)
+
+
+def luminance(pixels: np.ndarray) -> np.ndarray:
+    """Grey values of a decoded frame (ITU-R BT.601 luminance for RGB)."""
+    if pixels.ndim == 3:
+        return pixels[..., 0] * 0.299 + pixels[..., 1] * 0.587 + pixels[..., 2] * 0.114
+    return pixels
