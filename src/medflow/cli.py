@@ -17,8 +17,11 @@ import typer
 
 from medflow.config import ConfigError, Params, load_params
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="medflow: DICOM in; de-identified data, a gated model and a Bento out.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="medflow: DICOM in; de-identified data, a gated model and a Bento out.",
+)
 log = logging.getLogger("medflow")
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read")]
@@ -28,8 +31,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _setup_logging() -> None:
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=os.environ.get("MEDFLOW_LOG_LEVEL", "INFO"), format="%(message)s",
-                        datefmt="[%X]", handlers=[RichHandler(show_path=False, markup=False)])
+    logging.basicConfig(
+        level=os.environ.get("MEDFLOW_LOG_LEVEL", "INFO"),
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(show_path=False, markup=False)],
+    )
     for noisy in ("great_expectations", "bentoml", "pytorch_lightning", "lightning_fabric"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -46,8 +53,11 @@ def _stage(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except (StageFailed, ConfigError, DicomError, FileNotFoundError, ValueError) as exc:
-            typer.secho(f"medflow {func.__name__.rstrip('_')}: {type(exc).__name__}: {exc}",
-                        fg=typer.colors.RED, err=True)
+            typer.secho(
+                f"medflow {func.__name__.rstrip('_')}: {type(exc).__name__}: {exc}",
+                fg=typer.colors.RED,
+                err=True,
+            )
             raise typer.Exit(code=1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -89,20 +99,31 @@ def ingest(
     p = _params(params)
     if workers is not None:
         p = p.model_copy(update={"ingest": p.ingest.model_copy(update={"workers": workers})})
-    key = resolve_deid_key(os.environ, synthetic=p.data.is_synthetic,
-                           allow_demo=p.deid.allow_demo_key_for_synthetic)
+    key = resolve_deid_key(
+        os.environ, synthetic=p.data.is_synthetic, allow_demo=p.deid.allow_demo_key_for_synthetic
+    )
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True) as bar:
         task = bar.add_task("ingest", total=None)
-        result = run_ingest(IngestConfig.from_params(p), src, out, key,
-                            progress=lambda done, total: bar.update(task, completed=done,
-                                                                    total=total))
+        result = run_ingest(
+            IngestConfig.from_params(p),
+            src,
+            out,
+            key,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
     if result.unchanged:
-        log.info("ingest: nothing changed since the last run; %d images in %s", result.n_images,
-                 out)
+        log.info(
+            "ingest: nothing changed since the last run; %d images in %s", result.n_images, out
+        )
     else:
-        log.info("ingest: %d images from %d files (%d reused); not ingested: %s",
-                 result.n_images, result.n_files, result.n_reused, result.outcomes or "none")
+        log.info(
+            "ingest: %d images from %d files (%d reused); not ingested: %s",
+            result.n_images,
+            result.n_files,
+            result.n_reused,
+            result.outcomes or "none",
+        )
 
 
 @app.command()
@@ -137,8 +158,9 @@ def train(arrays_dir: Path, out: Path, params: ParamsOpt = Path("params.yaml")) 
 
 @app.command()
 @_stage
-def evaluate(model_dir: Path, arrays_dir: Path, out: Path,
-             params: ParamsOpt = Path("params.yaml")) -> None:
+def evaluate(
+    model_dir: Path, arrays_dir: Path, out: Path, params: ParamsOpt = Path("params.yaml")
+) -> None:
     """Score the test split; write metrics.json, roc.csv and predictions.csv into OUT."""
     from medflow.evaluate import run_evaluate
 
@@ -156,15 +178,20 @@ def gate(metrics: Path, out: Path, params: ParamsOpt = Path("params.yaml")) -> N
 
 @app.command()
 @_stage
-def package(model_dir: Path, metrics: Path, gate_report: Path, out: Path,
-            params: ParamsOpt = Path("params.yaml"),
-            project_root: Annotated[Path, typer.Option(help="where deploy/ and src/ are")] = Path(".")
-            ) -> None:
+def package(
+    model_dir: Path,
+    metrics: Path,
+    gate_report: Path,
+    out: Path,
+    params: ParamsOpt = Path("params.yaml"),
+    project_root: Annotated[Path, typer.Option(help="where deploy/ and src/ are")] = Path("."),
+) -> None:
     """Save the model to the BentoML store and build the Bento; write its tag to OUT."""
     from medflow.package import run_package
 
-    result = run_package(_params(params).package, model_dir, metrics, gate_report,
-                         project_root, out)
+    result = run_package(
+        _params(params).package, model_dir, metrics, gate_report, project_root, out
+    )
     typer.echo(f"Bento built: {result.bento_tag}\nServe it with:  bentoml serve {result.bento_tag}")
 
 
@@ -178,12 +205,15 @@ def show_bento(
     import json
 
     if not report.is_file():
-        typer.secho(f"no {report}: run the pipeline first (make run)", fg=typer.colors.RED, err=True)
+        typer.secho(
+            f"no {report}: run the pipeline first (make run)", fg=typer.colors.RED, err=True
+        )
         raise typer.Exit(code=1)
     tag = json.loads(report.read_text())["bento_tag"]
+    home = os.environ.get("BENTOML_HOME", "~/bentoml")
     typer.echo(
         f"Bento built: {tag}\n"
-        f"Serve it:    bentoml serve {tag}   (with BENTOML_HOME={os.environ.get('BENTOML_HOME', '~/bentoml')})\n"
+        f"Serve it:    bentoml serve {tag}   (with BENTOML_HOME={home})\n"
         "Then:        curl -F file=@image.dcm http://127.0.0.1:3000/predict"
     )
 

@@ -46,7 +46,7 @@ class DataParams(_Section):
         return self
 
     def resolve_source(self, data_dir: Path) -> Path:
-        """The source as a path: `synthetic` is data_dir/synthetic; relative paths are under data_dir."""
+        """The source as a path: `synthetic` is data_dir/synthetic; relative ones in data_dir."""
         path = Path(self.source).expanduser()
         return path if path.is_absolute() else data_dir / path
 
@@ -183,8 +183,7 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         return Params.model_validate(raw)
     except ValidationError as exc:
         problems = "\n".join(
-            f"  - {'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-            f" (got {err.get('input')!r})"
+            f"  - {'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
             for err in exc.errors()
         )
         raise ConfigError(f"{path} has {exc.error_count()} problem(s):\n{problems}") from exc

@@ -46,8 +46,15 @@ def run_gate(params: GateParams, metrics_file: Path, out_file: Path) -> GateResu
     metrics = json.loads(Path(metrics_file).read_text())
     failures = judge(params, metrics)
     passed = not failures
-    write_json_atomic(out_file, {"passed": passed, "failures": failures,
-                                 "thresholds": params.model_dump(), "metrics": metrics})
+    write_json_atomic(
+        out_file,
+        {
+            "passed": passed,
+            "failures": failures,
+            "thresholds": params.model_dump(),
+            "metrics": metrics,
+        },
+    )
     if not passed:
         raise GateFailed("model refused by the evaluation gate:\n  - " + "\n  - ".join(failures))
     log.info("gate passed: %s", ", ".join(f"{k}={metrics[k]:.4f}" for k in _RULES))

@@ -61,8 +61,12 @@ def run_preprocess(params: PreprocessParams, ingest_dir: Path, out_dir: Path) ->
         data_hash = dataset_hash(manifest)
         write_json_atomic(
             tmp / META_FILE,
-            {"counts": counts, "data_hash": data_hash, "preprocess": params.model_dump(),
-             "shape": list(shape)},
+            {
+                "counts": counts,
+                "data_hash": data_hash,
+                "preprocess": params.model_dump(),
+                "shape": list(shape),
+            },
         )
     log.info("preprocessed %s images into %s (shape %s)", counts, out_dir, shape)
     return PreprocessResult(out_dir=out_dir, counts=counts, data_hash=data_hash)

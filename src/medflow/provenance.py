@@ -6,17 +6,39 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-_LIBRARIES = ("medflow", "torch", "pytorch-lightning", "torchmetrics", "pydicom", "numpy",
-              "great-expectations", "dvc", "prefect", "bentoml")
+_LIBRARIES = (
+    "medflow",
+    "torch",
+    "pytorch-lightning",
+    "torchmetrics",
+    "pydicom",
+    "numpy",
+    "great-expectations",
+    "dvc",
+    "prefect",
+    "bentoml",
+)
 
 
 def git_revision(root: Path | None = None) -> str:
     """The commit of the code that produced an artifact, with '-dirty' if the tree has changes."""
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True, timeout=10).stdout
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout
         return rev + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -36,11 +36,18 @@ def quiet_lightning() -> None:
     from pytorch_lightning.utilities import disable_possible_user_warnings
 
     disable_possible_user_warnings()
-    for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
-                 "lightning_fabric.utilities.seed", "lightning.fabric.utilities.seed"):
+    for name in (
+        "pytorch_lightning.utilities.rank_zero",
+        "pytorch_lightning.accelerators.cuda",
+        "lightning_fabric.utilities.seed",
+        "lightning.fabric.utilities.seed",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*(treespec, LeafSpec|not supported by the model"
-                            r" summary|Checkpoint directory .* not empty)")
+    warnings.filterwarnings(
+        "ignore",
+        message=r".*(treespec, LeafSpec|not supported by the model"
+        r" summary|Checkpoint directory .* not empty)",
+    )
 
 
 def _precision() -> str:
@@ -64,23 +71,34 @@ def run_train(
             raise ValueError(f"the {split} split is empty; check data.split fractions")
         bad = sorted(set(labels.tolist()) - set(range(len(class_names))))
         if bad:
-            raise ValueError(f"labels {bad} in the {split} split are outside data.class_names "
-                             f"{class_names}")
+            raise ValueError(
+                f"labels {bad} in the {split} split are outside data.class_names {class_names}"
+            )
     in_channels = int(dm.data["train"].tensors[0].shape[1])
 
     with atomic_dir(out_dir) as tmp:
         pl.seed_everything(params.seed, workers=True, verbose=False)
         model = Classifier(in_channels, len(class_names), params)
-        checkpoint = ModelCheckpoint(dirpath=tmp / "checkpoints", filename="best",
-                                     monitor="val_loss", mode="min", save_top_k=1, save_last=True)
+        checkpoint = ModelCheckpoint(
+            dirpath=tmp / "checkpoints",
+            filename="best",
+            monitor="val_loss",
+            mode="min",
+            save_top_k=1,
+            save_last=True,
+        )
         trainer = pl.Trainer(
             accelerator="auto",
             devices=1,
             precision=_precision(),
             deterministic=True,
             max_epochs=params.max_epochs,
-            callbacks=[checkpoint, EarlyStopping(monitor="val_loss", mode="min",
-                                                 patience=params.early_stopping_patience)],
+            callbacks=[
+                checkpoint,
+                EarlyStopping(
+                    monitor="val_loss", mode="min", patience=params.early_stopping_patience
+                ),
+            ],
             logger=CSVLogger(tmp, name="logs", version=0),
             enable_progress_bar=False,
             enable_model_summary=False,
@@ -114,8 +132,15 @@ def run_train(
         )
         save_model(tmp, model.net, spec)
         epochs = int(trainer.current_epoch)
-    log.info("trained %d epochs on %s; best val AUROC %.4f", epochs,
-             type(trainer.accelerator).__name__, best)
-    return TrainResult(model_dir=out_dir, best_checkpoint=out_dir / "checkpoints" / best_path.name,
-                       best_val_auroc=best, epochs_run=epochs)
-
+    log.info(
+        "trained %d epochs on %s; best val AUROC %.4f",
+        epochs,
+        type(trainer.accelerator).__name__,
+        best,
+    )
+    return TrainResult(
+        model_dir=out_dir,
+        best_checkpoint=out_dir / "checkpoints" / best_path.name,
+        best_val_auroc=best,
+        epochs_run=epochs,
+    )

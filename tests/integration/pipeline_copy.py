@@ -42,14 +42,19 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 def set_params(repo: Path, extra: dict) -> None:
     path = repo / "params.yaml"
-    path.write_text(yaml.safe_dump(_merge(yaml.safe_load(path.read_text()), extra), sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(_merge(yaml.safe_load(path.read_text()), extra), sort_keys=False)
+    )
 
 
 def make_copy(dest: Path, params: dict | None = None) -> Path:
     """Copy what git would ship (tracked and new, not ignored) into dest as a fresh git repo."""
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split("\0")
     for rel in filter(None, files):
         src = ROOT / rel

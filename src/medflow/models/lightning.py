@@ -15,7 +15,9 @@ from medflow.config import TrainParams
 from medflow.models.net import SmallCNN
 
 
-def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_shift(
+    x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Translate each image by up to max_shift pixels (zero fill), a safe augmentation for
     radiographs; done on the batch so it runs on whatever device the batch is on."""
     if max_shift <= 0:
@@ -32,8 +34,9 @@ class Classifier(pl.LightningModule):
 
     def __init__(self, in_channels: int, num_classes: int, params: TrainParams):
         super().__init__()
-        self.save_hyperparameters({"in_channels": in_channels, "num_classes": num_classes,
-                                   "train": params.model_dump()})
+        self.save_hyperparameters(
+            {"in_channels": in_channels, "num_classes": num_classes, "train": params.model_dump()}
+        )
         self.params = params
         self.net = SmallCNN(in_channels, num_classes, params.width, params.dropout)
         self.val_auroc = MulticlassAUROC(num_classes=num_classes, average="macro")
@@ -75,7 +78,9 @@ def load_split(arrays_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Arrays written by the preprocess stage, memory-mapped."""
     x_path, y_path = arrays_dir / f"{split}_x.npy", arrays_dir / f"{split}_y.npy"
     if not x_path.is_file() or not y_path.is_file():
-        raise FileNotFoundError(f"no {split} arrays in {arrays_dir}: run the preprocess stage first")
+        raise FileNotFoundError(
+            f"no {split} arrays in {arrays_dir}: run the preprocess stage first"
+        )
     return np.load(x_path, mmap_mode="r"), np.load(y_path)
 
 
@@ -91,7 +96,9 @@ class ArrayDataModule(pl.LightningDataModule):
         self.data = {}
         for split in ("train", "val"):
             x, y = load_split(self.arrays_dir, split)
-            self.data[split] = TensorDataset(torch.from_numpy(np.array(x)), torch.from_numpy(y).long())
+            self.data[split] = TensorDataset(
+                torch.from_numpy(np.array(x)), torch.from_numpy(y).long()
+            )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(
