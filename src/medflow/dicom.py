@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import Tag
 from pydicom.uid import UID
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -56,7 +59,7 @@ def read_dicom(source: Path | str | bytes | BinaryIO) -> Dataset:
     start = source.tell()
     try:
         try:
-            return _parse(source, force=False)
+            ds = _parse(source, force=False)
         except InvalidDicomError:
             source.seek(start)
             ds = _parse(source, force=True)
@@ -67,7 +70,24 @@ def read_dicom(source: Path | str | bytes | BinaryIO) -> Dataset:
             "not a DICOM file: no 'DICM' marker after the 128-byte preamble, and the bytes do"
             " not parse as a DICOM data set either"
         )
+    _check_complete(ds)
     return ds
+
+
+def _check_complete(ds: Dataset) -> None:
+    """Refuse a file that ends inside its last element (pydicom reads such a value short)."""
+    if not len(ds):
+        return
+    tag = max(ds.keys())
+    raw = ds.get_item(tag)
+    if isinstance(raw, RawDataElement) and raw.length != 0xFFFFFFFF:
+        have = len(raw.value) if raw.value is not None else 0
+        if have < raw.length:
+            name = keyword_for_tag(tag) or str(Tag(tag))
+            raise DicomError(
+                f"truncated file: it ends inside {name} {Tag(tag)}, which declares"
+                f" {raw.length:,} bytes but only {have:,} are there"
+            )
 
 
 def check_image(ds: Dataset, max_pixels: int) -> None:

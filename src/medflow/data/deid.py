@@ -145,10 +145,12 @@ def _text_values(elem: DataElement) -> list[str]:
 # digit, dot or underscore. Otherwise short IDs would be "found" inside every UID or number.
 _WORD = rb"[A-Z0-9._]+"
 _RUN = re.compile(_WORD)
+_WORD_BYTE = re.compile(rb"[A-Z0-9._]")
 _SIMPLE = re.compile(rb"^" + _WORD + rb"$")
 _MIN_LEN = 3  # shorter values cannot be told from ordinary header content
 _MIN_DIGITS = 5  # purely numeric values: shorter ones coincide with sizes, counts, ...
 _MIN_LEN_IN_PIXELS = 8  # pixel bytes are noise-like: only long values are meaningful there
+_PART = " component"  # the kind of a part of a person name: "PatientName component"
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,10 @@ class PhiAudit:
         # Complex values by their longest word: a file is searched only for the values
         # whose longest word it contains, so the scan stays fast with many patients.
         self._complex_by_word: dict[bytes, set[bytes]] = {}
+        # Manufacturer names: vendor test data often name the vendor as the institution,
+        # and a vendor's name in the manifest's manufacturer column is not a place.
+        self._vendors: set[bytes] = set()
+        self._vocabulary: set[bytes] = set()  # words the outputs hold by design
         self.n_unscannable = 0  # values too short to search for reliably
 
     def __len__(self) -> int:
@@ -206,6 +212,7 @@ class PhiAudit:
                 mine.setdefault(token, set()).update(kinds)
         for word, tokens in other._complex_by_word.items():
             self._complex_by_word.setdefault(word, set()).update(tokens)
+        self._vendors |= other._vendors
         self.n_unscannable += other.n_unscannable
 
     def add(self, kind: str, value: str) -> None:
@@ -234,7 +241,13 @@ class PhiAudit:
 
     def collect(self, ds: Dataset) -> None:
         """Remember the identifying values of one original dataset."""
-        manufacturer = str(ds.get("Manufacturer", "") or "").upper()
+        manufacturer = str(ds.get("Manufacturer", "") or "").strip().upper()
+        if len(manufacturer) >= _MIN_LEN:
+            for encoding in ("utf-8", "latin-1"):
+                try:
+                    self._vendors.add(manufacturer.encode(encoding))
+                except UnicodeEncodeError:
+                    continue
         for keyword in AUDITED_KEYWORDS:
             elem = ds.data_element(keyword) if keyword in ds else None
             if elem is None:
@@ -245,7 +258,7 @@ class PhiAudit:
                 self.add(keyword, value)
                 if elem.VR == "PN":
                     for part in re.split(r"[\^=]", value):
-                        self.add(f"{keyword} component", part)
+                        self.add(keyword + _PART, part)
 
         def visit(_: Dataset, elem: DataElement) -> None:
             # Person names anywhere, including inside sequences.
@@ -255,31 +268,60 @@ class PhiAudit:
 
         ds.walk(visit)
 
+    def allow_vocabulary(self, words: Iterable[str]) -> int:
+        """Words the scanned outputs contain by design (split and class names, column
+        headers...): a patient called "Test" cannot be told from the split "test", so such
+        values are not searched for. Returns how many remembered values this excludes."""
+        self._vocabulary = {w.strip().upper().encode("utf-8") for w in words if w.strip()}
+        return sum(1 for t in [*self._simple, *self._complex] if t in self._vocabulary)
+
+    def _kinds_of(self, table: dict[bytes, set[str]], token: bytes) -> set[str]:
+        if token in self._vocabulary:
+            return set()
+        kinds = table[token]
+        if token in self._vendors and "InstitutionName" in kinds:
+            return kinds - {"InstitutionName"}
+        return kinds
+
     def _kinds_in(self, text: bytes, pixels: bytes = b"") -> set[str]:
         text = text.upper()
         words = set(_RUN.findall(text))
         kinds: set[str] = set()
         for word in words & self._simple.keys():
-            kinds |= self._simple[word]
+            kinds |= self._kinds_of(self._simple, word)
         candidates = set(self._complex_by_word.get(b"", ()))
         for word in words & self._complex_by_word.keys():
             candidates |= self._complex_by_word[word]
         for token in candidates:
-            pattern = rb"(?<![A-Z0-9._])" + re.escape(token) + rb"(?![A-Z0-9._])"
-            if re.search(pattern, text):
-                kinds |= self._complex[token]
+            if _contains_word(text, token):
+                kinds |= self._kinds_of(self._complex, token)
         if pixels:
-            long_words = {w for w in _RUN.findall(pixels.upper()) if len(w) >= _MIN_LEN_IN_PIXELS}
-            for word in long_words & self._simple.keys():
-                kinds |= self._simple[word]
+            long_tokens = [t for t in self._simple if len(t) >= _MIN_LEN_IN_PIXELS]
+            if long_tokens:
+                upper = pixels.upper()
+                for token in long_tokens:
+                    if _contains_word(upper, token):
+                        kinds |= self._kinds_of(self._simple, token)
         return kinds
 
-    def kinds_in_text(self, text: str) -> set[str]:
-        """Kinds of identifier present in a string (e.g. a source path before it is written)."""
-        return self._kinds_in(text.encode("utf-8"))
+    def kinds_in_text(self, text: str, *, whole_values_only: bool = False) -> set[str]:
+        """Kinds of identifier present in a string (e.g. a source path before it is written).
 
-    def scan(self, paths: Iterable[Path]) -> list[Finding]:
-        """Search every file's bytes for the remembered values.
+        whole_values_only leaves out the parts of person names ("First", "Test"): across
+        many patients, one of them is bound to share a part with an ordinary word.
+        """
+        kinds = self._kinds_in(text.encode("utf-8"))
+        if whole_values_only:
+            return {k for k in kinds if not k.endswith(_PART)}
+        return kinds
+
+    def kinds_in_dicom(self, header: bytes, pixels: bytes) -> set[str]:
+        """Kinds of identifier in a DICOM file, given as its bytes without the pixel data
+        (searched for every value) and its pixel data (searched for long values only)."""
+        return self._kinds_in(header, pixels)
+
+    def scan(self, paths: Iterable[Path], *, whole_values_only: bool = False) -> list[Finding]:
+        """Search every file's bytes for the remembered values (see kinds_in_text).
 
         In DICOM files the pixel data is searched for long values only (short ones occur by
         chance in pixel bytes); text burned into the image itself is not detected.
@@ -293,8 +335,24 @@ class PhiAudit:
                 if span is not None:
                     pixels = data[span[0] : span[1]]
                     data = data[: span[0]] + b"\x00" + data[span[1] :]
-            findings += [Finding(Path(path), kind) for kind in sorted(self._kinds_in(data, pixels))]
+            kinds = self._kinds_in(data, pixels)
+            if whole_values_only:
+                kinds = {k for k in kinds if not k.endswith(_PART)}
+            findings += [Finding(Path(path), kind) for kind in sorted(kinds)]
         return findings
+
+
+def _contains_word(text: bytes, token: bytes) -> bool:
+    """Whether token occurs in text as a whole word (see _WORD); both upper-cased."""
+    start = text.find(token)
+    while start >= 0:
+        end = start + len(token)
+        before = text[start - 1 : start] if start else b""
+        after = text[end : end + 1]
+        if not (before and _WORD_BYTE.match(before)) and not (after and _WORD_BYTE.match(after)):
+            return True
+        start = text.find(token, start + 1)
+    return False
 
 
 # ----------------------------------------------------------------------- de-identification
@@ -350,9 +408,14 @@ class Deidentifier:
                 return prefix + value
         return "unknown"
 
-    def deidentify(self, ds: Dataset) -> Dataset:
-        """Remove or replace identifying attributes of ds in place and return it."""
-        self.audit.collect(ds)
+    def deidentify(self, ds: Dataset, *, collect: bool = True) -> Dataset:
+        """Remove or replace identifying attributes of ds in place and return it.
+
+        The original values go to `audit` first, unless the caller collected them already
+        (collect=False).
+        """
+        if collect:
+            self.audit.collect(ds)
         patient_key = self.patient_key(ds)
         pseudonym = self.patient_pseudonym(patient_key)
         institution = str(ds.get("InstitutionName", "") or "").strip()

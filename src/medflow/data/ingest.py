@@ -33,6 +33,7 @@ from medflow.data.npz_source import npz_to_dicom
 from medflow.data.shard import (
     DUPLICATE,
     IMAGES_DIR,
+    NO_LABEL,
     QUARANTINED,
     SKIPPED,
     Outcome,
@@ -271,7 +272,7 @@ def _ingest_folder(
             result.counts,
         )
         log_capture.close()  # the log is complete: audit it with the other shared outputs
-        _audit(tmp, audit, files_scanned)
+        _audit(tmp, audit, files_scanned, _vocabulary(class_names))
     return result
 
 
@@ -300,6 +301,10 @@ def _reuse(
     for row in rows:
         row["label"], row["label_name"], row["split"] = label, class_names[label], ""
     return rows
+
+
+# Outcome categories whose reason names another source path.
+_QUOTES_A_PATH = (DUPLICATE, "conflicting duplicate", "conflicting SOPInstanceUID")
 
 
 def _resolve_duplicates(
@@ -377,13 +382,26 @@ def _check_losses(
 
 
 def _write_quarantine(path: Path, outcomes: list[Outcome], audit: PhiAudit) -> None:
-    def safe(text: str) -> str:
-        # Hospital exports name folders after patients: never copy an identifier along.
-        kinds = audit.kinds_in_text(text)
+    """The quarantine report; paths and reasons that name a patient are withheld.
+
+    Hospital exports name folders after patients: a path is withheld when it holds any
+    identifying value or part of a name ("SMITH/IM1.dcm") of any file, and so is a reason
+    that quotes another path. Other reasons are withheld for whole values only (a name
+    part like "First" is an ordinary word there). The sha256 column still finds a file.
+    """
+
+    def safe(text: str, own: tuple[str, ...] = (), *, strict: bool = True) -> str:
+        kinds = {*own, *audit.kinds_in_text(text, whole_values_only=not strict)}
         return f"[withheld: contains {', '.join(sorted(kinds))}]" if kinds else text
 
     records = [
-        (safe(o.path), o.sha256, o.outcome, safe(o.reason), safe(o.category))
+        (
+            safe(o.path, o.path_kinds),
+            o.sha256,
+            o.outcome,
+            safe(o.reason, strict=o.category in _QUOTES_A_PATH),
+            safe(o.category, strict=False),
+        )
         for o in sorted(outcomes, key=lambda o: o.path)
     ]
     pd.DataFrame(records, columns=QUARANTINE_COLUMNS).to_csv(path, index=False)
@@ -394,16 +412,27 @@ def _read_outcomes(folder: Path) -> dict[str, int]:
     return {str(k): int(v) for k, v in table["outcome"].value_counts().items()}
 
 
-def _audit(folder: Path, audit: PhiAudit, images_scanned: int) -> None:
+def _vocabulary(class_names: list[str]) -> set[str]:
+    """The words manifest, quarantine report and log hold whatever the input."""
+    words = {*SPLITS, *COLUMNS, *QUARANTINE_COLUMNS, *class_names, QUARANTINED, SKIPPED}
+    return words | {DUPLICATE, NO_LABEL, MISSING, "INFO", "WARNING", "ERROR"}
+
+
+def _audit(folder: Path, audit: PhiAudit, images_scanned: int, vocabulary: set[str]) -> None:
     """Scan the shared outputs (images were scanned by their shard); fail if any value leaked."""
     shared = [p for p in sorted(folder.iterdir()) if p.is_file() and p.name != PHI_AUDIT_FILE]
-    findings = audit.scan(shared)
+    n_vocabulary = audit.allow_vocabulary(vocabulary)
+    # Whole values only: one patient's name part ("First", "Test") is an ordinary word in
+    # another file's reason or path. Each image was searched for its own file's parts.
+    findings = audit.scan(shared, whole_values_only=True)
     report = {
         "files_scanned": images_scanned + len(shared),
         "images_scanned_by_shards": images_scanned,
         "findings": len(findings),
         "identifying_values_checked": len(audit),
         "values_too_short_to_check": audit.n_unscannable,
+        # e.g. a patient named "Test": found in images, not in the manifest (split "test")
+        "values_not_checked_in_shared_outputs": n_vocabulary,
     }
     if findings:
         shown = "; ".join(f"{f.file.name}: {f.kind}" for f in findings[:10])

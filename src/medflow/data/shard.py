@@ -20,7 +20,7 @@ import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +72,9 @@ class Outcome:
     outcome: str  # quarantined | skipped | duplicate
     reason: str
     category: str  # short and value-free: what the logs count
+    # Kinds of its own file's identifiers the path holds (a folder named after the
+    # patient): the path is withheld from the quarantine report.
+    path_kinds: tuple[str, ...] = ()
 
 
 @dataclass
@@ -81,8 +84,16 @@ class ShardResult:
     hashes: dict[str, str] = field(default_factory=dict)  # path -> sha256 of its bytes
     audit: PhiAudit = field(default_factory=PhiAudit)
     files_scanned: int = 0
-    findings: list[tuple[str, str]] = field(default_factory=list)  # (output file, kind)
+    findings: list[tuple[str, str]] = field(default_factory=list)  # (output image, kind)
     without_patient_id: int = 0
+
+
+@dataclass(frozen=True)
+class _Ingested:
+    rows: list[dict[str, object]]
+    image: str  # path of the de-identified copy, relative to the output folder
+    had_patient_id: bool
+    leaked: set[str]  # kinds of original identifier found in the copy (then not written)
 
 
 @contextmanager
@@ -109,24 +120,25 @@ def ingest_shard(task: ShardTask) -> ShardResult:
     result = ShardResult(audit=deid.audit)
     source, out_dir = Path(task.source), Path(task.out_dir)
     (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
     with quiet_pydicom():
         for rel, label in task.files:
             sha = ""
+            # The identifiers of this file only: its output is searched for them (another
+            # file's values, a vendor name say, may rightly appear in this one).
+            originals = PhiAudit()
             try:
                 data = (source / rel).read_bytes()  # inputs are only ever read
                 sha = hashlib.sha256(data).hexdigest()
                 result.hashes[rel] = sha
                 if label is None:
-                    _collect_quietly(data, deid)  # its identifiers may still appear in paths
+                    _collect_quietly(data, originals)  # its identifiers may appear in paths
                     result.outcomes.append(Outcome(rel, sha, QUARANTINED, NO_LABEL, NO_LABEL))
                     continue
-                rows, path, had_patient_id = _ingest_file(
-                    data, sha, label, task.settings, deid, out_dir
-                )
-                result.without_patient_id += not had_patient_id
-                result.rows += rows
-                written.append(path)
+                done = _ingest_file(data, sha, label, task.settings, deid, originals, out_dir)
+                result.without_patient_id += not done.had_patient_id
+                result.rows += done.rows
+                result.files_scanned += 1
+                result.findings += [(done.image, kind) for kind in sorted(done.leaked)]
             except NotAnImage as exc:
                 result.outcomes.append(Outcome(rel, sha, SKIPPED, str(exc), "not an image"))
             except DicomError as exc:
@@ -136,10 +148,12 @@ def ingest_shard(task: ShardTask) -> ShardResult:
                 reason = f"unexpected {type(exc).__name__}: {exc}"
                 category = f"unexpected {type(exc).__name__}"
                 result.outcomes.append(Outcome(rel, sha, QUARANTINED, reason, category))
-    result.files_scanned = len(written)
-    result.findings = [
-        (f.file.relative_to(out_dir).as_posix(), f.kind) for f in deid.audit.scan(written)
-    ]
+            finally:
+                result.audit.merge(originals)
+                if result.outcomes and result.outcomes[-1].path == rel:
+                    kinds = tuple(sorted(originals.kinds_in_text(rel)))
+                    if kinds:
+                        result.outcomes[-1] = replace(result.outcomes[-1], path_kinds=kinds)
     return result
 
 
@@ -149,12 +163,18 @@ def _ingest_file(
     label: int,
     settings: ShardSettings,
     deid: Deidentifier,
+    originals: PhiAudit,
     out_dir: Path,
-) -> tuple[list[dict[str, object]], Path, bool]:
+) -> _Ingested:
+    """Rows of one file, whose de-identified copy is written to out_dir/images/<sha>.dcm.
+
+    The copy is searched for the file's original identifiers first, and is not written
+    if any is found (the caller fails the run, naming the kinds).
+    """
     ds = read_dicom(data)
     # Remember the originals first: if the file fails below, its path and reason are
     # written to the quarantine report, which must not leak them either.
-    deid.audit.collect(ds)
+    originals.collect(ds)
     check_image(ds, settings.max_frame_pixels)
     burned_in = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
     if burned_in == "YES" and not settings.allow_burned_in_annotation:
@@ -166,23 +186,44 @@ def _ingest_file(
     frames = frame_indices(ds, settings.frames)
     stats = [_stats(luminance(decode_frame(ds, i, settings.max_frame_pixels))) for i in frames]
     had_patient_id = bool(str(ds.get("PatientID", "") or "").strip())
-    deid.deidentify(ds)
+    deid.deidentify(ds, collect=False)
     _to_explicit_little_endian(ds)
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    path = out_dir / IMAGES_DIR / f"{sha}.dcm"
-    path.write_bytes(buf.getvalue())
+    _drop_trailing_elements(ds)
+    # The audit reads the header (everything but the pixel data) and the pixel bytes apart:
+    # short values occur by chance in pixel bytes, so only long ones are searched there.
+    pixel_tag = next((t for t in (0x7FE00010, 0x7FE00008, 0x7FE00009) if t in ds), None)
+    pixels = b""
+    if pixel_tag is not None:
+        pixel_elem = ds[pixel_tag]
+        del ds[pixel_tag]
+    header = io.BytesIO()
+    pydicom.dcmwrite(header, ds, enforce_file_format=True)
+    if pixel_tag is not None:
+        ds[pixel_tag] = pixel_elem
+        pixels = bytes(pixel_elem.value or b"")
+    leaked = originals.kinds_in_dicom(header.getvalue(), pixels)
+    image = f"{IMAGES_DIR}/{sha}.dcm"
+    if not leaked:
+        buf = io.BytesIO()
+        pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+        (out_dir / image).write_bytes(buf.getvalue())
     rows = []
     for frame, frame_stats in zip(frames, stats, strict=True):
         row = _row(ds, frame, len(frames) > 1, sha, label, settings.class_names)
         row.update(frame_stats)
         rows.append(row)
-    return rows, path, had_patient_id
+    return _Ingested(rows, image, had_patient_id, leaked)
 
 
-def _collect_quietly(data: bytes, deid: Deidentifier) -> None:
+def _drop_trailing_elements(ds: Dataset) -> None:
+    """Digital signatures and trailing padding: invalid after de-identification anyway."""
+    for tag in [t for t in ds.keys() if t > 0x7FE00010]:
+        del ds[tag]
+
+
+def _collect_quietly(data: bytes, audit: PhiAudit) -> None:
     try:
-        deid.audit.collect(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True))
+        audit.collect(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True))
     except Exception:
         pass  # not DICOM: nothing to remember
 
@@ -243,14 +284,20 @@ def _to_explicit_little_endian(ds: Dataset) -> None:
     if ts is None or ts in (ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     elif ts == ExplicitVRBigEndian:
-        binary = [e.keyword or str(e.tag) for e in ds if e.VR in ("OW", "OF", "OD", "OL", "OV")]
-        if binary != ["PixelData"]:
+        # Words wider than a byte in other binary elements (OW, OF...) cannot be swapped
+        # without knowing their layout; Pixel Data's is known. OB is byte order free.
+        binary = [
+            e.keyword or str(e.tag)
+            for e in ds
+            if e.VR in ("OW", "OF", "OD", "OL", "OV") and e.tag != 0x7FE00010
+        ]
+        if binary:
             raise DicomError(
                 f"big-endian file with binary elements {binary}: only Pixel Data can be converted"
                 " to little endian here; convert the file to explicit VR little endian first"
             )
         bits = int(ds.BitsAllocated)
-        if bits > 8:
+        if bits > 8 and "PixelData" in ds:
             arr = np.frombuffer(ds.PixelData, dtype=f">u{bits // 8}")
             ds.PixelData = arr.astype(f"<u{bits // 8}").tobytes()
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

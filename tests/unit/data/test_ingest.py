@@ -16,8 +16,8 @@ import pytest
 
 from medflow.config import DataParams, DeidParams, IngestParams, PreprocessParams
 from medflow.data.ingest import MISSING, IngestConfig, run_ingest
-from medflow.data.shard import NO_LABEL
 from medflow.data.manifest import COLUMNS, IDENTIFYING_COLUMNS, read_manifest
+from medflow.data.shard import NO_LABEL
 from medflow.errors import IngestFailed
 from tests.unit.data.conftest import CLASSES, SMALL
 from tests.unit.data.phi import IDENTIFYING_KEYWORDS, KEY

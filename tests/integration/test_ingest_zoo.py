@@ -1,0 +1,697 @@
+"""`medflow ingest` through its console script on real-world and broken DICOM.
+
+Sources: pydicom's bundled test files (always there), the DICOM zoo of ../shared/data (when
+present) and generated broken files (tests/unit/data/broken_files.py). Every source file must
+end up in exactly one place, the manifest or quarantine.csv, with a reason; no original
+identifier may reach an output; the inputs are only read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pydicom
+import pytest
+import yaml
+from pydicom.errors import InvalidDicomError
+
+from tests.conftest import SHARED_DATA, shared_data
+from tests.unit.data import broken_files
+from tests.unit.data.broken_files import DUPLICATE, QUARANTINED, SKIPPED, Expected
+
+CLASSES = ["normal", "lesion"]
+OUTCOMES = {QUARANTINED, SKIPPED, DUPLICATE}
+MANIFEST_COLUMNS = {
+    "image_id",
+    "file",
+    "patient_id",
+    "modality",
+    "rows",
+    "columns",
+    "frames",
+    "frame",
+    "photometric",
+    "label",
+    "label_name",
+    "split",
+    "content_hash",
+}
+QUARANTINE_COLUMNS = {"path", "sha256", "outcome", "reason"}
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+PYDICOM_MAX_BYTES = 40_000  # keeps the run small: about 60 files, 350 kB
+PYDICOM_MAX_FILES = 60
+
+# Zoo files that pydicom 3.0.2 + pylibjpeg (-libjpeg, -openjpeg, -rle) decode, all of image
+# SOP classes: each must be ingested (or be a duplicate of an ingested instance).
+ZOO_IMAGES = (
+    "693_J2KR.dcm",
+    "HTJ2K_08_RGB.dcm",
+    "JLSL_08_07_0_1F.dcm",
+    "JPEG-LL.dcm",
+    "JPGLosslessP14SV1_1s_1f_8b.dcm",
+    "MR-SIEMENS-DICOM-WithOverlays.dcm",
+    "OBXXXX1A.dcm",
+    "SC_rgb.dcm",
+    "SC_rgb_2frame.dcm",
+    "SC_ybr_full_uncompressed.dcm",
+    "US1_J2KI.dcm",
+    "color-pl.dcm",
+    "emri_small.dcm",
+    "emri_small_RLE.dcm",
+    "emri_small_jpeg_2k_lossless.dcm",
+    "emri_small_jpeg_ls_lossless.dcm",
+)
+# Segmentation Storage objects (liver_deflate and liver_rle do not even decode): not images to
+# learn from, whatever their transfer syntax.
+ZOO_SEGMENTATIONS = ("liver.dcm", "liver_deflate.dcm", "liver_j2k.dcm", "liver_rle.dcm")
+SEGMENTATION = ("Segmentation Storage", "1.2.840.10008.5.1.4.1.1.66.4")
+# pydicom test files of image SOP classes that decode: ingested (or duplicates of an instance).
+PYDICOM_IMAGES = (
+    "693_J2KI.dcm",
+    "CT_small.dcm",
+    "ExplVR_BigEnd.dcm",
+    "GDCMJ2K_TextGBR.dcm",
+    "JPEG2000.dcm",
+    "JPEGLSNearLossless_16.dcm",
+    "JPGExtended.dcm",
+    "MR_small.dcm",
+    "MR_small_RLE.dcm",
+    "MR_small_bigendian.dcm",
+    "MR_small_implicit.dcm",
+    "MR_small_jp2klossless.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "SC_rgb_jpeg.dcm",
+    "image_dfl.dcm",
+)
+# pydicom test files that are valid objects but not images: skipped, naming their SOP class.
+PYDICOM_NOT_IMAGES = {
+    "reportsi.dcm": "Basic Text SR Storage",
+    "test-SR.dcm": "Comprehensive SR Storage",
+    "rtplan.dcm": "RT Plan Storage",
+    "rtstruct.dcm": "RT Structure Set Storage",
+}
+# Values that stand for "no identity" and may legitimately appear in an output.
+PLACEHOLDERS = {"anonymized", "anonymous", "anonymised"}
+NOTHING_CHANGED = re.compile(r"nothing (has )?changed|no changes|up[ -]to[ -]date", re.IGNORECASE)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def medflow_cli() -> str:
+    """The `medflow` console script of the environment running the tests."""
+    beside = Path(sys.executable).parent / "medflow"
+    found = str(beside) if beside.is_file() else shutil.which("medflow")
+    if not found:
+        pytest.fail(
+            f"no `medflow` console script beside {sys.executable} or on PATH: pip install -e ."
+        )
+    return found
+
+
+def write_params(
+    folder: Path, source: Path, *, max_quarantine_fraction: float = 1.0, frames: str = "first"
+) -> Path:
+    params = {
+        "data": {"source": str(source), "class_names": CLASSES},
+        "ingest": {"max_quarantine_fraction": max_quarantine_fraction},
+        "preprocess": {"frames": frames},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"params-{max_quarantine_fraction}-{frames}.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def source_files(source: Path) -> dict[str, str]:
+    """{relative POSIX path: sha256} of every regular file, labels.csv excluded.
+
+    Directory symlinks are not followed: each file is counted under its one real path.
+    """
+    found = {}
+    for folder, _, names in os.walk(source, followlinks=False):
+        for name in names:
+            path = Path(folder) / name
+            rel = path.relative_to(source).as_posix()
+            if rel != "labels.csv" and path.is_file() and not path.is_symlink():
+                found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under folder, labels.csv included."""
+    return {**source_files(folder), "labels.csv": _sha(folder / "labels.csv")}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+
+
+def write_labels(source: Path) -> dict[str, str]:
+    """labels.csv giving every file, in path order, the labels normal, lesion, normal, ..."""
+    rels = sorted(source_files(source))
+    labels = {rel: CLASSES[i % 2] for i, rel in enumerate(rels)}
+    pd.DataFrame({"path": list(labels), "label": list(labels.values())}).to_csv(
+        source / "labels.csv", index=False
+    )
+    return labels
+
+
+@dataclass(frozen=True)
+class Run:
+    source: Path
+    out: Path
+    proc: subprocess.CompletedProcess[str]
+
+    @property
+    def said(self) -> str:
+        return (
+            f"exit {self.proc.returncode}\nstdout:\n{self.proc.stdout}\nstderr:\n{self.proc.stderr}"
+        )
+
+    def manifest(self) -> pd.DataFrame:
+        return pd.read_csv(self.out / "manifest.csv", dtype=str, keep_default_na=False)
+
+    def quarantine(self) -> pd.DataFrame:
+        """quarantine.csv, with each withheld path (it names a patient) found by its sha256."""
+        q = pd.read_csv(self.out / "quarantine.csv", dtype=str, keep_default_na=False)
+        named = set(q.path)
+        by_sha: dict[str, list[str]] = {}
+        for rel, sha in sorted(source_files(self.source).items()):
+            if rel not in named:
+                by_sha.setdefault(sha, []).append(rel)
+        withheld = q.path.str.startswith("[withheld")
+        q.loc[withheld, "path"] = [
+            by_sha[sha].pop(0) if by_sha.get(sha) else path
+            for path, sha in zip(q.path[withheld], q.sha256[withheld], strict=True)
+        ]
+        return q
+
+    def outcome_of(self, rel: str) -> tuple[str, str] | None:
+        """(outcome, reason) of rel in quarantine.csv, or None when it is not there."""
+        q = self.quarantine()
+        hits = q[q.path == rel]
+        return None if hits.empty else (hits.outcome.iloc[0], hits.reason.iloc[0])
+
+
+def ingest(source: Path, out: Path, params: Path, *, timeout: float = 240) -> Run:
+    key = os.environ.get("MEDFLOW_DEID_KEY", "")
+    assert len(key) >= 16, "tests/conftest.py should set MEDFLOW_DEID_KEY (>= 16 characters)"
+    # A wide console keeps rich from wrapping the log lines this test reads.
+    env = {**os.environ, "COLUMNS": "250"}
+    proc = subprocess.run(
+        [medflow_cli(), "ingest", str(source), str(out), "--params", str(params)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    return Run(source, out, proc)
+
+
+def assert_succeeded(run: Run) -> None:
+    assert run.proc.returncode == 0, run.said
+    for name in ("manifest.csv", "quarantine.csv", "phi_audit.json", "ingest.log"):
+        assert (run.out / name).is_file(), f"{name} missing in {run.out}\n{run.said}"
+    assert (run.out / "ingest_state.json").is_file() and (run.out / "images").is_dir()
+
+
+def assert_accounted(run: Run, entries: Collection[str] = ()) -> None:
+    """Every source file once: in the manifest (by content hash) or in quarantine.csv (by path).
+
+    `entries` are paths that are not files but must be reported (directory symlink loops).
+    """
+    files, entries = source_files(run.source), set(entries)
+    manifest, quarantine = run.manifest(), run.quarantine()
+    assert MANIFEST_COLUMNS <= set(manifest.columns), sorted(
+        MANIFEST_COLUMNS - set(manifest.columns)
+    )
+    assert QUARANTINE_COLUMNS <= set(quarantine.columns), list(quarantine.columns)
+    problems: list[str] = []
+    repeated = quarantine.path[quarantine.path.duplicated()].tolist()
+    if repeated:
+        problems.append(f"listed more than once in quarantine.csv: {repeated}")
+    listed = set(quarantine.path)
+    unknown = listed - set(files) - entries
+    if unknown:
+        problems.append(f"quarantine.csv names paths that are not in the source: {sorted(unknown)}")
+    bad_outcomes = set(quarantine.outcome) - OUTCOMES
+    if bad_outcomes:
+        problems.append(f"unknown outcomes {sorted(bad_outcomes)}; expected {sorted(OUTCOMES)}")
+    problems += [f"{e} not reported in quarantine.csv" for e in sorted(entries - listed)]
+    ingested_hashes = set(manifest.content_hash)
+    kept: dict[str, str] = {}  # content hash -> the one path it was ingested from
+    for row in quarantine.itertuples():
+        sha = files.get(row.path)
+        if sha is None:
+            continue
+        if row.sha256 and row.sha256 != sha:
+            problems.append(f"{row.path}: quarantine sha256 {row.sha256} is not its sha256 {sha}")
+        if row.outcome != DUPLICATE and sha in ingested_hashes:
+            problems.append(f"{row.path}: {row.outcome} in quarantine.csv, yet in the manifest")
+    for rel, sha in sorted(files.items()):
+        if rel in listed:
+            continue
+        if sha not in ingested_hashes:
+            problems.append(f"{rel}: neither in the manifest nor in quarantine.csv")
+        elif sha in kept:
+            problems.append(f"{rel} and {kept[sha]}: same bytes, both ingested")
+        else:
+            kept[sha] = rel
+    stray = ingested_hashes - set(kept)
+    if stray:
+        problems.append(f"manifest content_hash values of no ingested source file: {sorted(stray)}")
+    assert not problems, "\n".join(problems)
+
+
+def assert_manifest_rows_sane(run: Run) -> None:
+    manifest = run.manifest()
+    assert not manifest.empty, run.said
+    for row in manifest.itertuples():
+        assert re.fullmatch(r"images/[^/]+\.dcm", row.file), row.file
+        assert (run.out / row.file).is_file(), row.file
+        assert row.patient_id.startswith("PSN-"), row.patient_id
+        assert row.label_name == CLASSES[int(row.label)], (row.label, row.label_name)
+        assert row.split in {"train", "val", "test"}, row.split
+        assert int(row.frame) < int(row.frames), (row.frame, row.frames)
+    assert manifest.image_id.is_unique
+
+
+def identifying_values(source: Path) -> set[str]:
+    """Original PatientName (and its parts) and PatientID of every DICOM file under source.
+
+    Short values and digit strings under 8 characters are left out: they occur by chance in
+    hashes and UIDs.
+    """
+    values: set[str] = set()
+    for rel in source_files(source):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                ds = pydicom.dcmread(source / rel, force=True, stop_before_pixels=True)
+                name = str(ds.get("PatientName", "") or "")
+                pid = str(ds.get("PatientID", "") or "")
+            except Exception:
+                continue
+        values |= {name.strip(), pid.strip(), *(part.strip() for part in name.split("^"))}
+    return {
+        v
+        for v in values
+        if len(v) >= 6 and not (v.isdigit() and len(v) < 8) and v.lower() not in PLACEHOLDERS
+    }
+
+
+def assert_no_identifiers(run: Run) -> None:
+    audit = json.loads((run.out / "phi_audit.json").read_text())
+    assert audit["findings"] == 0, audit
+    n_images = sum(1 for _ in (run.out / "images").iterdir())
+    assert audit["files_scanned"] >= n_images > 0, audit
+    values = identifying_values(run.source)
+    assert values, "the test source should carry identifying values to look for"
+    leaks = [
+        f"{name}: {value!r}"
+        for name in ("manifest.csv", "quarantine.csv", "ingest.log")
+        for value in sorted(values)
+        if value.encode() in (run.out / name).read_bytes()
+    ]
+    assert not leaks, f"original identifiers in the output: {leaks}"
+
+
+def assert_ingested_or_duplicate(run: Run, rels: list[str]) -> None:
+    """Each file ingested, or a duplicate / same-UID loser while its instance was ingested.
+
+    DICOM names an instance by its SOPInstanceUID: the same instance re-encoded (emri_small
+    in four transfer syntaxes) may count as one image, and a UID claimed by two different
+    images (SC_rgb.dcm and SC_rgb_2frame.dcm) may keep only the first. Either way a file of
+    that UID must be in the manifest.
+    """
+    files = source_files(run.source)
+    ingested = set(run.manifest().content_hash)
+    quarantine = run.quarantine().drop_duplicates("path").set_index("path")
+    uid_of = {rel: _sop_uid(run.source / rel) for rel in files}
+    ingested_uids = {uid_of[rel] for rel, sha in files.items() if sha in ingested}
+    problems = []
+    for rel in rels:
+        if files[rel] in ingested:
+            continue
+        if rel not in quarantine.index:
+            problems.append(f"{rel}: neither in the manifest nor in quarantine.csv")
+            continue
+        row = quarantine.loc[rel]
+        # The reason may be withheld (it named a path holding a word that is also some
+        # patient's name): any column may say the UID was the cause.
+        lost_to_uid = row.outcome == QUARANTINED and any(
+            "SOPInstanceUID" in str(v) for v in row.values
+        )
+        if (row.outcome == DUPLICATE or lost_to_uid) and uid_of[rel] in ingested_uids:
+            continue
+        problems.append(f"{rel}: not ingested: {row.outcome}: {row.reason}")
+    assert not problems, "\n".join(problems)
+
+
+def _sop_uid(path: Path) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+            return str(ds.get("SOPInstanceUID", "") or "")
+        except Exception:
+            return ""
+
+
+def pydicom_selection(exclude_uids: set[str]) -> list[Path]:
+    """Small bundled pydicom test files, without instances the zoo holds too (the same UID)."""
+    picked = [
+        p
+        for p in sorted(PYDICOM_FILES.glob("*.dcm"))
+        if p.stat().st_size <= PYDICOM_MAX_BYTES and _sop_uid(p) not in exclude_uids
+    ]
+    return picked[:PYDICOM_MAX_FILES]
+
+
+# --- the zoo and pydicom's test files --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def zoo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, dict[str, str]]:
+    """One ingest of pydicom's small test files, plus the zoo when ../shared/data has it.
+
+    Returns the run and the sha256 of every source file taken before it.
+    """
+    base = tmp_path_factory.mktemp("zoo")
+    source = base / "source"
+    zoo = SHARED_DATA / "dicom-zoo"
+    zoo_files = sorted(zoo.glob("*.dcm")) if zoo.is_dir() else []
+    for path in zoo_files:
+        (source / "zoo").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, source / "zoo" / path.name)
+    picked = pydicom_selection({_sop_uid(p) for p in zoo_files} - {""})
+    assert len(picked) >= 30, f"only {len(picked)} small test files in {PYDICOM_FILES}"
+    (source / "pydicom").mkdir(parents=True)
+    for path in picked:
+        shutil.copy2(path, source / "pydicom" / path.name)
+    write_labels(source)
+    before = tree_hashes(source)
+    run = ingest(source, base / "out", write_params(base, source))
+    return run, before
+
+
+def test_every_file_is_ingested_or_quarantined_once(zoo_run: tuple[Run, dict[str, str]]) -> None:
+    run, _ = zoo_run
+    assert_succeeded(run)
+    assert_accounted(run)
+    assert_manifest_rows_sane(run)
+
+
+def test_decodable_pydicom_images_are_ingested(zoo_run: tuple[Run, dict[str, str]]) -> None:
+    run, _ = zoo_run
+    assert_succeeded(run)
+    assert_ingested_or_duplicate(run, [f"pydicom/{name}" for name in PYDICOM_IMAGES])
+
+
+def test_non_image_objects_are_skipped_naming_their_sop_class(
+    zoo_run: tuple[Run, dict[str, str]],
+) -> None:
+    run, _ = zoo_run
+    assert_succeeded(run)
+    for name, sop_class in PYDICOM_NOT_IMAGES.items():
+        outcome = run.outcome_of(f"pydicom/{name}")
+        assert outcome is not None and outcome[0] == SKIPPED, (name, outcome)
+        assert sop_class in outcome[1], (name, outcome)
+
+
+def test_no_original_identifier_in_any_output(zoo_run: tuple[Run, dict[str, str]]) -> None:
+    run, _ = zoo_run
+    assert_succeeded(run)
+    assert_no_identifiers(run)
+
+
+def test_inputs_are_only_read(zoo_run: tuple[Run, dict[str, str]]) -> None:
+    run, before = zoo_run
+    assert tree_hashes(run.source) == before
+
+
+def test_zoo_expectations_hold_for_the_installed_decoders() -> None:
+    """Guards the lists above: what pydicom + plugins decode here, and which objects are SEG."""
+    zoo = shared_data("dicom-zoo")
+    undecodable = []
+    for name in ZOO_IMAGES:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(zoo / name)
+            try:
+                ds.pixel_array  # noqa: B018 - decoding is the check
+            except Exception as exc:
+                undecodable.append(f"{name}: {type(exc).__name__}: {exc}")
+        assert "Image Storage" in ds.SOPClassUID.name, (name, ds.SOPClassUID.name)
+    assert not undecodable, undecodable
+    for name in ZOO_SEGMENTATIONS:
+        ds = pydicom.dcmread(zoo / name, stop_before_pixels=True)
+        assert ds.SOPClassUID.name == SEGMENTATION[0], (name, ds.SOPClassUID.name)
+
+
+def test_zoo_images_are_ingested(zoo_run: tuple[Run, dict[str, str]]) -> None:
+    shared_data("dicom-zoo")
+    run, _ = zoo_run
+    assert_succeeded(run)
+    assert_ingested_or_duplicate(run, [f"zoo/{name}" for name in ZOO_IMAGES])
+
+
+def test_zoo_segmentations_are_skipped_naming_the_sop_class(
+    zoo_run: tuple[Run, dict[str, str]],
+) -> None:
+    shared_data("dicom-zoo")
+    run, _ = zoo_run
+    assert_succeeded(run)
+    for name in ZOO_SEGMENTATIONS:
+        outcome = run.outcome_of(f"zoo/{name}")
+        assert outcome is not None and outcome[0] == SKIPPED, (name, outcome)
+        assert any(s in outcome[1] for s in SEGMENTATION), (name, outcome)
+
+
+# --- generated broken files ------------------------------------------------------------------
+
+N_VALID = 4
+
+
+def broken_source(folder: Path) -> dict[str, Expected]:
+    """Broken files under folder/broken (the loop is broken/sub/loop), valid ones under valid/."""
+    expected = {
+        f"broken/{rel}": e for rel, e in broken_files.write_broken_set(folder / "broken").items()
+    }
+    for i in range(N_VALID):
+        path = folder / "valid" / f"v{i}.dcm"
+        broken_files.write_valid(path, seed=i, patient_id=f"{broken_files.PATIENT_ID}-{i}")
+        expected[f"valid/v{i}.dcm"] = broken_files.INGESTED
+    write_labels(folder)
+    return expected
+
+
+@dataclass(frozen=True)
+class BrokenSource:
+    folder: Path
+    expected: dict[str, Expected]
+    hashes: dict[str, str]  # of every file, before any ingest
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory: pytest.TempPathFactory) -> BrokenSource:
+    """A source of broken files and a few valid ones (read-only: copy it to change it)."""
+    source = tmp_path_factory.mktemp("broken") / "source"
+    expected = broken_source(source)
+    return BrokenSource(source, expected, tree_hashes(source))
+
+
+@pytest.fixture(scope="module")
+def broken_run(broken: BrokenSource) -> Run:
+    base = broken.folder.parent
+    params = write_params(base, broken.folder, max_quarantine_fraction=1.0)
+    return ingest(broken.folder, base / "out", params)
+
+
+def test_generated_files_are_what_they_claim(broken: BrokenSource) -> None:
+    """The generator itself: valid files decode, broken ones are broken the way they say."""
+    source, expected = broken.folder, broken.expected
+    for rel, e in expected.items():
+        path = source / rel
+        if e.outcome is None:
+            ds = pydicom.dcmread(path, force=True)
+            if "TransferSyntaxUID" not in ds.file_meta:  # the raw data set: implicit VR LE
+                assert path.read_bytes()[128:132] != b"DICM"
+                ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+            assert ds.pixel_array.shape == (broken_files.SIZE, broken_files.SIZE), rel
+    assert (source / "broken/empty.dcm").stat().st_size == 0
+    assert (source / "broken/sub/loop").resolve() == (source / "broken").resolve()
+    assert (source / "broken/picture.dcm").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "PixelData" not in pydicom.dcmread(source / "broken/no_pixels.dcm")
+    bomb = pydicom.dcmread(source / "broken/bomb.dcm")
+    assert bomb.Rows == bomb.Columns == broken_files.HUGE and len(bomb.PixelData) < 16
+    with pytest.raises(InvalidDicomError):
+        pydicom.dcmread(source / "broken/raw/no_preamble.dcm")  # no preamble, no 'DICM'
+    cut = pydicom.dcmread(source / "broken/truncated/in_pixel_data")
+    assert len(cut.PixelData) < broken_files.SIZE**2 * 2
+
+
+def test_broken_files_are_quarantined_with_their_reason(
+    broken: BrokenSource, broken_run: Run
+) -> None:
+    expected = broken.expected
+    assert_succeeded(broken_run)
+    ingested = set(broken_run.manifest().content_hash)
+    files = source_files(broken_run.source)
+    problems = []
+    for rel, e in sorted(expected.items()):
+        outcome = broken_run.outcome_of(rel)
+        if e.outcome is None:
+            if files[rel] not in ingested or outcome is not None:
+                problems.append(f"{rel}: should be ingested, got {outcome}")
+        elif outcome is None:
+            problems.append(f"{rel}: should be {e.outcome}, is not in quarantine.csv")
+        elif outcome[0] != e.outcome or not e.matches(outcome[1]):
+            problems.append(
+                f"{rel}: expected {e.outcome} ({' | '.join(e.reason_any)}), got {outcome}"
+            )
+    assert not problems, "\n".join(problems)
+
+
+def test_the_size_bomb_is_refused_before_allocating(broken_run: Run) -> None:
+    assert_succeeded(broken_run)
+    outcome = broken_run.outcome_of("broken/bomb.dcm")
+    assert outcome is not None and outcome[0] == QUARANTINED, outcome
+    assert str(broken_files.HUGE) in outcome[1] and "MemoryError" not in outcome[1], outcome
+
+
+def test_broken_source_is_accounted_for_without_leaking_identifiers(
+    broken: BrokenSource, broken_run: Run
+) -> None:
+    assert_succeeded(broken_run)
+    assert tree_hashes(broken.folder) == broken.hashes, "the ingest changed its inputs"
+    assert_accounted(broken_run, {"broken/sub/loop"})
+    assert_manifest_rows_sane(broken_run)
+    assert_no_identifiers(broken_run)
+    assert {broken_files.PATIENT_NAME.split("^")[0], broken_files.PATIENT_ID} <= identifying_values(
+        broken_run.source
+    )
+
+
+def test_too_many_quarantined_files_fail_the_stage_and_write_nothing(
+    broken: BrokenSource, tmp_path: Path
+) -> None:
+    source = broken.folder
+    params = write_params(tmp_path, source, max_quarantine_fraction=0.1)
+    parent = tmp_path / "run"
+    parent.mkdir()
+    run = ingest(source, parent / "out", params)
+    assert run.proc.returncode == 1, run.said
+    assert "max_quarantine_fraction" in run.proc.stderr, run.said
+    assert not run.out.exists(), "a failed ingest must not leave an output folder"
+    assert not list(parent.iterdir()), f"leftovers beside OUT: {list(parent.iterdir())}"
+    assert tree_hashes(source) == broken.hashes, "the ingest changed its inputs"
+
+
+# --- re-runs, duplicates, frames -------------------------------------------------------------
+
+
+def test_a_rerun_without_changes_is_a_no_op_and_a_new_file_adds_one_row(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    for i in range(4):
+        broken_files.write_valid(
+            source / f"p{i}" / "image.dcm", seed=100 + i, patient_id=f"RERUN-{i:04d}"
+        )
+    write_labels(source)
+    params, out = write_params(tmp_path, source), tmp_path / "out"
+
+    first = ingest(source, out, params)
+    assert_succeeded(first)
+    manifest_bytes = (out / "manifest.csv").read_bytes()
+    mtime = (out / "manifest.csv").stat().st_mtime_ns
+    first_log = (out / "ingest.log").read_text()
+    old_rows = first.manifest()
+    assert len(old_rows) == 4
+
+    second = ingest(source, out, params)
+    assert_succeeded(second)
+    assert (out / "manifest.csv").read_bytes() == manifest_bytes
+    assert (out / "manifest.csv").stat().st_mtime_ns == mtime, "manifest.csv was rewritten"
+    # What the second run said: its console output, and its log if it wrote a new one.
+    second_log = (out / "ingest.log").read_text()
+    told = (
+        f"{second.proc.stdout} {second.proc.stderr} {'' if second_log == first_log else second_log}"
+    )
+    told = " ".join(told.split())  # rich wraps long lines
+    assert NOTHING_CHANGED.search(told), f"the re-run should say nothing changed\n{second.said}"
+
+    added = broken_files.write_valid(source / "p9" / "image.dcm", seed=109, patient_id="RERUN-0009")
+    with (source / "labels.csv").open("a") as fh:
+        fh.write("p9/image.dcm,lesion\n")
+    third = ingest(source, out, params)
+    assert_succeeded(third)
+    assert_accounted(third)
+    new_rows = third.manifest()
+    assert len(new_rows) == len(old_rows) + 1
+    key = "image_id"
+    unchanged = new_rows[new_rows[key].isin(old_rows[key])].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(
+        unchanged[list(old_rows.columns)], old_rows.sort_values(key).reset_index(drop=True)
+    )
+    extra = new_rows[~new_rows[key].isin(old_rows[key])]
+    assert extra.content_hash.tolist() == [_sha(added)] and extra.label_name.tolist() == ["lesion"]
+
+
+def test_the_same_bytes_under_two_names_are_ingested_once(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    original = broken_files.write_valid(
+        source / "a" / "image.dcm", seed=200, patient_id="DUPL-0001"
+    )
+    (source / "b").mkdir()
+    shutil.copy2(original, source / "b" / "copy_of_image.dcm")
+    broken_files.write_valid(source / "c" / "other.dcm", seed=201, patient_id="DUPL-0002")
+    # Both copies get the same label, as an export listing each file would give them.
+    (source / "labels.csv").write_text(
+        "path,label\na/image.dcm,normal\nb/copy_of_image.dcm,normal\nc/other.dcm,lesion\n"
+    )
+
+    run = ingest(source, tmp_path / "out", write_params(tmp_path, source))
+    assert_succeeded(run)
+    assert_accounted(run)
+    manifest = run.manifest()
+    assert (manifest.content_hash == _sha(original)).sum() == 1
+    outcomes = [run.outcome_of("a/image.dcm"), run.outcome_of("b/copy_of_image.dcm")]
+    assert outcomes.count(None) == 1, outcomes
+    duplicate = next(o for o in outcomes if o is not None)
+    assert duplicate[0] == DUPLICATE, duplicate
+
+
+@pytest.mark.parametrize(("frames", "expected"), [("all", [0, 1]), ("first", [0])])
+def test_multi_frame_files_give_a_row_per_frame_taken(
+    frames: str, expected: list[int], tmp_path: Path
+) -> None:
+    two_frames = shared_data("dicom-zoo") / "SC_rgb_2frame.dcm"
+    source = tmp_path / "source"
+    (source / "sc").mkdir(parents=True)
+    shutil.copy2(two_frames, source / "sc" / two_frames.name)
+    for i in range(2):
+        broken_files.write_valid(
+            source / "ct" / f"{i}.dcm", seed=300 + i, patient_id=f"FRAME-{i:04d}"
+        )
+    write_labels(source)
+
+    run = ingest(source, tmp_path / "out", write_params(tmp_path, source, frames=frames))
+    assert_succeeded(run)
+    assert_accounted(run)
+    manifest = run.manifest()
+    rows = manifest[manifest.content_hash == _sha(two_frames)]
+    assert sorted(rows.frame.astype(int)) == expected, rows
+    assert set(rows.frames.astype(int)) == {2} and rows.image_id.is_unique
+    assert len(manifest) == len(expected) + 2  # the single-frame files: one row each

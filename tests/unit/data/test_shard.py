@@ -1,0 +1,207 @@
+"""One shard of ingest work, run in this process on real files."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from pydicom import examples
+from pydicom.data import get_testdata_file
+from pydicom.uid import ExplicitVRLittleEndian
+
+from medflow.data.shard import (
+    DUPLICATE,
+    NO_LABEL,
+    QUARANTINED,
+    SKIPPED,
+    ShardSettings,
+    ShardTask,
+    ingest_shard,
+)
+from tests.unit.data.phi import KEY
+from tests.unit.test_pixels import image_dataset, write_dicom
+
+CLASSES = ("normal", "lesion")
+
+
+def settings(**overrides: object) -> ShardSettings:
+    values = {
+        "class_names": CLASSES,
+        "frames": "first",
+        "max_frame_pixels": 64 * 1024 * 1024,
+        "allow_burned_in_annotation": False,
+        **overrides,
+    }
+    return ShardSettings(**values)
+
+
+def run(source: Path, out: Path, files: list[tuple[str, int | None]], **overrides: object):
+    task = ShardTask(str(source), str(out), tuple(files), KEY, settings(**overrides))
+    return ingest_shard(task)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _frames(n: int) -> np.ndarray:
+    """n 8 x 8 frames with clearly different means (100, 1100, 2100, ...)."""
+    base = np.arange(64, dtype=np.uint16).reshape(8, 8) + 68
+    return np.stack([base + 1000 * k for k in range(n)]).astype(np.uint16)
+
+
+# ------------------------------------------------------------------------ burned-in text
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS")  # "yes " is off-standard
+@pytest.mark.parametrize("value", ["YES", "yes "])
+def test_burned_in_annotation_is_quarantined_by_default(tmp_path: Path, value: str) -> None:
+    source = tmp_path / "source"
+    path = write_dicom(image_dataset(_frames(1)[0], BurnedInAnnotation=value), source / "a.dcm")
+    result = run(source, tmp_path / "out", [("a.dcm", 0)])
+    assert result.rows == [] and len(result.outcomes) == 1
+    outcome = result.outcomes[0]
+    assert (outcome.path, outcome.sha256, outcome.outcome) == ("a.dcm", _sha(path), QUARANTINED)
+    assert outcome.category == "burned-in annotation"
+    assert "deid.allow_burned_in_annotation" in outcome.reason
+    assert list((tmp_path / "out" / "images").iterdir()) == []  # nothing written
+
+
+def test_burned_in_annotation_is_ingested_when_allowed(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    path = write_dicom(image_dataset(_frames(1)[0], BurnedInAnnotation="YES"), source / "a.dcm")
+    result = run(source, tmp_path / "out", [("a.dcm", 1)], allow_burned_in_annotation=True)
+    assert result.outcomes == [] and len(result.rows) == 1
+    assert result.rows[0]["label_name"] == "lesion"
+    assert (tmp_path / "out" / "images" / f"{_sha(path)}.dcm").is_file()
+
+
+@pytest.mark.parametrize("value", ["NO", None])
+def test_no_burned_in_annotation_is_ingested(tmp_path: Path, value: str | None) -> None:
+    source = tmp_path / "source"
+    attrs = {} if value is None else {"BurnedInAnnotation": value}
+    write_dicom(image_dataset(_frames(1)[0], **attrs), source / "a.dcm")
+    result = run(source, tmp_path / "out", [("a.dcm", 0)])
+    assert result.outcomes == [] and len(result.rows) == 1
+
+
+# --------------------------------------------------------------------------------- frames
+
+
+def test_frames_all_gives_one_row_per_frame(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    frames = _frames(3)
+    original = image_dataset(frames)
+    path = write_dicom(original, source / "multi.dcm")
+    result = run(source, tmp_path / "out", [("multi.dcm", 1)], frames="all")
+    assert result.outcomes == []
+    written = pydicom.dcmread(tmp_path / "out" / "images" / f"{_sha(path)}.dcm")
+    sop = str(written.SOPInstanceUID)
+    assert sop != str(original.SOPInstanceUID)  # de-identified
+    assert [r["image_id"] for r in result.rows] == [f"{sop}:0", f"{sop}:1", f"{sop}:2"]
+    assert [r["frame"] for r in result.rows] == [0, 1, 2]
+    assert {r["file"] for r in result.rows} == {f"images/{_sha(path)}.dcm"}
+    assert {r["sop_instance_id"] for r in result.rows} == {sop}
+    assert all(r["frames"] == 3 and r["label"] == 1 for r in result.rows)
+    for row, frame in zip(result.rows, frames, strict=True):  # statistics of their own frame
+        assert row["pixel_mean"] == pytest.approx(frame.mean())
+        assert row["pixel_min"] == frame.min() and row["pixel_max"] == frame.max()
+
+
+@pytest.mark.parametrize(("policy", "frame"), [("first", 0), ("middle", 1)])
+def test_one_frame_policies_give_one_row_without_suffix(
+    tmp_path: Path, policy: str, frame: int
+) -> None:
+    source = tmp_path / "source"
+    frames = _frames(3)
+    write_dicom(image_dataset(frames), source / "multi.dcm")
+    result = run(source, tmp_path / "out", [("multi.dcm", 0)], frames=policy)
+    [row] = result.rows
+    assert row["image_id"] == row["sop_instance_id"] and ":" not in str(row["image_id"])
+    assert row["frame"] == frame
+    assert row["pixel_mean"] == pytest.approx(frames[frame].mean())
+
+
+def test_frames_all_on_a_single_frame_file_keeps_the_plain_id(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    write_dicom(image_dataset(_frames(1)[0]), source / "one.dcm")
+    [row] = run(source, tmp_path / "out", [("one.dcm", 0)], frames="all").rows
+    assert row["image_id"] == row["sop_instance_id"] and row["frame"] == 0
+
+
+# ------------------------------------------------------------------------- what else happens
+
+
+def test_bad_files_become_outcomes_and_the_shard_goes_on(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "junk.dcm").write_text("not DICOM")
+    shutil.copy(examples.get_path("rt_plan"), source / "plan.dcm")
+    shutil.copy(examples.get_path("ct"), source / "ct.dcm")
+    shutil.copy(examples.get_path("mr"), source / "unlabelled.dcm")
+    files = [
+        ("junk.dcm", 0),
+        ("plan.dcm", 0),
+        ("gone.dcm", 1),  # listed, never there
+        ("unlabelled.dcm", None),
+        ("ct.dcm", 1),
+    ]
+    result = run(source, tmp_path / "out", files)
+    by_path = {o.path: o for o in result.outcomes}
+    assert by_path["junk.dcm"].outcome == QUARANTINED
+    assert by_path["junk.dcm"].category == "not a DICOM file"
+    assert by_path["plan.dcm"].outcome == SKIPPED and by_path["plan.dcm"].category == "not an image"
+    assert by_path["gone.dcm"].category == "unexpected FileNotFoundError"
+    assert by_path["gone.dcm"].sha256 == ""
+    assert by_path["unlabelled.dcm"].reason == NO_LABEL
+    assert DUPLICATE not in {o.outcome for o in result.outcomes}  # decided by the caller
+    assert [r["modality"] for r in result.rows] == ["CT"]
+    assert set(result.hashes) == {"junk.dcm", "plan.dcm", "unlabelled.dcm", "ct.dcm"}
+    assert result.hashes["ct.dcm"] == _sha(source / "ct.dcm")
+    assert result.files_scanned == 1 and result.findings == []
+    # the unlabelled file's identifiers were remembered: they may still appear in paths
+    mr_id = str(pydicom.dcmread(source / "unlabelled.dcm").PatientID)
+    assert "PatientID" in result.audit.kinds_in_text(f"folder {mr_id}")
+
+
+def test_big_endian_source_is_written_little_endian_with_the_same_pixels(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    shutil.copy(get_testdata_file("MR_small_bigendian.dcm"), source / "be.dcm")
+    result = run(source, tmp_path / "out", [("be.dcm", 0)])
+    assert result.outcomes == []
+    written = pydicom.dcmread(tmp_path / "out" / result.rows[0]["file"])
+    assert written.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    expected = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array
+    np.testing.assert_array_equal(written.pixel_array, expected)
+
+
+def test_written_image_is_de_identified_and_rows_point_at_it(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    original = image_dataset(_frames(1)[0], InstitutionName="Brackwater Clinic")
+    path = write_dicom(original, source / "P" / "a.dcm")
+    [row] = run(source, tmp_path / "out", [("P/a.dcm", 0)]).rows
+    written = pydicom.dcmread(tmp_path / "out" / str(row["file"]))
+    assert written.PatientID == row["patient_id"] and str(row["patient_id"]).startswith("PSN-")
+    assert row["site"] == written.InstitutionName and str(row["site"]).startswith("SITE-")
+    assert row["content_hash"] == _sha(path)
+    data = (tmp_path / "out" / str(row["file"])).read_bytes()
+    for value in ("MRN55501234", "Quorvex", "Brackwater", str(original.StudyInstanceUID)):
+        assert value.encode() not in data
+
+
+def test_task_and_result_cross_process_boundaries(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    write_dicom(image_dataset(_frames(1)[0]), source / "a.dcm")
+    task = ShardTask(str(source), str(tmp_path / "out"), (("a.dcm", 0),), KEY, settings())
+    result = ingest_shard(pickle.loads(pickle.dumps(task)))
+    copy = pickle.loads(pickle.dumps(result))
+    pd.testing.assert_frame_equal(pd.DataFrame(copy.rows), pd.DataFrame(result.rows))
+    assert copy.hashes == result.hashes and len(copy.rows) == 1
+    assert copy.audit.kinds_in_text("MRN55501234") == {"PatientID"}
