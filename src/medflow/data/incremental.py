@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from medflow.config import SplitParams
 from medflow.data.manifest import COLUMNS, MANIFEST_FILE
-from medflow.data.shard import NO_LABEL, Outcome, ShardSettings
+from medflow.data.shard import DUPLICATE, NO_LABEL, Outcome, ShardSettings
 from medflow.data.sources import SourceFile
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "ingest_state.json"
 QUARANTINE_FILE = "quarantine.csv"
 FORMAT = 2  # bump when the output of a file changes for the same settings
+# Outcomes decided by comparing a file with others: decided again on every run.
+DEPENDS_ON_OTHER_FILES = (DUPLICATE, "conflicting duplicate", "conflicting SOPInstanceUID")
 
 
 def path_token(key: bytes, rel: str) -> str:
@@ -99,7 +102,7 @@ def load_previous(folder: Path, settings_fingerprint: str) -> Previous | None:
     outcomes = {
         r["sha256"]: Outcome(r["path"], r["sha256"], r["outcome"], r["reason"], r["category"])
         for r in quarantine.to_dict("records")
-        if r["sha256"] and r["outcome"] != "duplicate" and r["reason"] != NO_LABEL
+        if r["sha256"] and r["category"] not in DEPENDS_ON_OTHER_FILES and r["reason"] != NO_LABEL
     }
     return Previous(
         folder=folder,
@@ -110,17 +113,42 @@ def load_previous(folder: Path, settings_fingerprint: str) -> Previous | None:
     )
 
 
+def split_fingerprint(key: bytes, split: SplitParams) -> str:
+    """Equal when patient pseudonyms and split params are: earlier splits then still hold."""
+    text = json.dumps(
+        {"key": hmac.new(key, b"medflow/key-fingerprint", hashlib.sha256).hexdigest()}
+        | split.model_dump(),
+        sort_keys=True,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def previous_splits(folder: Path, key: bytes, split: SplitParams) -> dict[str, str]:
+    """patient_id -> split of the last ingest into folder, if made with the same key and
+    split params (whatever else changed); empty otherwise."""
+    try:
+        state = json.loads((folder / STATE_FILE).read_text())
+        if state.get("split") != split_fingerprint(key, split):
+            return {}
+        manifest = pd.read_csv(folder / MANIFEST_FILE, dtype=str, keep_default_na=False)
+        return dict(zip(manifest.patient_id, manifest.split, strict=True))
+    except (OSError, ValueError, KeyError, AttributeError):
+        return {}
+
+
 def state(
     key: bytes,
     settings_fingerprint: str,
     listing: str,
     files: list[SourceFile],
     hashes: dict[str, str],
+    split: SplitParams,
 ) -> dict[str, object]:
     """The state file's content for this ingest (no path or value in clear)."""
     return {
         "format": FORMAT,
         "fingerprint": settings_fingerprint,
+        "split": split_fingerprint(key, split),
         "listing": listing,
         "files": {
             path_token(key, f.rel): [f.size, f.mtime_ns, hashes[f.rel]]

@@ -152,19 +152,30 @@ def _ingest_folder(
     labels = read_labels(source, [f.rel for f in files], class_names)
     settings = config.shard_settings()
     fingerprint = incremental.fingerprint(key, settings)
-    extra = f"{sorted((u.rel, u.reason) for u in unreadable)}{config.data.split}{official_splits}"
+    extra = repr(
+        (sorted((u.rel, u.reason) for u in unreadable), class_names, config.data.split)
+    ) + repr(official_splits)
     listing = incremental.listing_digest(key, files, labels, extra)
     previous = incremental.load_previous(out_dir, fingerprint)
     if previous is not None and previous.listing == listing:
+        quarantine = _read_quarantine(out_dir)
+        # The output stands as it was, but it must still pass this run's threshold.
+        _check_losses(
+            config,
+            len(files) + len(unreadable),
+            int((quarantine.outcome == QUARANTINED).sum()),
+            dict(Counter(quarantine.category).most_common()),
+        )
         logger.info("nothing changed since the last ingest into %s: output left as it was", out_dir)
         return _result(
             read_manifest(out_dir),
             out_dir,
-            _read_outcomes(out_dir),
+            {str(k): int(v) for k, v in quarantine.outcome.value_counts().items()},
             len(files),
             len(files),
             unchanged=True,
         )
+    held_out = incremental.previous_splits(out_dir, key, config.data.split)
 
     reused: dict[str, str] = {}  # path -> sha256, known without reading the file
     todo: list[tuple[str, int | None]] = []
@@ -226,7 +237,7 @@ def _ingest_folder(
                 " patient",
                 without_patient_id,
             )
-        rows, outcomes = _resolve_duplicates(rows, outcomes, hashes, labels, tmp)
+        rows, outcomes = _resolve_duplicates(rows, outcomes, hashes, labels, class_names, tmp)
         outcomes += [
             Outcome(
                 u.rel,
@@ -243,21 +254,29 @@ def _ingest_folder(
         ]
         by_outcome = dict(Counter(o.outcome for o in outcomes))
         by_category = dict(Counter(o.category for o in outcomes).most_common())
-        _check_losses(config, len(files) + len(unreadable), outcomes, by_category, rows, source)
+        lost = sum(1 for o in outcomes if o.outcome == QUARANTINED)
+        _check_losses(config, len(files) + len(unreadable), lost, by_category)
+        if not rows:
+            raise IngestFailed(
+                f"no image could be ingested from {source}: {len(outcomes)} file(s) not"
+                f" ingested ({by_category}); check the labels and that the files are DICOM images"
+            )
 
         manifest = pd.DataFrame(rows, columns=list(COLUMNS))
         if official_splits is not None:
             split_of = {sha: official_splits[rel] for rel, sha in hashes.items()}
             manifest["split"] = manifest["content_hash"].map(split_of)
         else:
-            splits = assign_splits(manifest[["patient_id", "label"]], config.data.split)
+            splits = assign_splits(
+                manifest[["patient_id", "label"]], config.data.split, previous=held_out
+            )
             manifest["split"] = manifest["patient_id"].map(splits)
         manifest = manifest.sort_values(["file", "frame"]).astype(COLUMNS)
         manifest.to_csv(tmp / MANIFEST_FILE, index=False)
         _write_quarantine(tmp / QUARANTINE_FILE, outcomes, audit)
         write_json_atomic(
             tmp / incremental.STATE_FILE,
-            incremental.state(key, fingerprint, listing, files, hashes),
+            incremental.state(key, fingerprint, listing, files, hashes, config.data.split),
         )
         result = _result(manifest, out_dir, by_outcome, len(files), len(reused))
         logger.info(
@@ -303,18 +322,19 @@ def _reuse(
     return rows
 
 
-# Outcome categories whose reason names another source path.
-_QUOTES_A_PATH = (DUPLICATE, "conflicting duplicate", "conflicting SOPInstanceUID")
-
-
 def _resolve_duplicates(
     rows: list[dict[str, object]],
     outcomes: list[Outcome],
     hashes: dict[str, str],
     labels: dict[str, int],
+    class_names: list[str],
     tmp: Path,
 ) -> tuple[list[dict[str, object]], list[Outcome]]:
-    """One copy per content; files with the same SOP instance but other content quarantined."""
+    """One copy per content; files with the same SOP instance but other content quarantined.
+
+    The first path (in path order) of each content decides its label, whatever order the
+    shards finished in.
+    """
     ingested = {str(r["content_hash"]) for r in rows}
     first_path: dict[str, str] = {}
     for rel in sorted(hashes):
@@ -332,7 +352,10 @@ def _resolve_duplicates(
             outcomes.append(Outcome(rel, sha, DUPLICATE, f"same content as {original}", DUPLICATE))
     unique: dict[tuple[str, object], dict[str, object]] = {}
     for row in rows:  # a duplicate's rows came from the same bytes: keep one set
-        unique.setdefault((str(row["content_hash"]), row["frame"]), row)
+        sha = str(row["content_hash"])
+        if (sha, row["frame"]) not in unique:
+            label = labels[first_path[sha]]
+            unique[sha, row["frame"]] = {**row, "label": label, "label_name": class_names[label]}
     by_sop: dict[str, tuple[str, tuple[object, ...]]] = {}  # sop -> (path, geometry)
     dropped: set[str] = set()
     for sha, rel in sorted(first_path.items(), key=lambda item: item[1]):
@@ -359,25 +382,14 @@ def _resolve_duplicates(
 
 
 def _check_losses(
-    config: IngestConfig,
-    n_files: int,
-    outcomes: list[Outcome],
-    by_category: dict[str, int],
-    rows: list[dict[str, object]],
-    source: Path,
+    config: IngestConfig, n_files: int, lost: int, by_category: dict[str, int]
 ) -> None:
-    lost = sum(1 for o in outcomes if o.outcome == QUARANTINED)
     limit = config.ingest.max_quarantine_fraction
     if n_files and lost / n_files > limit:
         raise IngestFailed(
             f"{lost} of {n_files} file(s) ({lost / n_files:.1%}) were quarantined, more than"
             f" ingest.max_quarantine_fraction = {limit:.1%}; reasons: {by_category}. Fix the"
             " source (or raise the threshold if these losses are expected); nothing was written"
-        )
-    if not rows:
-        raise IngestFailed(
-            f"no image could be ingested from {source}: {len(outcomes)} file(s) not ingested"
-            f" ({by_category}); check the labels and that the files are DICOM images"
         )
 
 
@@ -386,8 +398,9 @@ def _write_quarantine(path: Path, outcomes: list[Outcome], audit: PhiAudit) -> N
 
     Hospital exports name folders after patients: a path is withheld when it holds any
     identifying value or part of a name ("SMITH/IM1.dcm") of any file, and so is a reason
-    that quotes another path. Other reasons are withheld for whole values only (a name
-    part like "First" is an ordinary word there). The sha256 column still finds a file.
+    that quotes another path (duplicates and conflicts). Other reasons are withheld for
+    whole values only (a name part like "First" is an ordinary word there). The sha256
+    column still finds a withheld file.
     """
 
     def safe(text: str, own: tuple[str, ...] = (), *, strict: bool = True) -> str:
@@ -399,7 +412,7 @@ def _write_quarantine(path: Path, outcomes: list[Outcome], audit: PhiAudit) -> N
             safe(o.path, o.path_kinds),
             o.sha256,
             o.outcome,
-            safe(o.reason, strict=o.category in _QUOTES_A_PATH),
+            safe(o.reason, strict=o.category in incremental.DEPENDS_ON_OTHER_FILES),
             safe(o.category, strict=False),
         )
         for o in sorted(outcomes, key=lambda o: o.path)
@@ -407,9 +420,8 @@ def _write_quarantine(path: Path, outcomes: list[Outcome], audit: PhiAudit) -> N
     pd.DataFrame(records, columns=QUARANTINE_COLUMNS).to_csv(path, index=False)
 
 
-def _read_outcomes(folder: Path) -> dict[str, int]:
-    table = pd.read_csv(folder / QUARANTINE_FILE, dtype=str, keep_default_na=False)
-    return {str(k): int(v) for k, v in table["outcome"].value_counts().items()}
+def _read_quarantine(folder: Path) -> pd.DataFrame:
+    return pd.read_csv(folder / QUARANTINE_FILE, dtype=str, keep_default_na=False)
 
 
 def _vocabulary(class_names: list[str]) -> set[str]:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
 import pandas as pd
 
 from medflow.config import SplitParams
+
+HELD_OUT = ("val", "test")
 
 
 def _majority_labels(patients: pd.DataFrame) -> pd.Series:
@@ -22,21 +25,26 @@ def _position(patient_id: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def assign_splits(patients: pd.DataFrame, params: SplitParams) -> dict[str, str]:
+def assign_splits(
+    patients: pd.DataFrame, params: SplitParams, previous: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """Map every patient_id to 'train', 'val' or 'test'.
 
     `patients` has one row per image (or per patient) with columns patient_id and label.
     A patient's split depends only on a hash of params.seed and its pseudonym, so adding
-    patients later never moves anyone: a test patient of one dataset version never turns up
-    in training in the next. Small classes are the exception: a class with 3 or more
-    patients and none in val or test gives that split the patient nearest to it, so every
-    class reaches every split; the result is independent of row order.
+    patients later does not move anyone. Small classes are the exception: a class with 3 or
+    more patients and none in val or test gets the training patient nearest to that split
+    lent to it, so every class reaches every split. Pass the last version's assignment
+    (made with the same params) as `previous`: a patient who was in val or test then stays
+    out of training now, even when the patient was only lent and the class has grown. The
+    result is independent of row order.
     """
     missing = {"patient_id", "label"} - set(patients.columns)
     if missing:
         raise ValueError(f"patients needs columns patient_id and label; missing {sorted(missing)}")
     if patients.empty:
         return {}
+    previous = previous or {}
     majority = _majority_labels(patients[["patient_id", "label"]].astype({"patient_id": str}))
     cut_test = params.test_fraction
     cut_val = params.test_fraction + params.val_fraction
@@ -46,6 +54,8 @@ def assign_splits(patients: pd.DataFrame, params: SplitParams) -> dict[str, str]
         position = {pid: _position(pid, params.seed) for pid in ids}
         for pid, u in position.items():
             assignment[pid] = "test" if u < cut_test else "val" if u < cut_val else "train"
+            if previous.get(pid) in HELD_OUT:
+                assignment[pid] = previous[pid]  # held out once, held out for good
         if len(ids) < 3:
             continue
         for split, target in (("test", cut_test / 2), ("val", (cut_test + cut_val) / 2)):

@@ -234,15 +234,9 @@ def test_two_worker_processes_give_the_same_output_as_one(source: Path, tmp_path
     assert len(images) == N_FILES and serial.data_hash == pooled.data_hash
 
 
-# ---------------------------------------------------------------------------- known bugs
+# ------------------------------------------------- once bugs: settings, thresholds, conflicts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="renaming data.class_names with an index-based labels.csv changes neither the"
-    " listing digest nor the settings fingerprint: the re-run is a no-op and the manifest keeps"
-    " the old label_name",
-)
 def test_renamed_classes_reach_the_manifest(source: Path, tmp_path: Path) -> None:
     labels = _labels(source)
     labels["label"] = labels.label.map({name: str(i) for i, name in enumerate(CLASSES)})
@@ -253,11 +247,6 @@ def test_renamed_classes_reach_the_manifest(source: Path, tmp_path: Path) -> Non
     assert set(read_manifest(out).label_name) == {"healthy", "lesion"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a re-run with nothing changed returns before the loss check, so a stricter"
-    " ingest.max_quarantine_fraction is never applied to the existing output",
-)
 def test_stricter_quarantine_threshold_applies_on_rerun(source: Path, tmp_path: Path) -> None:
     for name in ("junk1.dcm", "junk2.dcm"):
         (source / name).write_text("not DICOM")
@@ -268,12 +257,6 @@ def test_stricter_quarantine_threshold_applies_on_rerun(source: Path, tmp_path: 
         run_ingest(config(max_quarantine_fraction=0.05), source, out, KEY)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a 'conflicting SOPInstanceUID' quarantine is cached by content hash; when the kept"
-    " file is removed, the re-run reuses the stale outcome instead of ingesting the file, so"
-    " the incremental output differs from a fresh ingest",
-)
 def test_sop_conflict_is_re_decided_when_the_kept_file_goes(source: Path, tmp_path: Path) -> None:
     kept = source / "P0001" / "IM0001.dcm"
     ds = pydicom.dcmread(kept)
@@ -298,12 +281,6 @@ def test_sop_conflict_is_re_decided_when_the_kept_file_goes(source: Path, tmp_pa
     assert (out / "manifest.csv").read_bytes() == (tmp_path / "fresh" / "manifest.csv").read_bytes()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with the same bytes labelled differently under two names, _resolve_duplicates keeps"
-    " the rows of whichever shard finished first: the manifest label depends on completion"
-    " order, while quarantine.csv always names the second path as the conflicting copy",
-)
 def test_conflicting_duplicate_does_not_depend_on_shard_order(source: Path, tmp_path: Path) -> None:
     first_path = "P0001/IM0001.dcm"
     shutil.copy(source / first_path, source / "P0001" / "ZZ.dcm")
@@ -323,19 +300,34 @@ def test_conflicting_duplicate_does_not_depend_on_shard_order(source: Path, tmp_
     assert in_order.data_hash == out_of_order.data_hash
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="assign_splits lends a train patient to an empty test split of a small class; once a"
-    " new patient of that class hashes into test, the lent patient goes back to train, so a"
-    " test patient of one dataset version is trained on in the next",
-)
 def test_a_test_patient_stays_out_of_training_when_patients_are_added() -> None:
     params = SplitParams()  # seed 42: 0001, 0006, 0007 hash to train, 0002 to val, 0000 to test
     version_1 = pd.DataFrame({"patient_id": ["PSN-0001", "PSN-0002", "PSN-0006", "PSN-0007"]})
     version_2 = pd.DataFrame({"patient_id": [*version_1.patient_id, "PSN-0000"]})
     before = assign_splits(version_1.assign(label=1), params)
-    after = assign_splits(version_2.assign(label=1), params)
+    after = assign_splits(version_2.assign(label=1), params, previous=before)
     assert after["PSN-0000"] == "test"
     lent = [pid for pid, split in before.items() if split == "test"]
     assert lent == ["PSN-0006"]  # lent to test: the class had no test patient
     assert after["PSN-0006"] != "train"
+
+
+def test_held_out_patients_stay_held_out_through_a_re_ingest(first: tuple[Path, Path]) -> None:
+    source, out = first
+    manifest = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+    trained = sorted(set(manifest.patient_id[manifest.split == "train"]))[0]
+    # As if this patient had been lent to test by an earlier, smaller version of the data.
+    manifest.loc[manifest.patient_id == trained, "split"] = "test"
+    manifest.to_csv(out / "manifest.csv", index=False)
+    ds = pydicom.dcmread(source / "P0001" / "IM0001.dcm")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.PatientID = "MRN-NEW-0098"
+    (source / "P0098").mkdir()
+    ds.save_as(source / "P0098" / "new.dcm", enforce_file_format=True)
+    _append_labels(source, [("P0098/new.dcm", "lesion")])
+    run_ingest(config(), source, out, KEY)
+    after = read_manifest(out)
+    assert set(after.split[after.patient_id == trained]) == {"test"}
+    run_ingest(config(), source, tmp_path_fresh := out.parent / "fresh", KEY)
+    fresh = read_manifest(tmp_path_fresh)
+    assert set(fresh.split[fresh.patient_id == trained]) == {"train"}  # no history: hashed
