@@ -242,7 +242,7 @@ def _ingest_folder(
             Outcome(
                 u.rel,
                 "",
-                SKIPPED if "loop" in u.reason else QUARANTINED,
+                SKIPPED if "loop" in u.reason or "alias" in u.reason else QUARANTINED,
                 u.reason,
                 u.reason.split(":")[0],
             )

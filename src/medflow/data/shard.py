@@ -189,30 +189,39 @@ def _ingest_file(
     deid.deidentify(ds, collect=False)
     _to_explicit_little_endian(ds)
     _drop_trailing_elements(ds)
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
     # The audit reads the header (everything but the pixel data) and the pixel bytes apart:
     # short values occur by chance in pixel bytes, so only long ones are searched there.
-    pixel_tag = next((t for t in (0x7FE00010, 0x7FE00008, 0x7FE00009) if t in ds), None)
-    pixels = b""
-    if pixel_tag is not None:
-        pixel_elem = ds[pixel_tag]
-        del ds[pixel_tag]
-    header = io.BytesIO()
-    pydicom.dcmwrite(header, ds, enforce_file_format=True)
-    if pixel_tag is not None:
-        ds[pixel_tag] = pixel_elem
-        pixels = bytes(pixel_elem.value or b"")
-    leaked = originals.kinds_in_dicom(header.getvalue(), pixels)
+    header, pixels = _split_pixel_data(ds, buf.getbuffer())
+    leaked = originals.kinds_in_dicom(header, pixels)
     image = f"{IMAGES_DIR}/{sha}.dcm"
     if not leaked:
-        buf = io.BytesIO()
-        pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-        (out_dir / image).write_bytes(buf.getvalue())
+        (out_dir / image).write_bytes(buf.getbuffer())
     rows = []
     for frame, frame_stats in zip(frames, stats, strict=True):
         row = _row(ds, frame, len(frames) > 1, sha, label, settings.class_names)
         row.update(frame_stats)
         rows.append(row)
     return _Ingested(rows, image, had_patient_id, leaked)
+
+
+def _split_pixel_data(ds: Dataset, data: memoryview) -> tuple[bytes, bytes]:
+    """(everything but the Pixel Data value, that value) of ds written as `data`.
+
+    Pixel Data is the last element (see _drop_trailing_elements), written in explicit VR
+    little endian: tag, VR, 2 reserved bytes, 4-byte length, value padded to even length,
+    and a sequence delimiter after an encapsulated value.
+    """
+    elem = ds["PixelData"] if "PixelData" in ds else None
+    if elem is None or not elem.value:
+        return bytes(data), b""
+    value = bytes(elem.value)
+    delimiter = 8 if elem.is_undefined_length else 0
+    start = len(data) - delimiter - len(value) - len(value) % 2
+    if start < 12 or bytes(data[start - 12 : start - 8]) != b"\xe0\x7f\x10\x00":
+        raise DicomError("internal: Pixel Data not where expected in the written file")
+    return bytes(data[: start - 12]) + bytes(data[start + len(value) :]), value
 
 
 def _drop_trailing_elements(ds: Dataset) -> None:

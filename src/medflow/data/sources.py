@@ -1,4 +1,4 @@
-"""What a source folder holds: its files (symlinks followed, loops caught) and their labels."""
+"""What a source folder holds: its files (symlinks followed, loops and aliases caught), labels."""
 
 from __future__ import annotations
 
@@ -22,30 +22,46 @@ class SourceFile:
 
 @dataclass(frozen=True)
 class Unreadable:
-    """A path that is not a file to read: a symlink loop, a dangling link, a permission error."""
+    """A path not read as a file: a symlink loop or alias, a dangling link, a permission error."""
 
     rel: str
     reason: str
 
 
+_LOOP = "directory symlink loop: leads back to a folder that contains it"
+_ALIAS_INSIDE = (
+    "directory symlink alias: leads to a folder inside the source; its files are listed under"
+    " their real path"
+)
+_ALIAS_LINKED = (
+    "directory symlink alias: leads to a folder outside the source that another link already"
+    " lists; its files are listed under that link"
+)
+_ALIAS_REACHED = (
+    "directory symlink alias: a folder reached through a link that is also read under another"
+    " path; its files are listed there"
+)
+
+
 def walk_source(source: Path) -> tuple[list[SourceFile], list[Unreadable]]:
     """Every regular file under source, recursively, following symlinks, sorted by path.
 
-    Hospital shares often link folders together; a link back to a folder already read
-    (a loop) is reported, not followed forever.
+    Hospital shares often link folders together, so each real folder is read once, under one
+    path, whatever the names sort like: a folder inside the source under its real path, a
+    folder outside it under the link to it (the first by path of several links to one folder,
+    a link to an outer folder before links into it). A link to a folder that contains it (a
+    loop) and a second path to a folder already listed (an alias) are reported, not followed.
     """
     files: list[SourceFile] = []
     problems: list[Unreadable] = []
-    seen_dirs: set[tuple[int, int]] = set()
+    # Real folders walked from the top (the source, each followed link's target): a folder
+    # inside one of them is listed with it. Links to other outside folders wait in `pending`.
+    top = source.resolve(strict=True)
+    roots = {top}
+    pending: list[tuple[str, Path]] = []
 
     def walk(folder: Path, rel: str) -> None:
-        st = folder.stat()
-        if (st.st_dev, st.st_ino) in seen_dirs:
-            problems.append(
-                Unreadable(rel, "directory symlink loop: leads back to a folder already read")
-            )
-            return
-        seen_dirs.add((st.st_dev, st.st_ino))
+        # folder is a real path (no symlink in it), rel the path its files are listed under
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
@@ -55,7 +71,12 @@ def walk_source(source: Path) -> tuple[list[SourceFile], list[Unreadable]]:
             child = f"{rel}/{entry.name}" if rel else entry.name
             try:
                 if entry.is_dir(follow_symlinks=True):
-                    walk(Path(entry.path), child)
+                    if entry.is_symlink():
+                        link(folder, child, Path(os.path.realpath(entry.path)))
+                    elif folder / entry.name in roots:  # only under a folder outside the source
+                        problems.append(Unreadable(child, _ALIAS_REACHED))
+                    else:
+                        walk(folder / entry.name, child)
                 elif entry.is_file(follow_symlinks=True):
                     est = entry.stat(follow_symlinks=True)
                     files.append(SourceFile(child, est.st_size, est.st_mtime_ns))
@@ -66,8 +87,32 @@ def walk_source(source: Path) -> tuple[list[SourceFile], list[Unreadable]]:
             except OSError as exc:
                 problems.append(Unreadable(child, f"cannot be read: {exc.strerror}"))
 
-    walk(source, "")
+    def link(folder: Path, rel: str, target: Path) -> None:
+        if folder.is_relative_to(target):
+            problems.append(Unreadable(rel, _LOOP))
+        elif target.is_relative_to(top):
+            problems.append(Unreadable(rel, _ALIAS_INSIDE))
+        elif any(target.is_relative_to(root) for root in roots):
+            problems.append(Unreadable(rel, _ALIAS_LINKED))
+        else:
+            pending.append((rel, target))
+
+    walk(top, "")
+    # Links found in one round are followed in the next, outer folders first, so a link into
+    # a folder that another link lists is an alias whichever name sorts first.
+    while pending:
+        chosen: list[tuple[Path, str]] = []
+        for rel, target in sorted(pending, key=lambda p: (p[1].parts, p[0])):
+            if any(target.is_relative_to(root) for root in roots):
+                problems.append(Unreadable(rel, _ALIAS_LINKED))
+            else:
+                roots.add(target)
+                chosen.append((target, rel))
+        pending.clear()
+        for target, rel in chosen:
+            walk(target, rel)
     files.sort(key=lambda f: f.rel)
+    problems.sort(key=lambda u: u.rel)
     return files, problems
 
 

@@ -107,13 +107,6 @@ def test_fifo_is_not_a_regular_file(tmp_path: Path) -> None:
     assert "not a regular file" in problems[0].reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="walk_source treats any second path to a folder as a loop: a link that sorts before"
-    " its target (0alias -> a) is walked first, so the real folder 'a' is reported as a"
-    " 'directory symlink loop' and its files are listed only as 0alias/..., losing labels"
-    " given for a/...",
-)
 def test_alias_link_sorting_first_does_not_hide_the_real_folder(tmp_path: Path) -> None:
     source = tmp_path / "source"
     _file(source / "a" / "x.dcm")
@@ -121,6 +114,99 @@ def test_alias_link_sorting_first_does_not_hide_the_real_folder(tmp_path: Path) 
     files, problems = walk_source(source)
     assert "a/x.dcm" in _rels(files)
     assert "a" not in {u.rel for u in problems}
+
+
+@pytest.mark.parametrize("alias", ["0alias", "zalias", "a0"])
+def test_link_to_a_folder_inside_the_source_is_an_alias_whatever_its_name(
+    tmp_path: Path, alias: str
+) -> None:
+    source = tmp_path / "source"
+    _file(source / "a" / "x.dcm")
+    _file(source / "a" / "deep" / "y.dcm")
+    (source / alias).symlink_to("a", target_is_directory=True)
+    (source / "a" / "deep" / "side").symlink_to("../../b", target_is_directory=True)
+    _file(source / "b" / "z.dcm")
+    files, problems = walk_source(source)
+    assert _rels(files) == ["a/deep/y.dcm", "a/x.dcm", "b/z.dcm"]
+    reasons = {u.rel: u.reason for u in problems}
+    assert set(reasons) == {alias, "a/deep/side"}
+    for reason in reasons.values():
+        assert reason.startswith("directory symlink alias:") and "loop" not in reason
+        assert "listed under their real path" in reason
+
+
+def test_loop_is_told_apart_from_an_alias(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    _file(source / "a" / "b" / "y.dcm")
+    (source / "a" / "b" / "up").symlink_to("..", target_is_directory=True)  # a: contains it
+    (source / "a" / "side").symlink_to("b", target_is_directory=True)  # b: beside it
+    reasons = _problems(source)
+    assert "symlink loop" in reasons["a/b/up"] and "alias" not in reasons["a/b/up"]
+    assert "symlink alias" in reasons["a/side"] and "loop" not in reasons["a/side"]
+
+
+def test_link_above_the_source_is_a_loop(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    _file(source / "x.dcm")
+    _file(tmp_path / "beside" / "y.dcm")
+    (source / "parent").symlink_to(tmp_path, target_is_directory=True)
+    files, problems = walk_source(source)
+    assert _rels(files) == ["x.dcm"]
+    assert [(u.rel, "symlink loop" in u.reason) for u in problems] == [("parent", True)]
+
+
+def test_outside_folder_linked_twice_is_listed_once(tmp_path: Path) -> None:
+    source, share = tmp_path / "source", tmp_path / "share"
+    _file(share / "P1" / "im.dcm")
+    source.mkdir()
+    (source / "b").symlink_to(share, target_is_directory=True)
+    (source / "a").symlink_to(share, target_is_directory=True)
+    files, problems = walk_source(source)
+    assert _rels(files) == ["a/P1/im.dcm"]
+    assert [u.rel for u in problems] == ["b"] and "symlink alias" in problems[0].reason
+
+
+@pytest.mark.parametrize(("outer", "inner"), [("a", "b"), ("b", "a")])
+def test_link_into_a_linked_outside_folder_is_an_alias_whatever_the_names(
+    tmp_path: Path, outer: str, inner: str
+) -> None:
+    source, share = tmp_path / "source", tmp_path / "share"
+    _file(share / "P1" / "im.dcm")
+    _file(share / "P2" / "im.dcm")
+    source.mkdir()
+    (source / outer).symlink_to(share, target_is_directory=True)
+    (source / inner).symlink_to(share / "P1", target_is_directory=True)
+    files, problems = walk_source(source)
+    assert _rels(files) == sorted([f"{outer}/P1/im.dcm", f"{outer}/P2/im.dcm"])
+    assert [u.rel for u in problems] == [inner] and "symlink alias" in problems[0].reason
+
+
+def test_outside_folder_reached_by_two_routes_is_listed_once(tmp_path: Path) -> None:
+    # share/P1 is linked from the source and, one link deeper, through share itself
+    source, share, hub = tmp_path / "source", tmp_path / "share", tmp_path / "hub"
+    _file(share / "P1" / "im.dcm")
+    _file(hub / "h.dcm")
+    source.mkdir()
+    (source / "direct").symlink_to(share / "P1", target_is_directory=True)
+    (source / "hub").symlink_to(hub, target_is_directory=True)
+    (hub / "all").symlink_to(share, target_is_directory=True)
+    files, problems = walk_source(source)
+    assert _rels(files) == ["direct/im.dcm", "hub/h.dcm"]  # the shorter route, one link
+    assert [u.rel for u in problems] == ["hub/all/P1"] and "symlink alias" in problems[0].reason
+
+
+def test_link_from_an_outside_folder_back_into_the_source_is_an_alias(tmp_path: Path) -> None:
+    source, share = tmp_path / "source", tmp_path / "share"
+    _file(source / "a" / "x.dcm")
+    _file(share / "s.dcm")
+    (source / "linked").symlink_to(share, target_is_directory=True)
+    (share / "back").symlink_to(source / "a", target_is_directory=True)
+    (share / "home").symlink_to(source, target_is_directory=True)
+    files, problems = walk_source(source)
+    assert _rels(files) == ["a/x.dcm", "linked/s.dcm"]
+    reasons = {u.rel: u.reason for u in problems}
+    assert set(reasons) == {"linked/back", "linked/home"}
+    assert all("listed under their real path" in r for r in reasons.values())
 
 
 # ------------------------------------------------------------------------------ read_labels
