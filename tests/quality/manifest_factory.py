@@ -52,6 +52,7 @@ def valid_manifest() -> pd.DataFrame:
                     "pixel_std": 120.0 + k,
                     "pixel_min": 0.0,
                     "pixel_max": 4095.0,
+                    "pixel_constant_fraction": 0.02,
                 }
             )
     df = pd.DataFrame(rows)

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "ingest_state.json"
 QUARANTINE_FILE = "quarantine.csv"
-FORMAT = 2  # bump when the output of a file changes for the same settings
+FORMAT = 3  # bump when the output of a file changes for the same settings
 # Outcomes decided by comparing a file with others: decided again on every run.
 DEPENDS_ON_OTHER_FILES = (DUPLICATE, "conflicting duplicate", "conflicting SOPInstanceUID")
 

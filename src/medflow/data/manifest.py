@@ -41,6 +41,9 @@ COLUMNS: dict[str, str] = {
     "pixel_std": "float64",
     "pixel_min": "float64",
     "pixel_max": "float64",
+    # share of pixels at the frame's minimum or maximum, whichever is larger: 1.0 for a blank
+    # image, high for a black, saturated or clipped one
+    "pixel_constant_fraction": "float64",
 }
 
 # DICOM keywords that identify a person; none may appear as a manifest column.

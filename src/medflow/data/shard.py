@@ -238,11 +238,15 @@ def _collect_quietly(data: bytes, audit: PhiAudit) -> None:
 
 
 def _stats(grey: np.ndarray) -> dict[str, float]:
+    low, high = grey.min(), grey.max()
     return {
         "pixel_mean": float(grey.mean()),
         "pixel_std": float(grey.std()),
-        "pixel_min": float(grey.min()),
-        "pixel_max": float(grey.max()),
+        "pixel_min": float(low),
+        "pixel_max": float(high),
+        "pixel_constant_fraction": float(
+            max(np.count_nonzero(grey == low), np.count_nonzero(grey == high)) / grey.size
+        ),
     }
 
 

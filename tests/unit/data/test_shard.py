@@ -112,6 +112,8 @@ def test_frames_all_gives_one_row_per_frame(tmp_path: Path) -> None:
     for row, frame in zip(result.rows, frames, strict=True):  # statistics of their own frame
         assert row["pixel_mean"] == pytest.approx(frame.mean())
         assert row["pixel_min"] == frame.min() and row["pixel_max"] == frame.max()
+        at_extremes = max((frame == frame.min()).sum(), (frame == frame.max()).sum())
+        assert row["pixel_constant_fraction"] == pytest.approx(at_extremes / frame.size)
 
 
 @pytest.mark.parametrize(("policy", "frame"), [("first", 0), ("middle", 1)])
@@ -205,3 +207,11 @@ def test_task_and_result_cross_process_boundaries(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(pd.DataFrame(copy.rows), pd.DataFrame(result.rows))
     assert copy.hashes == result.hashes and len(copy.rows) == 1
     assert copy.audit.kinds_in_text("MRN55501234") == {"PatientID"}
+
+
+def test_a_blank_frame_has_constant_fraction_one() -> None:
+    from medflow.data.shard import _stats
+
+    assert _stats(np.full((8, 8), 7.0))["pixel_constant_fraction"] == 1.0
+    ramp = np.arange(64.0).reshape(8, 8)
+    assert _stats(ramp)["pixel_constant_fraction"] == 1 / 64
