@@ -16,11 +16,18 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
-from pydicom.uid import UID
+from pydicom.uid import UID, EnhancedUSVolumeStorage
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # Elements every image SOP instance carries; a forced parse of random bytes has none of them.
 _IMAGE_PIXEL_KEYWORDS = ("Rows", "Columns")
+# Image storage classes whose registry name lacks "Image Storage". Checked against every
+# storage class in pydicom's UID registry: only Enhanced US Volume (acquired ultrasound
+# frames) is such an image. Photoacoustic, Breast Tomosynthesis and the OCT classes are
+# named "... Image Storage" already; derived results stay refused like SEG and parametric
+# maps: OCT B-scan Volume Analysis, Ophthalmic Thickness Map, Corneal Topography Map. DICOS
+# AIT classes are security screening scans, not medical images.
+_IMAGE_CLASSES_NAMED_OTHERWISE = frozenset({EnhancedUSVolumeStorage})
 
 
 class DicomError(ValueError):
@@ -100,10 +107,12 @@ def check_image(ds: Dataset, max_pixels: int) -> None:
     if sop is not None:
         uid = UID(str(sop))
         known = uid.name != str(uid)
-        # Storage classes of images are all named "... Image Storage" in the DICOM registry
-        # (CT, MR, CR/DX, US, SC, NM, PET, MG, XA, RT Image, WSI, ...); SEG, SR, RT Dose,
-        # parametric maps and presentation states are not.
-        if known and "Image Storage" not in uid.name:
+        # Storage classes of images are named "... Image Storage" in the DICOM registry
+        # (CT, MR, CR/DX, US, SC, NM, PET, MG, XA, RT Image, WSI, ...), but for the few in
+        # _IMAGE_CLASSES_NAMED_OTHERWISE; SEG, SR, RT Dose, parametric maps, waveforms and
+        # presentation states are not images.
+        is_image = "Image Storage" in uid.name or uid in _IMAGE_CLASSES_NAMED_OTHERWISE
+        if known and not is_image:
             raise NotAnImage(f"not an image to learn from: {uid.name} ({uid})")
     if not any(k in ds for k in PIXEL_KEYWORDS):
         raise DicomError(

@@ -33,6 +33,44 @@ def frame_indices(ds: Dataset, policy: str) -> list[int]:
     return [n // 2 if policy == "middle" else 0]
 
 
+def transfer_syntax(ds: Dataset) -> pydicom.uid.UID:
+    """The transfer syntax ds is encoded in; for a raw data set, the encoding it was read in."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None:
+        return pydicom.uid.UID(str(ts))
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    if little is False:
+        return pydicom.uid.ExplicitVRBigEndian
+    if implicit is not False:
+        return pydicom.uid.ImplicitVRLittleEndian
+    return pydicom.uid.ExplicitVRLittleEndian
+
+
+def palette_bits(ds: Dataset) -> int:
+    """Bits per value of the RGB that apply_color_lut gives for a PALETTE COLOR ds (8 or 16).
+
+    The bits of the palette entries (RedPaletteColorLookupTableDescriptor[2]), not BitsStored,
+    which counts the bits of the palette index. Mirrors apply_color_lut: entries stored one
+    byte each are 8-bit whatever the descriptor says; 8-bit entries in 16-bit words stay
+    8-bit (the standard's note on such files) unless a word holds more than 8 bits, in which
+    case the descriptor is wrong and the words are 16-bit values. A segmented LUT expands
+    to the descriptor's depth.
+    """
+    descriptor = ds.RedPaletteColorLookupTableDescriptor
+    entries, nominal = int(descriptor[0]) or 2**16, int(descriptor[2])
+    data = ds.get("RedPaletteColorLookupTableData")
+    if not data:
+        return nominal
+    stored = 8 * len(data) // entries
+    if stored < nominal:
+        return stored
+    if stored > nominal:
+        # native byte order, as apply_color_lut reads these words
+        words = np.frombuffer(data, np.uint16, count=len(data) // 2)
+        return stored if int(words.max()) > 2**nominal - 1 else nominal
+    return nominal
+
+
 def decode_frame(ds: Dataset, index: int, max_pixels: int) -> np.ndarray:
     """One frame, decoded on its own: float64 (H, W) after the modality LUT, or (H, W, 3) RGB.
 
@@ -46,16 +84,7 @@ def decode_frame(ds: Dataset, index: int, max_pixels: int) -> np.ndarray:
             f"unsupported PhotometricInterpretation {pi!r}; expected one of"
             f" {', '.join(_GREY + _COLOUR)}"
         )
-    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if ts is None:  # a raw data set without file meta: as it was read
-        implicit, little = getattr(ds, "original_encoding", (True, True))
-        ts = (
-            pydicom.uid.ExplicitVRBigEndian
-            if little is False
-            else pydicom.uid.ImplicitVRLittleEndian
-            if implicit is not False
-            else pydicom.uid.ExplicitVRLittleEndian
-        )
+    ts = transfer_syntax(ds)
     try:
         decoder = get_decoder(ts)
     except NotImplementedError as exc:
@@ -68,7 +97,13 @@ def decode_frame(ds: Dataset, index: int, max_pixels: int) -> np.ndarray:
             f"cannot decode pixel data ({ts.name}): {type(exc).__name__}: {exc}"
         ) from exc
     if pi == "PALETTE COLOR":
-        arr = apply_color_lut(arr, ds)
+        try:
+            # an optional alpha LUT adds a 4th channel; the model sees RGB only
+            arr = apply_color_lut(arr, ds)[..., :3]
+        except Exception as exc:  # malformed LUTs raise many kinds of errors
+            raise DicomError(
+                f"cannot apply the PALETTE COLOR lookup table: {type(exc).__name__}: {exc}"
+            ) from exc
     if arr.ndim == 3 and arr.shape[-1] == 3:
         return arr.astype(np.float64)
     if arr.ndim != 2:

@@ -10,6 +10,7 @@ Keep this module light (numpy, pydicom, torch): the Bento imports it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -19,11 +20,18 @@ import pydicom
 import torch
 import torch.nn.functional as F
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_voi
 
 from medflow.config import PreprocessParams
 from medflow.dicom import DicomError, NotAnImage, read_dicom
-from medflow.pixels import decode_frame, frame_indices, luminance, n_frames, photometric
+from medflow.pixels import (
+    decode_frame,
+    frame_indices,
+    luminance,
+    n_frames,
+    palette_bits,
+    photometric,
+    transfer_syntax,
+)
 
 __all__ = [
     "DicomError",
@@ -38,6 +46,8 @@ __all__ = [
     "read_dicom",
     "to_model_input",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,11 +87,10 @@ def _voi(grey: np.ndarray, ds: Dataset, params: PreprocessParams) -> tuple[np.nd
         c, w, function, how = preset.center, preset.width, "LINEAR", f"{modality} window (params)"
     elif "VOILUTSequence" in ds:
         try:
-            out = apply_voi(grey, ds, index=0)
-            bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+            out, bits = _voi_lut(grey, ds)
             return np.clip(out / float(2**bits - 1), 0.0, 1.0), "file VOI LUT"
-        except Exception:  # a malformed LUT falls back to the window or percentiles
-            pass
+        except Exception as exc:  # a malformed LUT falls back to the window or percentiles
+            logger.warning("file VOI LUT not used (%s: %s)", type(exc).__name__, exc)
         window = _file_window(ds)
         if window is None:
             return _percentiles(grey, params)
@@ -97,6 +106,60 @@ def _voi(grey: np.ndarray, ds: Dataset, params: PreprocessParams) -> tuple[np.nd
     return np.clip((grey - (c - w / 2.0)) / w, 0.0, 1.0), how
 
 
+def _voi_lut(grey: np.ndarray, ds: Dataset, index: int = 0) -> tuple[np.ndarray, int]:
+    """The first VOI LUT of ds applied to grey (modality LUT output); values and their bits.
+
+    Our own lookup, not pydicom's apply_voi: that one indexes the LUT through an array of
+    the LUT's entry type, so with 8-bit entries input values above 255 wrap around. Raises
+    ValueError on a LUT that cannot be used.
+    """
+    item = ds.VOILUTSequence[index]
+    descriptor = [int(v) for v in item.LUTDescriptor]
+    if len(descriptor) != 3:
+        raise ValueError(f"LUTDescriptor {descriptor} has {len(descriptor)} values, expected 3")
+    entries, first, bits = descriptor
+    entries = entries % 2**16 or 2**16  # read as SS it may be negative; 0 means 65536
+    if bits != 8 and not 10 <= bits <= 16:
+        raise ValueError(f"{bits} bits per VOI LUT entry; expected 8 or 10-16")
+    # first mapped is US or SS: signed when the modality LUT output can be negative
+    if first >= 2**15 and _signed_voi_input(ds):
+        first -= 2**16
+    lut = _lut_data(item.LUTData, entries, bits, little=transfer_syntax(ds).is_little_endian)
+    position = np.clip(np.floor(grey) - first, 0, entries - 1)
+    if not np.isfinite(position).all():
+        raise ValueError("pixel values that are not finite cannot index a VOI LUT")
+    return lut[position.astype(np.intp)].astype(np.float64), bits
+
+
+def _lut_data(data: object, entries: int, bits: int, *, little: bool) -> np.ndarray:
+    """LUT Data as int64 entries: OW bytes in the file's byte order, or US values."""
+    if isinstance(data, bytes | bytearray):
+        if len(data) >= 2 * entries:
+            words = np.frombuffer(data, "<u2" if little else ">u2", count=entries)
+            return words.astype(np.int64)
+        if bits == 8 and len(data) == entries:  # 8-bit entries packed one per byte
+            return np.frombuffer(data, np.uint8).astype(np.int64)
+        raise ValueError(f"LUT Data of {len(data)} bytes is too short for {entries} entries")
+    values = np.atleast_1d(np.asarray(data, dtype=np.int64))
+    if values.ndim != 1 or len(values) < entries:
+        raise ValueError(f"LUT Data has {values.size} values, the descriptor says {entries}")
+    return values[:entries]
+
+
+def _signed_voi_input(ds: Dataset) -> bool:
+    """Whether the VOI LUT input (modality LUT output) can be negative: SS first mapped value."""
+    if "ModalityLUTSequence" in ds:
+        return False  # a modality LUT gives unsigned values
+    bits = int(ds.get("BitsStored", 16) or 16)
+    if int(ds.get("PixelRepresentation", 0) or 0) == 1:
+        lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    else:
+        lo, hi = 0, 2**bits - 1
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    return min(lo * slope, hi * slope) + intercept < 0
+
+
 def _percentiles(grey: np.ndarray, params: PreprocessParams) -> tuple[np.ndarray, str]:
     lo, hi = np.percentile(grey, [params.percentile_low, params.percentile_high])
     scale = hi - lo
@@ -108,10 +171,14 @@ def normalise(pixels: np.ndarray, ds: Dataset, params: PreprocessParams) -> tupl
     """Scale a decoded frame to [0, 1]; returns the image and how it was windowed.
 
     Grey: window per modality from params, else the file's VOI, else percentiles;
-    MONOCHROME1 inverted. RGB: divided by the largest value BitsStored allows.
+    MONOCHROME1 inverted. RGB: divided by the largest value BitsStored allows; PALETTE
+    COLOR by the largest value of the palette's entries (BitsStored counts index bits).
     """
     if pixels.ndim == 3:
-        bits = int(ds.get("BitsStored", 8) or 8)
+        if photometric(ds) == "PALETTE COLOR":
+            bits = palette_bits(ds)
+        else:
+            bits = int(ds.get("BitsStored", 8) or 8)
         top = float(2**bits - 1)
         return np.clip(pixels / top, 0.0, 1.0).astype(np.float32), f"colour / {top:g}"
     out, how = _voi(pixels, ds, params)

@@ -9,8 +9,9 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom import examples
+from pydicom.data import get_palette_files
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_color_lut, pixel_array
+from pydicom.pixels import apply_color_lut, apply_voi, pixel_array
 
 from medflow.config import PreprocessParams
 from medflow.pixels import decode_frame
@@ -111,17 +112,48 @@ def test_malformed_voi_lut_without_window_falls_back_to_percentiles(tmp_path: Pa
     assert how == "percentiles 0.5-99.5"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an 8-bit VOI LUT with more than 256 entries: pydicom's apply_voi indexes the LUT"
-    " through a uint8 array, so stored values above 255 wrap around",
-)
 def test_eight_bit_voi_lut_over_twelve_bit_pixels(tmp_path: Path) -> None:
     values = np.linspace(255, 0, 4096).round()
     ds = _reread(image_dataset(RAMP, VOILUTSequence=_voi_lut(4096, 0, 8, values)), tmp_path)
     out, how = _normalised(ds)
     assert how == "file VOI LUT"
     np.testing.assert_allclose(out, values[RAMP] / 255, atol=1e-6)
+
+
+@pytest.mark.parametrize("vr", ["OW", "US"])
+def test_voi_lut_agrees_with_pydicom_where_pydicom_is_right(tmp_path: Path, vr: str) -> None:
+    values = np.random.default_rng(0).integers(0, 2**16, 3000)
+    item = Dataset()
+    item.LUTDescriptor = [3000, 500, 16]
+    if vr == "OW":
+        item.add_new("LUTData", "OW", np.asarray(values, "<u2").tobytes())
+    else:
+        item.add_new("LUTData", "US", [int(v) for v in values])
+    ds = _reread(image_dataset(RAMP, VOILUTSequence=[item]), tmp_path)
+    out, how = _normalised(ds)
+    assert how == "file VOI LUT"
+    np.testing.assert_allclose(out, apply_voi(pixel_array(ds), ds) / 65535, atol=1e-6)
+
+
+def test_voi_lut_of_65536_entries_is_described_as_zero(tmp_path: Path) -> None:
+    values = np.arange(2**16)[::-1]
+    ds = _reread(image_dataset(RAMP, VOILUTSequence=_voi_lut(0, 0, 16, values)), tmp_path)
+    out, how = _normalised(ds)
+    assert how == "file VOI LUT"
+    np.testing.assert_allclose(out, values[RAMP] / 65535, atol=1e-6)
+
+
+def test_voi_lut_first_mapped_written_unsigned_for_signed_pixels(tmp_path: Path) -> None:
+    signed = (RAMP.astype(np.int16) - 2048).astype(np.int16)
+    item = Dataset()
+    # -2048 as the 16-bit unsigned word 63488: the VR is US although the pixels are signed
+    item.add_new("LUTDescriptor", "US", [4096, 2**16 - 2048, 12])
+    item.add_new("LUTData", "OW", np.arange(4096, dtype="<u2").tobytes())
+    ds = _reread(image_dataset(signed, VOILUTSequence=[item]), tmp_path)
+    assert ds.PixelRepresentation == 1 and ds.VOILUTSequence[0].LUTDescriptor[1] == 63488
+    out, how = _normalised(ds)
+    assert how == "file VOI LUT"
+    np.testing.assert_allclose(out, RAMP / 4095, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- file window
@@ -238,17 +270,52 @@ def test_real_rgb_file_keeps_distinct_channels() -> None:
     assert np.abs(x[0] - x[1]).max() > 0.2 and np.abs(x[1] - x[2]).max() > 0.2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PALETTE COLOR: the colour LUT gives 16-bit values but normalise divides by"
-    " 2**BitsStored - 1 = 255 (the bits of the palette index), so every non-black value"
-    " saturates to 1.0",
-)
 def test_palette_color_keeps_its_grey_levels() -> None:
     ds = examples.palette_color  # 8-bit indices, 16-bit palette entries
     out, _ = normalise(decode_frame(ds, 0, LIMIT), ds, P)
     rgb = apply_color_lut(pixel_array(ds), ds)
     np.testing.assert_allclose(out, rgb / 65535.0, atol=0.01)
+
+
+def _palette_image(tmp_path: Path, palette: str, *, in_words: bool = False) -> Dataset:
+    """12-bit palette indices coloured by one of pydicom's well-known 8-bit palettes."""
+    indices = np.arange(256, dtype=np.uint16).reshape(16, 16)
+    ds = image_dataset(indices, "PALETTE COLOR", 12)
+    source = pydicom.dcmread(get_palette_files(palette)[0])
+    for keyword in source.dir("PaletteColorLookupTable"):
+        ds[keyword] = source[keyword]
+    if in_words:  # 8-bit entries each in a 16-bit word, as some writers store them
+        for colour in ("Red", "Green", "Blue"):
+            element = ds[f"{colour}PaletteColorLookupTableData"]
+            words = np.frombuffer(element.value, np.uint8).astype("<u2").tobytes()
+            element.VR, element.value = "OW", words
+    return _reread(ds, tmp_path, palette)
+
+
+@pytest.mark.parametrize(
+    ("palette", "in_words"),
+    [("hotiron.dcm", False), ("spring.dcm", False), ("hotiron.dcm", True)],
+    ids=["8-bit", "8-bit segmented", "8-bit in 16-bit words"],
+)
+def test_eight_bit_palette_is_scaled_by_its_entry_bits_not_the_index_bits(
+    tmp_path: Path, palette: str, in_words: bool
+) -> None:
+    ds = _palette_image(tmp_path, palette, in_words=in_words)
+    out, how = _normalised(ds)
+    assert how == "colour / 255"  # not / 4095, the 12 bits of the index
+    rgb = apply_color_lut(pixel_array(ds), ds)
+    np.testing.assert_allclose(out, rgb / 255.0, atol=1e-6)
+    assert out.max() == 1.0 and len(np.unique(out)) > 100  # grey levels, not saturated
+
+
+def test_palette_words_wider_than_the_descriptor_says_are_sixteen_bit(tmp_path: Path) -> None:
+    ds = _palette_image(tmp_path, "hotiron.dcm", in_words=True)
+    for colour in ("Red", "Green", "Blue"):  # the descriptor still says 8 bits
+        element = ds[f"{colour}PaletteColorLookupTableData"]
+        element.value = (np.frombuffer(element.value, "<u2") * 257).astype("<u2").tobytes()
+    out, how = _normalised(ds)
+    assert how == "colour / 65535"
+    np.testing.assert_allclose(out, apply_color_lut(pixel_array(ds), ds) / 65535.0, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- which frame
