@@ -88,6 +88,12 @@ def load_previous(folder: Path, settings_fingerprint: str) -> Previous | None:
         if state.get("fingerprint") != settings_fingerprint:
             logger.info("settings or key changed since the last ingest: ingesting everything")
             return None
+        if state.get("outputs") != output_hashes(folder):
+            logger.warning(
+                "the last ingest's manifest or quarantine report was changed after it was"
+                " written: ingesting everything again"
+            )
+            return None
         manifest = pd.read_csv(
             folder / MANIFEST_FILE, dtype={k: v for k, v in COLUMNS.items() if v == "string"}
         )
@@ -130,10 +136,21 @@ def previous_splits(folder: Path, key: bytes, split: SplitParams) -> dict[str, s
         state = json.loads((folder / STATE_FILE).read_text())
         if state.get("split") != split_fingerprint(key, split):
             return {}
+        if state.get("outputs") != output_hashes(folder):
+            return {}  # edited since: not a split this project made
         manifest = pd.read_csv(folder / MANIFEST_FILE, dtype=str, keep_default_na=False)
         return dict(zip(manifest.patient_id, manifest.split, strict=True))
     except (OSError, ValueError, KeyError, AttributeError):
         return {}
+
+
+def output_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of the outputs a re-run would otherwise trust as they are."""
+    return {
+        name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        for name in (MANIFEST_FILE, QUARANTINE_FILE)
+        if (folder / name).is_file()
+    }
 
 
 def state(
@@ -143,13 +160,15 @@ def state(
     files: list[SourceFile],
     hashes: dict[str, str],
     split: SplitParams,
+    folder: Path,
 ) -> dict[str, object]:
-    """The state file's content for this ingest (no path or value in clear)."""
+    """The state file's content for the ingest written to folder (no path or value in clear)."""
     return {
         "format": FORMAT,
         "fingerprint": settings_fingerprint,
         "split": split_fingerprint(key, split),
         "listing": listing,
+        "outputs": output_hashes(folder),
         "files": {
             path_token(key, f.rel): [f.size, f.mtime_ns, hashes[f.rel]]
             for f in files

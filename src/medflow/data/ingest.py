@@ -276,7 +276,7 @@ def _ingest_folder(
         _write_quarantine(tmp / QUARANTINE_FILE, outcomes, audit)
         write_json_atomic(
             tmp / incremental.STATE_FILE,
-            incremental.state(key, fingerprint, listing, files, hashes, config.data.split),
+            incremental.state(key, fingerprint, listing, files, hashes, config.data.split, tmp),
         )
         result = _result(manifest, out_dir, by_outcome, len(files), len(reused))
         logger.info(

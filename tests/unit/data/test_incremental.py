@@ -14,7 +14,7 @@ import pydicom
 import pytest
 
 from medflow.config import DataParams, DeidParams, IngestParams, PreprocessParams, SplitParams
-from medflow.data.incremental import STATE_FILE
+from medflow.data.incremental import STATE_FILE, output_hashes
 from medflow.data.ingest import IngestConfig, run_ingest
 from medflow.data.manifest import read_manifest
 from medflow.data.shard import ShardResult, ShardTask
@@ -319,6 +319,9 @@ def test_held_out_patients_stay_held_out_through_a_re_ingest(first: tuple[Path, 
     # As if this patient had been lent to test by an earlier, smaller version of the data.
     manifest.loc[manifest.patient_id == trained, "split"] = "test"
     manifest.to_csv(out / "manifest.csv", index=False)
+    state = json.loads((out / STATE_FILE).read_text())
+    state["outputs"] = output_hashes(out)  # as the ingest that lent it would have written
+    (out / STATE_FILE).write_text(json.dumps(state))
     ds = pydicom.dcmread(source / "P0001" / "IM0001.dcm")
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
     ds.PatientID = "MRN-NEW-0098"
@@ -331,3 +334,14 @@ def test_held_out_patients_stay_held_out_through_a_re_ingest(first: tuple[Path, 
     run_ingest(config(), source, tmp_path_fresh := out.parent / "fresh", KEY)
     fresh = read_manifest(tmp_path_fresh)
     assert set(fresh.split[fresh.patient_id == trained]) == {"train"}  # no history: hashed
+
+
+def test_an_edited_output_is_not_trusted_by_the_next_run(first: tuple[Path, Path]) -> None:
+    source, out = first
+    original = (out / "manifest.csv").read_bytes()
+    manifest = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest.loc[0, "split"] = "train" if manifest.loc[0, "split"] != "train" else "test"
+    manifest.to_csv(out / "manifest.csv", index=False)
+    result = run_ingest(config(), source, out, KEY)
+    assert not result.unchanged
+    assert (out / "manifest.csv").read_bytes() == original
