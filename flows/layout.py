@@ -31,6 +31,11 @@ class Layout:
         return self.data / "validation"
 
     @property
+    def reference(self) -> Path:
+        """The drift reference: the profile of the last dataset that passed validation."""
+        return self.data / "reference" / "profile.json"
+
+    @property
     def preprocessed(self) -> Path:
         return self.data / "preprocessed"
 

@@ -48,7 +48,9 @@ def validate(layout: Layout) -> Any:
     from medflow.validation.stage import run_validate
 
     p = load_params(layout.params)
-    return run_validate(p.validate_, p.data.class_names, layout.ingested, layout.validation)
+    return run_validate(
+        p.validate_, p.data.class_names, layout.ingested, layout.validation, layout.reference
+    )
 
 
 @task(name="preprocess", **_TASK)

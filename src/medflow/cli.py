@@ -126,14 +126,28 @@ def ingest(
         )
 
 
+ReferenceOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--reference",
+        help="drift reference profile: compared with if present, replaced when the run passes",
+    ),
+]
+
+
 @app.command()
 @_stage
-def validate(ingest_dir: Path, out: Path, params: ParamsOpt = Path("params.yaml")) -> None:
+def validate(
+    ingest_dir: Path,
+    out: Path,
+    reference: ReferenceOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
     """Validate the manifest in INGEST_DIR with Great Expectations; report into OUT."""
     from medflow.validation.stage import run_validate
 
     p = _params(params)
-    result = run_validate(p.validate_, p.data.class_names, ingest_dir, out)
+    result = run_validate(p.validate_, p.data.class_names, ingest_dir, out, reference)
     log.info("validation passed (%s); Data Docs: %s", result.statistics, result.docs_index)
 
 

@@ -78,13 +78,63 @@ class IngestParams(_Section):
     max_quarantine_fraction: float = Field(0.05, ge=0, le=1)
 
 
+class DriftCheckParams(_Section):
+    """One drift check: the largest change accepted, and what exceeding it does."""
+
+    max_change: float = Field(gt=0)
+    # warn: logged and listed in summary.json, the run passes; fail: the stage fails.
+    action: Literal["warn", "fail"] = "warn"
+
+
+class DriftParams(_Section):
+    """Drift against the last dataset that passed validation (its reference profile)."""
+
+    # largest absolute change of one class's share of all images (0.15 = 15 points)
+    label_balance: DriftCheckParams = DriftCheckParams(max_change=0.15, action="fail")
+    # total variation distance between the manufacturer mixes (0: same mix, 1: disjoint)
+    manufacturer_mix: DriftCheckParams = DriftCheckParams(max_change=0.25)
+    # per modality: change of the mean/quantiles of pixel_mean and the mean of pixel_std, in
+    # reference standard deviations between images
+    intensity: DriftCheckParams = DriftCheckParams(max_change=1.0)
+
+
 class ValidateParams(_Section):
     allowed_modalities: list[str] = Field(
         default_factory=lambda: ["CR", "DX", "CT", "MR", "US", "OT", "NM", "XA", "MG", "PX"]
     )
     min_images_per_class_per_split: int = Field(2, ge=1)
+    # each class's share of all images
+    min_class_fraction: float = Field(0.05, ge=0, le=1)
+    max_class_fraction: float = Field(0.95, ge=0, le=1)
     min_rows: int = Field(8, ge=1)
     max_rows: int = Field(8192, ge=1)
+    min_columns: int = Field(8, ge=1)
+    max_columns: int = Field(8192, ge=1)
+    # mm; files without PixelSpacing have NaN, which the range check lets through
+    min_pixel_spacing: float = Field(0.01, gt=0)
+    max_pixel_spacing: float = Field(10.0, gt=0)
+    # share of images that must carry a pixel spacing (0: none need to)
+    min_pixel_spacing_present: float = Field(0.0, ge=0, le=1)
+    # share of pixels at the frame's min or max: 1.0 is a blank image
+    max_constant_fraction: float = Field(0.9, gt=0, le=1)
+    drift: DriftParams = DriftParams()
+
+    @model_validator(mode="after")
+    def _ranges_are_ordered(self) -> ValidateParams:
+        pairs = [
+            ("min_rows", "max_rows"),
+            ("min_columns", "max_columns"),
+            ("min_pixel_spacing", "max_pixel_spacing"),
+            ("min_class_fraction", "max_class_fraction"),
+        ]
+        problems = [
+            f"{low} ({getattr(self, low)}) is above {high} ({getattr(self, high)})"
+            for low, high in pairs
+            if getattr(self, low) > getattr(self, high)
+        ]
+        if problems:
+            raise ValueError("; ".join(problems) + ": swap or fix the values")
+        return self
 
 
 class WindowParams(_Section):

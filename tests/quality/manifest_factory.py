@@ -65,3 +65,27 @@ def write_manifest(df: pd.DataFrame, ingest_dir: Path) -> Path:
     ingest_dir.mkdir(parents=True, exist_ok=True)
     df.to_csv(ingest_dir / MANIFEST_FILE, index=False)
     return ingest_dir
+
+
+def shifted_manifest(
+    labels: bool = True, manufacturer: bool = True, intensity: bool = True
+) -> pd.DataFrame:
+    """valid_manifest() with drifted class shares, manufacturer mix and/or intensities.
+
+    labels: patients 0, 2, 4 and 6 (train, normal) become lesion: lesion share 0.5 -> 0.7.
+    manufacturer: the 20 images of odd-numbered patients come from another vendor (TVD 0.5).
+    intensity: pixel_mean +500, pixel_std x1.5 (the valid spread of pixel_mean is ~6).
+    Every non-drift rule still holds.
+    """
+    df = valid_manifest()
+    patient = df["patient_id"].str.removeprefix("PSEUDO-").astype(int)
+    if labels:
+        flip = patient.isin([0, 2, 4, 6])
+        df.loc[flip, "label"] = 1
+        df.loc[flip, "label_name"] = CLASS_NAMES[1]
+    if manufacturer:
+        df.loc[patient % 2 == 1, "manufacturer"] = "Other Vendor"
+    if intensity:
+        df["pixel_mean"] = df["pixel_mean"] + 500.0
+        df["pixel_std"] = df["pixel_std"] * 1.5
+    return df

@@ -112,10 +112,10 @@ FAILING = [
     ),
     pytest.param(
         lambda df: df,
-        {"min_rows": 128},
+        {"min_columns": 128},
         ("manifest", "expect_column_values_to_be_between", "columns"),
         ["40 of 40 images unexpected"],
-        id="min-rows-from-params",
+        id="min-columns-from-params",
     ),
     pytest.param(
         _set("2.25.0120", "patient_id", None),
@@ -277,7 +277,13 @@ def test_docs_survive_the_atomic_rename_and_a_rerun_replaces_them(tmp_path: Path
     # Every validation page the index links to exists, relative to the final folder.
     index = result.docs_index.read_text()
     pages = set(re.findall(r"validations/[^'\"]+?\.html", index))
-    suites = {"manifest", "identifying_columns", "patient_leakage", "class_balance"}
+    suites = {
+        "manifest",
+        "identifying_columns",
+        "patient_leakage",
+        "class_balance",
+        "class_fractions",
+    }
     assert {p.split("/")[1] for p in pages} == suites
     for page in pages:
         assert (out / DOCS_DIR / page).is_file(), page

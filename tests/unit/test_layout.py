@@ -25,7 +25,7 @@ def test_layout_matches_dvc_outs():
     expected = {
         "synth": {layout.synthetic},
         "ingest": {layout.ingested},
-        "validate": {layout.validation},
+        "validate": {layout.validation, layout.reference},
         "preprocess": {layout.preprocessed},
         "train": {layout.models},
         "gate": {layout.gate},

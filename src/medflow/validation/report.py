@@ -46,17 +46,24 @@ def summary_text(
     stats: Mapping[str, Any],
     failed: Sequence[Mapping[str, Any]],
     skipped: Sequence[Mapping[str, Any]],
+    warnings: Sequence[Mapping[str, Any]] = (),
+    notes: Sequence[str] = (),
 ) -> str:
-    """A header line, one line per failed expectation, one line for what did not run."""
+    """A header line, one line per failed expectation, per warning, for what did not run, and
+    the notes (e.g. whether drift was checked)."""
     verdict = "passed" if success else "FAILED"
+    if warnings:
+        verdict += f" with {len(warnings)} warning(s)"
     lines = [
         f"manifest validation {verdict}: {stats['successful_expectations']} of"
         f" {stats['evaluated_expectations']} expectations met"
     ]
     lines += [_line(f) for f in failed]
+    lines += [_line(w, prefix="- warning: ") for w in warnings]
     if skipped:
         reasons = sorted({s["reason"] for s in skipped})
         lines.append(f"- {len(skipped)} expectation(s) not run: {'; '.join(reasons)}")
+    lines += [f"- {n}" for n in notes]
     return "\n".join(lines)
 
 
@@ -68,8 +75,9 @@ def _failure(suite: str, table: str | None, r: Any) -> dict[str, Any]:
     errors = [v for v in info.values() if isinstance(v, Mapping)] or [info]
     error = next((e.get("exception_message") for e in errors if e.get("raised_exception")), None)
     columns = [c for c in (kwargs.get(k) for k in ("column", "column_A", "column_B")) if c]
+    columns += list(kwargs.get("column_list") or [])
     meta = r.expectation_config.meta or {}
-    return _plain(
+    return plain(
         {
             "suite": suite,
             "table": table,
@@ -122,16 +130,16 @@ def _rule(expectation: str, kwargs: Mapping[str, Any]) -> str:
         parts.append(f"{'>' if kwargs.get('strict_min') else '>='} {_num(low)}")
     if high is not None:
         parts.append(f"{'<' if kwargs.get('strict_max') else '<='} {_num(high)}")
+    text = " and ".join(parts) or "as declared"
     mostly = kwargs.get("mostly")
     if mostly is not None and mostly < 1:
-        parts.append(f"for {mostly:.0%} of rows")
-    text = " and ".join(parts) or "as declared"
+        text += f" for {mostly:.0%} of rows"
     return text if len(text) <= _MAX_RULE_CHARS else text[: _MAX_RULE_CHARS - 1] + "…"
 
 
-def _line(f: Mapping[str, Any]) -> str:
+def _line(f: Mapping[str, Any], prefix: str = "- ") -> str:
     target = f"({f['column']})" if f["column"] else ""
-    head = f"- {f['suite']}: {f['expectation']}{target}, expected {f['rule']}"
+    head = f"{prefix}{f['suite']}: {f['expectation']}{target}, expected {f['rule']}"
     if f["error"]:
         return f"{head}: error: {f['error']}"
     if f["expectation"] == "expect_table_columns_to_match_set":
@@ -156,12 +164,12 @@ def _num(value: Any) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """JSON-safe: numpy scalars to Python, NaN/NA to None, tuples to lists."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
         value = value.item()
     if value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):

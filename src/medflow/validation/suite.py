@@ -20,9 +20,11 @@ import pandas as pd
 from great_expectations.checkpoint import UpdateDataDocsAction
 from great_expectations.core.run_identifier import RunIdentifier
 from great_expectations.data_context.types.base import ProgressBarsConfig
+from great_expectations.expectations.row_conditions import Column
 
-from medflow.config import ValidateParams
+from medflow.config import DriftCheckParams, DriftParams, ValidateParams
 from medflow.data.manifest import COLUMNS, IDENTIFYING_COLUMNS, SPLITS
+from medflow.validation.drift import CHECKS
 from medflow.validation.tables import NEEDS, ROW_KEYS
 
 DOCS_SITE = "medflow"
@@ -78,8 +80,18 @@ def build_suites(params: ValidateParams, class_names: Sequence[str]) -> list[Sui
             column="rows", min_value=params.min_rows, max_value=params.max_rows
         ),
         gxe.ExpectColumnValuesToBeBetween(
-            column="columns", min_value=params.min_rows, max_value=params.max_rows
+            column="columns", min_value=params.min_columns, max_value=params.max_columns
         ),
+        gxe.ExpectColumnValuesToBeBetween(column="frames", min_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="frame", min_value=0),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="frames",
+            column_B="frame",
+            meta={"rule": "frame < frames"},
+            notes="frame is a 0-based index into the file's frames.",
+        ),
+        gxe.ExpectColumnValuesToBeBetween(column="bits_stored", min_value=1, max_value=32),
+        # image statistics: a blank, black or saturated frame, or a failed decode
         gxe.ExpectColumnValuesToBeBetween(
             column="pixel_std",
             min_value=0,
@@ -87,10 +99,54 @@ def build_suites(params: ValidateParams, class_names: Sequence[str]) -> list[Sui
             mostly=1.0,
             notes="A constant image (blank, or a failed decode) has pixel_std 0.",
         ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="pixel_constant_fraction",
+            min_value=0,
+            max_value=params.max_constant_fraction,
+            mostly=1.0,
+            notes="Share of pixels at the frame's min or max: 1.0 is blank; near 1 is a black,"
+            " saturated or clipped image.",
+        ),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="pixel_max",
+            column_B="pixel_min",
+            mostly=1.0,
+            meta={"rule": "pixel_max > pixel_min"},
+        ),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="pixel_mean",
+            column_B="pixel_min",
+            or_equal=True,
+            mostly=1.0,
+            meta={"rule": "pixel_mean >= pixel_min"},
+            notes="A mean outside [min, max] means the statistics were computed wrongly.",
+        ),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="pixel_max",
+            column_B="pixel_mean",
+            or_equal=True,
+            mostly=1.0,
+            meta={"rule": "pixel_max >= pixel_mean"},
+        ),
     ]
-    # Set and range checks ignore nulls, so every column they check must also be non-null.
-    checked = [getattr(e, "column", None) for e in value_checks]
-    not_null = dict.fromkeys([*REQUIRED, *(c for c in checked if c)])
+    # Set and range checks ignore nulls, so every column they check must also be non-null;
+    # pixel_spacing alone may be absent (then NaN), up to min_pixel_spacing_present.
+    checked = [c for e in value_checks for c in sorted(_columns_of(e))]
+    not_null = dict.fromkeys([*REQUIRED, *checked])
+    spacing: list[gxe.Expectation] = [
+        gxe.ExpectColumnValuesToBeBetween(
+            column="pixel_spacing",
+            min_value=params.min_pixel_spacing,
+            max_value=params.max_pixel_spacing,
+            notes="mm; files without PixelSpacing have NaN, which this range lets through.",
+        )
+    ]
+    if params.min_pixel_spacing_present > 0:
+        spacing.append(
+            gxe.ExpectColumnValuesToNotBeNull(
+                column="pixel_spacing", mostly=params.min_pixel_spacing_present
+            )
+        )
     manifest = [
         # schema
         gxe.ExpectTableColumnsToMatchSet(column_set=list(COLUMNS), exact_match=False),
@@ -99,8 +155,14 @@ def build_suites(params: ValidateParams, class_names: Sequence[str]) -> list[Sui
         *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in not_null),
         # value sets and ranges
         *value_checks,
+        *spacing,
         # uniqueness
         gxe.ExpectColumnValuesToBeUnique(column="image_id"),
+        gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=["sop_instance_id", "frame"],
+            meta={"rule": "unique (sop_instance_id, frame) pairs"},
+            notes="One row per frame of a file: the same frame twice is a duplicate sample.",
+        ),
         gxe.ExpectColumnValuesToBeUnique(
             column="content_hash", notes="The same file twice is a duplicate image."
         ),
@@ -143,6 +205,43 @@ def build_suites(params: ValidateParams, class_names: Sequence[str]) -> list[Sui
                 )
             ],
         ),
+        SuiteSpec(
+            "class_fractions",
+            "class_fractions",
+            [
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="fraction",
+                    min_value=params.min_class_fraction,
+                    max_value=params.max_class_fraction,
+                    notes="One row per class; fraction is its share of all images.",
+                )
+            ],
+        ),
+    ]
+
+
+DRIFT_SUITES = {"fail": "drift", "warn": "drift_warnings"}
+
+
+def build_drift_suites(params: DriftParams) -> list[SuiteSpec]:
+    """The drift checks on the drift table, split by action: "drift" (its failures fail the
+    stage) and "drift_warnings" (reported only). A suite with no checks is left out."""
+    by_action: dict[str, list[gxe.Expectation]] = {a: [] for a in DRIFT_SUITES}
+    for check in CHECKS:
+        rule: DriftCheckParams = getattr(params, check)
+        by_action[rule.action].append(
+            gxe.ExpectColumnValuesToBeBetween(
+                column="change",
+                max_value=rule.max_change,
+                row_condition=Column("check") == check,
+                meta={"rule": f"{check} change <= {rule.max_change}", "check": check},
+                notes=f"{check}: one row per compared quantity (params validate.drift.{check}).",
+            )
+        )
+    return [
+        SuiteSpec(name, "drift", by_action[action])
+        for action, name in DRIFT_SUITES.items()
+        if by_action[action]
     ]
 
 

@@ -19,6 +19,8 @@ ROW_KEYS: dict[str, list[str]] = {
     "manifest_columns": ["column"],
     "patient_splits": ["patient_id", "splits"],
     "class_balance": ["split", "label_name"],
+    "class_fractions": ["label_name", "n_images"],
+    "drift": ["quantity", "reference", "current", "detail"],
 }
 
 # table name -> what one row is, for the failure summary
@@ -27,12 +29,15 @@ ROW_NOUNS: dict[str, str] = {
     "manifest_columns": "columns",
     "patient_splits": "patients",
     "class_balance": "split/class pairs",
+    "class_fractions": "classes",
+    "drift": "compared quantities",
 }
 
 # derived table -> manifest columns it is built from
 NEEDS: dict[str, tuple[str, ...]] = {
     "patient_splits": ("patient_id", "split"),
     "class_balance": ("split", "label"),
+    "class_fractions": ("label",),
 }
 
 
@@ -86,3 +91,23 @@ def class_balance(manifest: pd.DataFrame, class_names: Sequence[str]) -> pd.Data
     table["split"] = table["split"].astype("string")
     table["label_name"] = pd.array([class_names[i] for i in table["label"]], dtype="string")
     return table[["split", "label", "label_name", "n_images"]]
+
+
+def class_fractions(manifest: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame | None:
+    """One row per class: label_name, n_images, fraction (its share of all images).
+
+    None when the manifest lacks label. Images with an undeclared label count in the total
+    (they dilute every class) but have no row; the values suite reports them.
+    """
+    if not set(NEEDS["class_fractions"]) <= set(manifest.columns):
+        return None
+    labels = pd.to_numeric(manifest["label"], errors="coerce")
+    counts = [int((labels == i).sum()) for i in range(len(class_names))]
+    total = len(manifest)
+    return pd.DataFrame(
+        {
+            "label_name": pd.array(list(class_names), dtype="string"),
+            "n_images": counts,
+            "fraction": [c / total if total else 0.0 for c in counts],
+        }
+    )

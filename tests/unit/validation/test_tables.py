@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from medflow.validation.tables import class_balance, manifest_columns, patient_splits
+from medflow.validation.tables import (
+    class_balance,
+    class_fractions,
+    manifest_columns,
+    patient_splits,
+)
 from tests.quality.manifest_factory import CLASS_NAMES, N_PATIENTS, valid_manifest
 
 
@@ -56,3 +61,13 @@ def test_class_balance_counts_only_declared_labels_and_splits() -> None:
 def test_manifest_columns_lists_names_as_rows() -> None:
     df = pd.DataFrame(columns=["image_id", "PatientName"])
     assert manifest_columns(df)["column"].tolist() == ["image_id", "PatientName"]
+
+
+def test_class_fractions_are_shares_of_all_images() -> None:
+    df = valid_manifest()
+    df = df[~((df["split"] == "train") & (df["label"] == 1))]  # 12 lesion images fewer
+    table = class_fractions(df, CLASS_NAMES)
+    assert table["label_name"].tolist() == CLASS_NAMES
+    assert table["n_images"].tolist() == [20, 8]
+    assert table["fraction"].tolist() == [20 / 28, 8 / 28]
+    assert class_fractions(df.drop(columns=["label"]), CLASS_NAMES) is None
