@@ -92,7 +92,7 @@ FAILING = [
     pytest.param(
         _set("2.25.0000", "label_name", "lesion"),
         {},
-        ("manifest", "expect_column_pair_values_to_be_in_set", "label, label_name"),
+        ("label_names", "expect_column_pair_values_to_be_in_set", "label, label_name"),
         ["2.25.0000"],
         id="label-name-mismatch",
     ),
@@ -127,7 +127,7 @@ FAILING = [
     pytest.param(
         _copy("content_hash", "2.25.0010", "2.25.0141"),
         {},
-        ("manifest", "expect_column_values_to_be_unique", "content_hash"),
+        ("manifest", "expect_compound_columns_to_be_unique", "content_hash, frame"),
         ["2.25.0010", "2.25.0141"],
         id="duplicate-content-hash",
     ),
@@ -283,6 +283,7 @@ def test_docs_survive_the_atomic_rename_and_a_rerun_replaces_them(tmp_path: Path
         "patient_leakage",
         "class_balance",
         "class_fractions",
+        "label_names",
     }
     assert {p.split("/")[1] for p in pages} == suites
     for page in pages:

@@ -31,8 +31,11 @@ def local_mapper(workers: int) -> Mapper:
         if len(tasks) <= 1:
             yield from serial_mapper(fn, tasks)
             return
-        # spawn, not fork: the caller may be a Prefect flow with threads holding locks.
-        context = multiprocessing.get_context("spawn")
+        # Not fork: the caller may be a Prefect flow with threads holding locks. A fork
+        # server is started fresh, imports the ingest code once, and forks each worker from
+        # that clean state: workers start without importing pydicom and dicognito again.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["medflow.data.shard"])
         with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
             futures = [pool.submit(fn, task) for task in tasks]
             for future in as_completed(futures):

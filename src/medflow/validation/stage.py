@@ -79,6 +79,7 @@ def run_validate(
         "patient_splits": tables.patient_splits(manifest),
         "class_balance": tables.class_balance(manifest, class_names),
         "class_fractions": tables.class_fractions(manifest, class_names),
+        "label_pairs": tables.label_pairs(manifest),
     }
     current = _profile(manifest, class_names)
     drift_info = _compare(reference, ref_profile, current, derived)

@@ -66,12 +66,6 @@ def build_suites(params: ValidateParams, class_names: Sequence[str]) -> list[Sui
     value_checks: list[gxe.Expectation] = [
         gxe.ExpectColumnValuesToBeInSet(column="label", value_set=labels),
         gxe.ExpectColumnValuesToBeInSet(column="label_name", value_set=list(class_names)),
-        gxe.ExpectColumnPairValuesToBeInSet(
-            column_A="label",
-            column_B="label_name",
-            value_pairs_set=[(i, name) for i, name in enumerate(class_names)],
-            notes="label_name must be class_names[label].",
-        ),
         gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
         gxe.ExpectColumnValuesToBeInSet(
             column="modality", value_set=list(params.allowed_modalities)
@@ -163,12 +157,28 @@ def build_suites(params: ValidateParams, class_names: Sequence[str]) -> list[Sui
             meta={"rule": "unique (sop_instance_id, frame) pairs"},
             notes="One row per frame of a file: the same frame twice is a duplicate sample.",
         ),
-        gxe.ExpectColumnValuesToBeUnique(
-            column="content_hash", notes="The same file twice is a duplicate image."
+        gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=["content_hash", "frame"],
+            meta={"rule": "unique (content_hash, frame) pairs"},
+            notes="The same file twice is a duplicate image (a multi-frame file gives one row"
+            " per frame, with one content hash).",
         ),
     ]
     return [
         SuiteSpec("manifest", "manifest", manifest),
+        SuiteSpec(
+            "label_names",
+            "label_pairs",
+            [
+                gxe.ExpectColumnPairValuesToBeInSet(
+                    column_A="label",
+                    column_B="label_name",
+                    value_pairs_set=[(i, name) for i, name in enumerate(class_names)],
+                    notes="One row per distinct (label, label_name) pair in the manifest;"
+                    " label_name must be class_names[label].",
+                )
+            ],
+        ),
         SuiteSpec(
             "identifying_columns",
             "manifest_columns",

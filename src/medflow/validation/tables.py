@@ -20,6 +20,7 @@ ROW_KEYS: dict[str, list[str]] = {
     "patient_splits": ["patient_id", "splits"],
     "class_balance": ["split", "label_name"],
     "class_fractions": ["label_name", "n_images"],
+    "label_pairs": ["label", "label_name", "n_images", "example_image_id"],
     "drift": ["quantity", "reference", "current", "detail"],
 }
 
@@ -30,6 +31,7 @@ ROW_NOUNS: dict[str, str] = {
     "patient_splits": "patients",
     "class_balance": "split/class pairs",
     "class_fractions": "classes",
+    "label_pairs": "label/name pairs",
     "drift": "compared quantities",
 }
 
@@ -38,6 +40,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "patient_splits": ("patient_id", "split"),
     "class_balance": ("split", "label"),
     "class_fractions": ("label",),
+    "label_pairs": ("image_id", "label", "label_name"),
 }
 
 
@@ -111,3 +114,20 @@ def class_fractions(manifest: pd.DataFrame, class_names: Sequence[str]) -> pd.Da
             "fraction": [c / total if total else 0.0 for c in counts],
         }
     )
+
+
+def label_pairs(manifest: pd.DataFrame) -> pd.DataFrame | None:
+    """One row per distinct (label, label_name): n_images and the first image_id with it.
+
+    A per-row pair check costs Great Expectations a Python loop over every image; on the
+    distinct pairs it is instant, and the example names an offending image.
+    """
+    if not set(NEEDS["label_pairs"]) <= set(manifest.columns):
+        return None
+    rows = manifest[["image_id", "label", "label_name"]]
+    grouped = rows.groupby(["label", "label_name"], sort=True, dropna=False)["image_id"]
+    table = pd.DataFrame({"n_images": grouped.size(), "example_image_id": grouped.min()})
+    table = table.reset_index()
+    table["label_name"] = table["label_name"].astype("string")
+    table["example_image_id"] = table["example_image_id"].astype("string")
+    return table[["label", "label_name", "n_images", "example_image_id"]]

@@ -7,6 +7,7 @@ import pandas as pd
 from medflow.validation.tables import (
     class_balance,
     class_fractions,
+    label_pairs,
     manifest_columns,
     patient_splits,
 )
@@ -71,3 +72,13 @@ def test_class_fractions_are_shares_of_all_images() -> None:
     assert table["n_images"].tolist() == [20, 8]
     assert table["fraction"].tolist() == [20 / 28, 8 / 28]
     assert class_fractions(df.drop(columns=["label"]), CLASS_NAMES) is None
+
+
+def test_label_pairs_lists_each_distinct_pair_with_an_example_image() -> None:
+    df = valid_manifest()
+    assert len(label_pairs(df)) == len(CLASS_NAMES)
+    df.loc[df["image_id"] == "2.25.0000", "label_name"] = "wrong"
+    table = label_pairs(df)
+    odd = table[table["label_name"] == "wrong"]
+    assert odd[["n_images", "example_image_id"]].values.tolist() == [[1, "2.25.0000"]]
+    assert label_pairs(df.drop(columns=["label_name"])) is None
