@@ -153,6 +153,15 @@ _MIN_LEN_IN_PIXELS = 8  # pixel bytes are noise-like: only long values are meani
 _PART = " component"  # the kind of a part of a person name: "PatientName component"
 
 
+_NONE: frozenset[str] = frozenset()
+_KINDS: dict[frozenset[str], frozenset[str]] = {}
+
+
+def _kinds(kinds: frozenset[str]) -> frozenset[str]:
+    """One shared frozenset per distinct set of kinds (there are few)."""
+    return _KINDS.setdefault(kinds, kinds)
+
+
 @dataclass(frozen=True)
 class Finding:
     """An identifier of `kind` (a DICOM keyword) found in `file`. The value is never kept."""
@@ -191,8 +200,10 @@ class PhiAudit:
     """Original identifying values, and a search for them in output files."""
 
     def __init__(self) -> None:
-        self._simple: dict[bytes, set[str]] = {}  # value that is one whole word -> kinds
-        self._complex: dict[bytes, set[str]] = {}  # value with spaces, ^, ... -> kinds
+        # Kinds are shared frozensets (_kinds): a set per value would cost more memory than
+        # the value itself, and an ingest holds the values of every file.
+        self._simple: dict[bytes, frozenset[str]] = {}  # value that is one whole word -> kinds
+        self._complex: dict[bytes, frozenset[str]] = {}  # value with spaces, ^, ... -> kinds
         # Complex values by their longest word: a file is searched only for the values
         # whose longest word it contains, so the scan stays fast with many patients.
         self._complex_by_word: dict[bytes, set[bytes]] = {}
@@ -209,7 +220,7 @@ class PhiAudit:
         """Add the values another audit remembered (e.g. a worker's, for one shard)."""
         for mine, theirs in ((self._simple, other._simple), (self._complex, other._complex)):
             for token, kinds in theirs.items():
-                mine.setdefault(token, set()).update(kinds)
+                mine[token] = _kinds(mine.get(token, _NONE) | kinds)
         for word, tokens in other._complex_by_word.items():
             self._complex_by_word.setdefault(word, set()).update(tokens)
         self._vendors |= other._vendors
@@ -232,9 +243,9 @@ class PhiAudit:
                     continue
         for token in tokens:
             if _SIMPLE.match(token):
-                self._simple.setdefault(token, set()).add(kind)
+                self._simple[token] = _kinds(self._simple.get(token, _NONE) | {kind})
             else:
-                self._complex.setdefault(token, set()).add(kind)
+                self._complex[token] = _kinds(self._complex.get(token, _NONE) | {kind})
                 words = _RUN.findall(token)
                 anchor = max(words, key=len) if words else b""
                 self._complex_by_word.setdefault(anchor, set()).add(token)
@@ -275,9 +286,9 @@ class PhiAudit:
         self._vocabulary = {w.strip().upper().encode("utf-8") for w in words if w.strip()}
         return sum(1 for t in [*self._simple, *self._complex] if t in self._vocabulary)
 
-    def _kinds_of(self, table: dict[bytes, set[str]], token: bytes) -> set[str]:
+    def _kinds_of(self, table: dict[bytes, frozenset[str]], token: bytes) -> frozenset[str]:
         if token in self._vocabulary:
-            return set()
+            return _NONE
         kinds = table[token]
         if token in self._vendors and "InstitutionName" in kinds:
             return kinds - {"InstitutionName"}
@@ -328,14 +339,21 @@ class PhiAudit:
         """
         findings: list[Finding] = []
         for path in paths:
-            data = Path(path).read_bytes()
-            pixels = b""
-            if data[128:132] == b"DICM":
+            with open(path, "rb") as fh:
+                is_dicom = fh.read(132)[128:132] == b"DICM"
+            kinds: set[str] = set()
+            if is_dicom:
+                data = Path(path).read_bytes()
+                pixels = b""
                 span = _pixel_data_span(data)
                 if span is not None:
                     pixels = data[span[0] : span[1]]
                     data = data[: span[0]] + b"\x00" + data[span[1] :]
-            kinds = self._kinds_in(data, pixels)
+                kinds = self._kinds_in(data, pixels)
+            else:  # text (manifest, reports, logs): in blocks of whole lines, memory flat
+                with open(path, "rb") as fh:
+                    for lines in iter(lambda fh=fh: fh.readlines(1 << 20), []):
+                        kinds |= self._kinds_in(b"".join(lines))
             if whole_values_only:
                 kinds = {k for k in kinds if not k.endswith(_PART)}
             findings += [Finding(Path(path), kind) for kind in sorted(kinds)]

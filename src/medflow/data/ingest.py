@@ -190,13 +190,17 @@ def _ingest_folder(
     with atomic_dir(out_dir) as tmp, ExitStack() as log_capture:
         log_capture.enter_context(_log_to(tmp / LOG_FILE))
         (tmp / IMAGES_DIR).mkdir()
-        rows: list[dict[str, object]] = []
+        # Rows are kept per shard as compact DataFrames: with 100k files, a dict per row
+        # would be most of the ingest's memory.
+        reused_rows: list[dict[str, object]] = []
         outcomes: list[Outcome] = []
         hashes = dict(reused)
         files_scanned = 0
         if previous is not None:
             for rel, sha in reused.items():
-                rows += _reuse(previous, rel, sha, labels[rel], class_names, tmp, outcomes)
+                reused_rows += _reuse(previous, rel, sha, labels[rel], class_names, tmp, outcomes)
+        tables = [_table(reused_rows)]
+        del reused_rows
         size = config.ingest.shard_size
         tasks = [
             ShardTask(str(source), str(tmp), tuple(todo[i : i + size]), key, settings)
@@ -214,7 +218,7 @@ def _ingest_folder(
         findings: list[tuple[str, str]] = []
         without_patient_id = 0
         for shard in mapper(ingest_shard, tasks):
-            rows += shard.rows
+            tables.append(_table(shard.rows))
             outcomes += shard.outcomes
             hashes.update(shard.hashes)
             audit.merge(shard.audit)
@@ -237,7 +241,11 @@ def _ingest_folder(
                 " patient",
                 without_patient_id,
             )
-        rows, outcomes = _resolve_duplicates(rows, outcomes, hashes, labels, class_names, tmp)
+        manifest = pd.concat(tables, ignore_index=True)
+        del tables
+        manifest, outcomes = _resolve_duplicates(
+            manifest, outcomes, hashes, labels, class_names, tmp
+        )
         outcomes += [
             Outcome(
                 u.rel,
@@ -256,13 +264,12 @@ def _ingest_folder(
         by_category = dict(Counter(o.category for o in outcomes).most_common())
         lost = sum(1 for o in outcomes if o.outcome == QUARANTINED)
         _check_losses(config, len(files) + len(unreadable), lost, by_category)
-        if not rows:
+        if manifest.empty:
             raise IngestFailed(
                 f"no image could be ingested from {source}: {len(outcomes)} file(s) not"
                 f" ingested ({by_category}); check the labels and that the files are DICOM images"
             )
 
-        manifest = pd.DataFrame(rows, columns=list(COLUMNS))
         if official_splits is not None:
             split_of = {sha: official_splits[rel] for rel, sha in hashes.items()}
             manifest["split"] = manifest["content_hash"].map(split_of)
@@ -322,20 +329,24 @@ def _reuse(
     return rows
 
 
+def _table(rows: list[dict[str, object]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=list(COLUMNS)).astype(COLUMNS)
+
+
 def _resolve_duplicates(
-    rows: list[dict[str, object]],
+    manifest: pd.DataFrame,
     outcomes: list[Outcome],
     hashes: dict[str, str],
     labels: dict[str, int],
     class_names: list[str],
     tmp: Path,
-) -> tuple[list[dict[str, object]], list[Outcome]]:
+) -> tuple[pd.DataFrame, list[Outcome]]:
     """One copy per content; files with the same SOP instance but other content quarantined.
 
     The first path (in path order) of each content decides its label, whatever order the
     shards finished in.
     """
-    ingested = {str(r["content_hash"]) for r in rows}
+    ingested = set(manifest["content_hash"])
     first_path: dict[str, str] = {}
     for rel in sorted(hashes):
         sha = hashes[rel]
@@ -350,16 +361,17 @@ def _resolve_duplicates(
             outcomes.append(Outcome(rel, sha, QUARANTINED, reason, "conflicting duplicate"))
         else:
             outcomes.append(Outcome(rel, sha, DUPLICATE, f"same content as {original}", DUPLICATE))
-    unique: dict[tuple[str, object], dict[str, object]] = {}
-    for row in rows:  # a duplicate's rows came from the same bytes: keep one set
-        sha = str(row["content_hash"])
-        if (sha, row["frame"]) not in unique:
-            label = labels[first_path[sha]]
-            unique[sha, row["frame"]] = {**row, "label": label, "label_name": class_names[label]}
+    # A duplicate's rows came from the same bytes: keep one set, labelled by the first path.
+    unique = manifest.drop_duplicates(["content_hash", "frame"]).copy()
+    label_of = {sha: labels[rel] for sha, rel in first_path.items()}
+    unique["label"] = unique["content_hash"].map(label_of).astype("int64")
+    unique["label_name"] = unique["label"].map(dict(enumerate(class_names))).astype("string")
+    per_file = unique.drop_duplicates("content_hash").set_index("content_hash")
+    geometry_of = per_file[["sop_instance_id", "rows", "columns", "frames"]].to_dict("index")
     by_sop: dict[str, tuple[str, tuple[object, ...]]] = {}  # sop -> (path, geometry)
     dropped: set[str] = set()
     for sha, rel in sorted(first_path.items(), key=lambda item: item[1]):
-        row = next(r for r in unique.values() if r["content_hash"] == sha)
+        row = geometry_of[sha]
         sop, geometry = str(row["sop_instance_id"]), (row["rows"], row["columns"], row["frames"])
         if sop not in by_sop:
             by_sop[sop] = rel, geometry
@@ -378,7 +390,8 @@ def _resolve_duplicates(
                 f" ({geometry[0]}x{geometry[1]}, {geometry[2]} frame(s)); the first was kept"
             )
             outcomes.append(Outcome(rel, sha, QUARANTINED, reason, "conflicting SOPInstanceUID"))
-    return [r for r in unique.values() if r["content_hash"] not in dropped], outcomes
+    kept_rows = unique[~unique["content_hash"].isin(dropped)].reset_index(drop=True)
+    return kept_rows, outcomes
 
 
 def _check_losses(
