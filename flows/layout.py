@@ -52,8 +52,38 @@ class Layout:
         return self.reports / "metrics.json"
 
     @property
+    def manifest(self) -> Path:
+        return self.ingested / "manifest.csv"
+
+    @property
+    def subgroups(self) -> Path:
+        return self.reports / "subgroups.json"
+
+    @property
+    def evaluation(self) -> Path:
+        """What the model card needs besides the metrics (threshold policy, data, model)."""
+        return self.reports / "evaluation.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.reports / "plots"
+
+    @property
     def gate(self) -> Path:
         return self.reports / "gate.json"
+
+    @property
+    def model_card(self) -> Path:
+        return self.reports / "model_card.md"
+
+    @property
+    def champion(self) -> Path:
+        """The last packaged model: the gate's change rules compare against its metrics."""
+        return self.reports / "champion"
+
+    @property
+    def champion_metrics(self) -> Path:
+        return self.champion / "metrics.json"
 
     @property
     def bento(self) -> Path:

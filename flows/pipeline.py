@@ -75,7 +75,11 @@ def evaluate(layout: Layout) -> Any:
     from medflow.evaluate import run_evaluate
 
     return run_evaluate(
-        load_params(layout.params).evaluate, layout.models, layout.preprocessed, layout.reports
+        load_params(layout.params).evaluate,
+        layout.models,
+        layout.preprocessed,
+        layout.manifest,
+        layout.reports,
     )
 
 
@@ -83,7 +87,15 @@ def evaluate(layout: Layout) -> Any:
 def gate(layout: Layout) -> Any:
     from medflow.gate import run_gate
 
-    return run_gate(load_params(layout.params).gate, layout.metrics, layout.gate)
+    return run_gate(
+        load_params(layout.params).gate,
+        layout.metrics,
+        layout.gate,
+        subgroups_file=layout.subgroups,
+        champion_file=layout.champion_metrics,
+        context_file=layout.evaluation,
+        card_file=layout.model_card,
+    )
 
 
 @task(name="package", **_TASK)
@@ -97,6 +109,7 @@ def package(layout: Layout) -> Any:
         layout.gate,
         layout.root,
         layout.bento,
+        champion_dir=layout.champion,
     )
 
 

@@ -162,32 +162,68 @@ def preprocess(ingest_dir: Path, out: Path, params: ParamsOpt = Path("params.yam
 
 @app.command()
 @_stage
-def train(arrays_dir: Path, out: Path, params: ParamsOpt = Path("params.yaml")) -> None:
-    """Train the classifier on ARRAYS_DIR; write the model artifact into OUT."""
+def train(
+    arrays_dir: Path,
+    out: Path,
+    params: ParamsOpt = Path("params.yaml"),
+    checkpoints: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoints to resume from (default: .<OUT>-checkpoints beside OUT)"),
+    ] = None,
+) -> None:
+    """Train the classifier on ARRAYS_DIR; write the model artifact into OUT. An interrupted
+    run of the same params and data resumes from its last checkpoint."""
     from medflow.train import run_train
 
     p = _params(params)
-    run_train(p.train, p.data.class_names, arrays_dir, out)
+    run_train(p.train, p.data.class_names, arrays_dir, out, checkpoint_dir=checkpoints)
 
 
 @app.command()
 @_stage
 def evaluate(
-    model_dir: Path, arrays_dir: Path, out: Path, params: ParamsOpt = Path("params.yaml")
+    model_dir: Path,
+    arrays_dir: Path,
+    manifest: Path,
+    out: Path,
+    params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Score the test split; write metrics.json, roc.csv and predictions.csv into OUT."""
+    """Choose the operating threshold on val, score the test split overall and per subgroup
+    of MANIFEST (the ingest's manifest.csv); write metrics, subgroups, plots and predictions
+    into OUT."""
     from medflow.evaluate import run_evaluate
 
-    run_evaluate(_params(params).evaluate, model_dir, arrays_dir, out)
+    run_evaluate(_params(params).evaluate, model_dir, arrays_dir, manifest, out)
 
 
 @app.command()
 @_stage
-def gate(metrics: Path, out: Path, params: ParamsOpt = Path("params.yaml")) -> None:
-    """Judge METRICS against the gate thresholds; exit 1 (and never package) when refused."""
+def gate(
+    metrics: Path,
+    out: Path,
+    params: ParamsOpt = Path("params.yaml"),
+    subgroups: Annotated[Path | None, typer.Option(help="the evaluate stage's subgroups")] = None,
+    context: Annotated[
+        Path | None, typer.Option(help="the evaluate stage's evaluation.json (model card)")
+    ] = None,
+    champion: Annotated[
+        Path | None, typer.Option(help="the champion's metrics; absent: no champion yet")
+    ] = None,
+    card: Annotated[Path | None, typer.Option(help="write the model card here")] = None,
+) -> None:
+    """Judge METRICS against the gate's rules; write the decision to OUT (and the model card);
+    exit 1, so that nothing is packaged, when refused."""
     from medflow.gate import run_gate
 
-    run_gate(_params(params).gate, metrics, out)
+    run_gate(
+        _params(params).gate,
+        metrics,
+        out,
+        subgroups_file=subgroups,
+        champion_file=champion,
+        context_file=context,
+        card_file=card,
+    )
 
 
 @app.command()
@@ -199,12 +235,23 @@ def package(
     out: Path,
     params: ParamsOpt = Path("params.yaml"),
     project_root: Annotated[Path, typer.Option(help="where deploy/ and src/ are")] = Path("."),
+    champion: Annotated[
+        Path | None,
+        typer.Option(help="folder to record the packaged model in as the new champion"),
+    ] = None,
 ) -> None:
-    """Save the model to the BentoML store and build the Bento; write its tag to OUT."""
+    """Save the model to the BentoML store and build the Bento; write its tag to OUT and,
+    with --champion, make it the champion the next gate compares against."""
     from medflow.package import run_package
 
     result = run_package(
-        _params(params).package, model_dir, metrics, gate_report, project_root, out
+        _params(params).package,
+        model_dir,
+        metrics,
+        gate_report,
+        project_root,
+        out,
+        champion_dir=champion,
     )
     typer.echo(f"Bento built: {result.bento_tag}\nServe it with:  bentoml serve {result.bento_tag}")
 

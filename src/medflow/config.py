@@ -167,32 +167,101 @@ class PreprocessParams(_Section):
 
 
 class AugmentParams(_Section):
-    max_shift: int = Field(4, ge=0)
+    """Augmentations applied to each training batch on its device, seeded (docs/training.md)."""
+
+    max_shift: int = Field(4, ge=0)  # pixels, translation in each direction (zero fill)
+    max_rotation: float = Field(10.0, ge=0, le=180)  # degrees, either way
+    max_scale: float = Field(0.1, ge=0, lt=1)  # zoom in or out by up to this fraction
+    brightness: float = Field(0.1, ge=0, le=1)  # added offset, up to this (images in [0, 1])
+    contrast: float = Field(0.1, ge=0, lt=1)  # gain around the image mean, 1 +- this
     # Off by default: left/right carries meaning in chest and many other images.
     horizontal_flip: bool = False
 
 
 class TrainParams(_Section):
     seed: int = 42
+    # smallcnn: VGG-style; resnet: a small ResNet (residual blocks, BN, global pooling)
+    architecture: Literal["smallcnn", "resnet"] = "smallcnn"
     max_epochs: int = Field(12, ge=1)
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     width: int = Field(32, ge=4)
     dropout: float = Field(0.1, ge=0, lt=1)
+    # early stopping and the kept (best) checkpoint follow this validation metric
+    monitor: Literal["val_loss", "val_auroc"] = "val_loss"
     early_stopping_patience: int = Field(4, ge=1)
-    num_workers: int = Field(0, ge=0)
+    # none; weighted_loss: cross-entropy weighted by inverse train class frequency;
+    # balanced_sampler: batches drawn with replacement so that classes come up equally often
+    imbalance: Literal["none", "weighted_loss", "balanced_sampler"] = "none"
+    # Lightning Trainer: "auto" | "ddp" | "ddp_spawn" | ...; devices "auto" or a count
+    strategy: str = "auto"
+    devices: Literal["auto"] | int = "auto"
+    num_nodes: int = Field(1, ge=1)
+    num_workers: int = Field(0, ge=0)  # DataLoader worker processes
     augment: AugmentParams = AugmentParams()
+
+    @field_validator("devices")
+    @classmethod
+    def _positive_devices(cls, value: str | int) -> str | int:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"devices must be 'auto' or a count >= 1, got {value}")
+        return value
+
+
+# Metrics where higher is better / lower is better (the gate's champion deltas need the sign).
+HIGHER_IS_BETTER = ("auroc", "auprc", "accuracy", "sensitivity", "specificity", "f1")
+LOWER_IS_BETTER = ("brier", "ece")
 
 
 class EvaluateParams(_Section):
+    """How the test split is scored (docs/evaluation.md)."""
+
+    # The operating threshold on p(positive), chosen on the validation split (binary only;
+    # multi-class predicts the argmax): fixed -> `threshold`; target_sensitivity -> the highest
+    # threshold whose val sensitivity reaches `target_sensitivity`; youden -> max(tpr - fpr).
+    threshold_policy: Literal["fixed", "target_sensitivity", "youden"] = "target_sensitivity"
     threshold: float = Field(0.5, gt=0, lt=1)
+    target_sensitivity: float = Field(0.9, gt=0, le=1)
+    # equal-width probability bins of the expected calibration error and reliability diagram
+    n_bins: int = Field(10, ge=2, le=100)
+    # percentile bootstrap 95% intervals; resamples patients (all their test images together)
+    n_bootstrap: int = Field(1000, ge=0, le=100_000)
+    ci_level: float = Field(0.95, gt=0.5, lt=1)
+    seed: int = 0
+    # manifest columns to slice the test split by; absent columns are reported as missing
+    subgroups: list[str] = Field(
+        default_factory=lambda: ["site", "manufacturer", "sex", "age_band"]
+    )
+    # subgroups with fewer test images are reported but flagged small (and not gated)
+    min_subgroup_n: int = Field(30, ge=1)
 
 
 class GateParams(_Section):
+    """The evaluation gate (docs/evaluation.md): value rules and changes against the champion."""
+
     min_auroc: float = Field(0.85, ge=0, le=1)
+    # lower end of the bootstrap interval: a model that is good only by luck of the test draw
+    min_auroc_ci_low: float = Field(0.0, ge=0, le=1)
     min_sensitivity: float = Field(0.7, ge=0, le=1)
     min_specificity: float = Field(0.7, ge=0, le=1)
+    max_ece: float = Field(1.0, ge=0, le=1)
+    # every subgroup that is not flagged small (evaluate.min_subgroup_n)
+    min_subgroup_auroc: float = Field(0.0, ge=0, le=1)
+    # Largest change for the worse against the current champion, per metric (AUROC 0.02:
+    # the candidate may be at most 0.02 below the champion; ECE 0.02: at most 0.02 above).
+    # Without a champion (the first model) only the value rules apply.
+    max_worse_than_champion: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("max_worse_than_champion")
+    @classmethod
+    def _known_metrics(cls, value: dict[str, float]) -> dict[str, float]:
+        known = HIGHER_IS_BETTER + LOWER_IS_BETTER
+        problems = [f"unknown metric {k!r}" for k in value if k not in known]
+        problems += [f"{k}: {v} is negative" for k, v in value.items() if v < 0]
+        if problems:
+            raise ValueError("; ".join(problems) + f" (metrics: {', '.join(known)})")
+        return value
 
 
 class PackageParams(_Section):

@@ -1,7 +1,18 @@
-"""The evaluate stage: test-split metrics as DVC metrics, the ROC curve as a DVC plot."""
+"""The evaluate stage: test-split metrics with bootstrap intervals, per subgroup, and plots.
+
+Writes into the reports folder (docs/evaluation.md):
+    metrics.json      flat numbers (DVC metrics): each metric with _ci_low/_ci_high, the
+                      operating threshold chosen on the validation split, counts
+    subgroups.json    the same metrics per subgroup (DVC metrics)
+    evaluation.json   what the model card needs besides numbers: policy, data, model, params
+    predictions.csv   per test image: probabilities, actual and predicted class (DVC
+                      confusion plot)
+    plots/            roc, pr, calibration CSVs (DVC plots) and PNGs (model card)
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,17 +20,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score, roc_curve
 
 from medflow.config import EvaluateParams
+from medflow.data.manifest import MANIFEST_FILE, read_manifest
+from medflow.evaluation.metrics import choose_threshold, metrics_with_ci, point_metrics, predict
+from medflow.evaluation.plots import write_plots
+from medflow.evaluation.subgroups import subgroup_metrics
 from medflow.io import write_json_atomic, write_text_atomic
 from medflow.models.artifact import load_model
 from medflow.models.lightning import load_split
+from medflow.provenance import git_revision, library_versions
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
-ROC_FILE = "roc.csv"
+SUBGROUPS_FILE = "subgroups.json"
+CONTEXT_FILE = "evaluation.json"
 PREDICTIONS_FILE = "predictions.csv"
+PLOTS_DIR = "plots"
 
 
 @dataclass(frozen=True)
@@ -37,63 +54,129 @@ def predict_proba(net: torch.nn.Module, x: np.ndarray, batch_size: int = 256) ->
         for i in range(0, len(x), batch_size):
             batch = torch.from_numpy(np.array(x[i : i + batch_size], dtype=np.float32)).to(device)
             out.append(net(batch).softmax(-1).float().cpu().numpy())
-    return np.concatenate(out)
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def classification_metrics(y: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float]:
-    """AUROC, accuracy, sensitivity and specificity.
-
-    Binary: the positive class is index 1, predicted when p(1) >= threshold.
-    Multi-class: macro one-vs-rest AUROC, argmax predictions, macro sensitivity/specificity.
-    """
-    n_classes = probs.shape[1]
-    present = np.unique(y)
-    if len(present) < 2:
-        raise ValueError(f"the test split holds only class(es) {present.tolist()}; AUROC needs two")
-    if n_classes == 2:
-        pred = (probs[:, 1] >= threshold).astype(int)
-        auroc = roc_auc_score(y, probs[:, 1])
-    else:
-        pred = probs.argmax(1)
-        auroc = roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=range(n_classes))
-    sens, spec = [], []
-    for c in range(1, 2) if n_classes == 2 else range(n_classes):
-        tp = np.sum((pred == c) & (y == c))
-        fn = np.sum((pred != c) & (y == c))
-        tn = np.sum((pred != c) & (y != c))
-        fp = np.sum((pred == c) & (y != c))
-        sens.append(tp / max(tp + fn, 1))
-        spec.append(tn / max(tn + fp, 1))
-    return {
-        "auroc": float(auroc),
-        "accuracy": float(np.mean(pred == y)),
-        "sensitivity": float(np.mean(sens)),
-        "specificity": float(np.mean(spec)),
-        "threshold": float(threshold),
-        "n_test": int(len(y)),
-    }
+def _test_rows(manifest: pd.DataFrame, ids: np.ndarray) -> pd.DataFrame:
+    """The manifest rows of the test images, in the order of the arrays."""
+    rows = manifest.drop_duplicates("image_id").set_index("image_id")
+    unknown = [i for i in ids if i not in rows.index]
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} test image(s) are not in the manifest (e.g. {unknown[0]}):"
+            " the preprocessed arrays and the manifest come from different ingests; re-run"
+            " preprocess"
+        )
+    return rows.loc[list(ids)].reset_index()
 
 
 def run_evaluate(
-    params: EvaluateParams, model_dir: Path, arrays_dir: Path, out_dir: Path
+    params: EvaluateParams,
+    model_dir: Path,
+    arrays_dir: Path,
+    manifest_file: Path,
+    out_dir: Path,
 ) -> EvaluateResult:
-    """Score the test split; write metrics.json, roc.csv and predictions.csv into out_dir."""
+    """Choose the operating threshold on val, score the test split, write the reports."""
+    arrays_dir, out_dir = Path(arrays_dir), Path(out_dir)
     net, spec = load_model(model_dir)
     x, y = load_split(arrays_dir, "test")
+    present = np.unique(y)
+    if len(present) < 2:
+        raise ValueError(f"the test split holds only class(es) {present.tolist()}; AUROC needs two")
     ids = np.load(arrays_dir / "test_ids.npy")
+    manifest_file = Path(manifest_file)
+    if manifest_file.name != MANIFEST_FILE:
+        raise ValueError(f"expected the ingest stage's {MANIFEST_FILE}, got {manifest_file}")
+    rows = _test_rows(read_manifest(manifest_file.parent), ids)
+    # patients, not images, are the independent units of the bootstrap
+    groups = rows["patient_id"].to_numpy(dtype=str) if "patient_id" in rows else None
     probs = predict_proba(net, x)
-    metrics = classification_metrics(y, probs, params.threshold)
+    binary = probs.shape[1] == 2
 
-    positive = probs[:, 1] if probs.shape[1] == 2 else probs.max(1)
-    target = y == 1 if probs.shape[1] == 2 else probs.argmax(1) == y
-    fpr, tpr, thr = roc_curve(target, positive)
-    roc = pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.minimum(thr, 1.0)})
-    preds = pd.DataFrame({"image_id": ids, "label": y})
+    x_val, y_val = load_split(arrays_dir, "val")
+    val_probs = predict_proba(net, x_val)
+    threshold = choose_threshold(y_val, val_probs[:, 1], params) if binary else params.threshold
+    at_val = point_metrics(y_val, val_probs, threshold, params.n_bins)
+
+    metrics = metrics_with_ci(y, probs, threshold, params, groups)
+    metrics.update(
+        {
+            "threshold": threshold,
+            "val_sensitivity": at_val["sensitivity"],
+            "val_specificity": at_val["specificity"],
+            "n_test": int(len(y)),
+            "n_test_patients": int(len(np.unique(groups))) if groups is not None else len(y),
+        }
+    )
+    if binary:
+        metrics["n_test_positive"] = int(np.sum(y == 1))
+    subgroups, missing = subgroup_metrics(rows, y, probs, threshold, params, groups)
+
+    pred = predict(probs, threshold)
+    names = np.asarray(spec.class_names)
+    preds = pd.DataFrame(
+        {"image_id": ids, "label": y, "actual": names[y], "predicted": names[pred]}
+    )
     for i, name in enumerate(spec.class_names):
         preds[f"p_{name}"] = probs[:, i]
+    plots = write_plots(
+        out_dir / PLOTS_DIR, y, probs, pred, spec.class_names, params.n_bins, metrics
+    )
 
-    write_text_atomic(out_dir / ROC_FILE, roc.to_csv(index=False))
+    meta_file = arrays_dir / "meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    class_counts = {}
+    for split in ("train", "val", "test"):
+        y_path = arrays_dir / f"{split}_y.npy"
+        if y_path.is_file():
+            counts = np.bincount(np.load(y_path), minlength=len(spec.class_names))
+            class_counts[split] = dict(zip(spec.class_names, map(int, counts), strict=True))
+    context = {
+        "params": params.model_dump(),
+        "threshold": {
+            "policy": params.threshold_policy,
+            "value": threshold,
+            "chosen_on": "val" if binary and params.threshold_policy != "fixed" else "params",
+            "applies": "p(positive) >= threshold" if binary else "not used: argmax",
+        },
+        "bootstrap": {
+            "unit": "patient" if groups is not None else "image",
+            "n": params.n_bootstrap,
+            "level": params.ci_level,
+            "seed": params.seed,
+        },
+        "subgroups": {"reported": sorted(subgroups), "missing": missing},
+        "data": {
+            "data_hash": meta.get("data_hash"),
+            "counts": meta.get("counts"),
+            "class_counts": class_counts,
+            "preprocess": meta.get("preprocess"),
+        },
+        "model": {
+            "architecture": spec.architecture,
+            "class_names": spec.class_names,
+            "num_classes": spec.num_classes,
+            "provenance": spec.provenance,
+        },
+        "plots": {name: f"{PLOTS_DIR}/{path.name}" for name, path in plots.items()},
+        "evaluated_with": {
+            "git_revision": git_revision(),
+            "library_versions": library_versions(),
+        },
+    }
+
     write_text_atomic(out_dir / PREDICTIONS_FILE, preds.to_csv(index=False))
+    write_json_atomic(out_dir / SUBGROUPS_FILE, subgroups)
+    write_json_atomic(out_dir / CONTEXT_FILE, context)
     write_json_atomic(out_dir / METRICS_FILE, metrics)
-    log.info("test metrics: %s", ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    log.info(
+        "test metrics at threshold %.4g (%s): %s",
+        threshold,
+        params.threshold_policy,
+        ", ".join(
+            f"{m}={metrics[m]:.3f} [{metrics[m + '_ci_low']:.3f}, {metrics[m + '_ci_high']:.3f}]"
+            for m in ("auroc", "sensitivity", "specificity", "ece")
+        ),
+    )
     return EvaluateResult(metrics=metrics, metrics_file=out_dir / METRICS_FILE)

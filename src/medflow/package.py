@@ -190,10 +190,12 @@ def run_package(
     gate_file: Path,
     project_root: Path,
     out_file: Path,
+    champion_dir: Path | None = None,
 ) -> PackageResult:
     """Save a gated model to the model store, build its Bento and record both tags in out_file.
 
-    Raises GateFailed (and builds nothing) unless gate_file says the model passed.
+    Raises GateFailed (and builds nothing) unless gate_file says the model passed. With
+    champion_dir, the packaged model becomes the champion the next gate compares against.
     """
     model_dir, project_root = Path(model_dir), Path(project_root)
     gate = read_gate(gate_file)
@@ -230,4 +232,31 @@ def run_package(
             "metrics": metrics,
         },
     )
+    if champion_dir is not None:
+        write_champion(Path(champion_dir), result, metrics, spec)
     return result
+
+
+CHAMPION_METRICS = "metrics.json"
+CHAMPION_MODEL = "champion.json"
+
+
+def write_champion(
+    folder: Path, result: PackageResult, metrics: dict[str, float], spec: ModelSpec
+) -> None:
+    """Record the packaged model as the champion: its metrics (what the gate's change rules
+    compare with) and which model and Bento it is. Written last, once the Bento exists."""
+    from datetime import UTC, datetime
+
+    write_json_atomic(
+        folder / CHAMPION_MODEL,
+        {
+            **asdict(result),
+            "data_hash": spec.provenance.get("data_hash"),
+            "git_revision": spec.provenance.get("git_revision"),
+            "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "promoted_by": "package",
+        },
+    )
+    write_json_atomic(folder / CHAMPION_METRICS, metrics)
+    logger.info("%s is the champion now (%s)", result.model_tag, folder)

@@ -1,10 +1,20 @@
-"""The train stage: a Lightning fit on the preprocessed arrays; writes the model artifact."""
+"""The train stage: a Lightning fit on the preprocessed arrays; writes the model artifact.
+
+Checkpoints live outside the stage's output (which is replaced atomically at the end), in
+`checkpoint_dir` (default: `.<out>-checkpoints` next to `out`, e.g. `.models-checkpoints/`,
+git-ignored and not a DVC output). A run that stops part-way resumes from its `last.ckpt`
+when the next run has the same params and data; a finished run deletes the folder.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import shutil
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +24,9 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from medflow.config import PreprocessParams, TrainParams
-from medflow.io import atomic_dir
+from medflow.io import atomic_dir, write_json_atomic
 from medflow.models.artifact import ModelSpec, save_model
-from medflow.models.lightning import ArrayDataModule, Classifier
+from medflow.models.lightning import ArrayDataModule, Classifier, class_weights
 from medflow.preprocess_stage import META_FILE
 from medflow.provenance import git_revision, library_versions
 
@@ -57,10 +67,65 @@ def _precision() -> str:
     return "32-true"
 
 
+RUN_FILE = "run.json"
+
+
+def default_checkpoint_dir(out_dir: Path) -> Path:
+    """`.models-checkpoints` for `models`: a sibling, so the atomic swap of out_dir keeps it."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f".{out_dir.name}-checkpoints")
+
+
+def _fingerprint(params: TrainParams, class_names: list[str], meta: dict) -> str:
+    # what makes two runs the same run: a checkpoint of another config is never resumed
+    keep = params.model_dump(exclude={"num_workers"})
+    blob = json.dumps(
+        {"train": keep, "classes": class_names, "data": meta["data_hash"], "shape": meta["shape"]},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _is_rank_zero_launcher() -> bool:
+    # Lightning's "ddp" launcher re-runs this command with LOCAL_RANK/NODE_RANK set
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def _prepare_checkpoints(ckpt_dir: Path, fingerprint: str) -> bool:
+    """Keep ckpt_dir only if it holds checkpoints of this very run; True when resuming."""
+    run_file = ckpt_dir / RUN_FILE
+    same = run_file.is_file() and json.loads(run_file.read_text()).get("fingerprint") == fingerprint
+    if _is_rank_zero_launcher():
+        if not same and ckpt_dir.exists():
+            log.info("discarding checkpoints of another config in %s", ckpt_dir)
+            shutil.rmtree(ckpt_dir)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_file, {"fingerprint": fingerprint})
+    return same and (ckpt_dir / "last.ckpt").is_file()
+
+
+@torch.inference_mode()
+def _auroc(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
+    from torchmetrics.functional.classification import multiclass_auroc
+
+    net = net.eval()
+    probs = torch.cat([net(x[i : i + 256].float()).softmax(-1) for i in range(0, len(x), 256)])
+    return float(multiclass_auroc(probs, y, num_classes=num_classes, average="macro"))
+
+
 def run_train(
-    params: TrainParams, class_names: list[str], arrays_dir: Path, out_dir: Path
+    params: TrainParams,
+    class_names: list[str],
+    arrays_dir: Path,
+    out_dir: Path,
+    checkpoint_dir: Path | None = None,
+    callbacks: Sequence[pl.Callback] = (),
 ) -> TrainResult:
-    """Fit the classifier with `accelerator="auto"`; keep the best checkpoint by val AUROC."""
+    """Fit the classifier (`accelerator="auto"`, `params.strategy`/`devices`), resuming an
+    interrupted run of the same config; keep the best checkpoint by `params.monitor`.
+
+    `callbacks` are added to the Trainer's (tests use one to interrupt a run).
+    """
     quiet_lightning()
     meta = json.loads((arrays_dir / META_FILE).read_text())
     dm = ArrayDataModule(arrays_dir, params)
@@ -75,63 +140,97 @@ def run_train(
                 f"labels {bad} in the {split} split are outside data.class_names {class_names}"
             )
     in_channels = int(dm.data["train"].tensors[0].shape[1])
+    weights = None
+    if params.imbalance == "weighted_loss":
+        weights = class_weights(dm.data["train"].tensors[1].numpy(), len(class_names))
+        log.info("class weights %s", [round(w, 3) for w in weights])
 
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(out_dir)
+    resume = _prepare_checkpoints(ckpt_dir, _fingerprint(params, class_names, meta))
+    pl.seed_everything(params.seed, workers=True, verbose=False)
+    model = Classifier(in_channels, len(class_names), params, class_weights=weights)
+    mode = "min" if params.monitor == "val_loss" else "max"
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor=params.monitor,
+        mode=mode,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    # Lightning 2.6 writes save_last's last.ckpt only in epochs that improve the monitored
+    # metric; resuming needs the latest epoch, so a second, unmonitored checkpoint keeps it.
+    # It comes after `checkpoint` so that its file holds this epoch's best-model state.
+    latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False)
+    trainer = pl.Trainer(
+        accelerator="auto",
+        strategy=params.strategy,
+        devices=params.devices,
+        num_nodes=params.num_nodes,
+        precision=_precision(),
+        deterministic=True,
+        max_epochs=params.max_epochs,
+        callbacks=[
+            EarlyStopping(
+                monitor=params.monitor, mode=mode, patience=params.early_stopping_patience
+            ),
+            checkpoint,
+            latest,
+            *callbacks,
+        ],
+        logger=CSVLogger(ckpt_dir, name="logs"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+    )
+    if resume:
+        log.info("resuming an interrupted run from %s", ckpt_dir / "last.ckpt")
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_dir / "last.ckpt" if resume else None)
+    if not trainer.is_global_zero:
+        # other DDP ranks: rank 0 writes the artifact
+        return TrainResult(out_dir, out_dir / "checkpoints" / "best.ckpt", float("nan"), 0)
+
+    best_path = ckpt_dir / "best.ckpt"
+    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict(state)
+    model = model.cpu()
+    # selected on params.monitor; report that model's val AUROC
+    x_val, y_val = dm.data["val"].tensors
+    best = _auroc(model.net, x_val, y_val, len(class_names))
+    epochs = (
+        int(torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=True)["epoch"]) + 1
+    )
+    preprocess = PreprocessParams.model_validate(meta["preprocess"])
+    spec = ModelSpec(
+        architecture=params.architecture,
+        in_channels=in_channels,
+        num_classes=len(class_names),
+        width=params.width,
+        dropout=params.dropout,
+        class_names=list(class_names),
+        preprocess=preprocess.model_dump(),
+        provenance={
+            "data_hash": meta["data_hash"],
+            "counts": meta["counts"],
+            "train_params": params.model_dump(),
+            "class_weights": weights,
+            "best_val_auroc": best,
+            "epochs_run": epochs,
+            "resumed": resume,
+            "git_revision": git_revision(),
+            "library_versions": library_versions(),
+            "accelerator": type(trainer.accelerator).__name__,
+            "strategy": type(trainer.strategy).__name__,
+            "world_size": trainer.world_size,
+        },
+    )
     with atomic_dir(out_dir) as tmp:
-        pl.seed_everything(params.seed, workers=True, verbose=False)
-        model = Classifier(in_channels, len(class_names), params)
-        checkpoint = ModelCheckpoint(
-            dirpath=tmp / "checkpoints",
-            filename="best",
-            monitor="val_loss",
-            mode="min",
-            save_top_k=1,
-            save_last=True,
-        )
-        trainer = pl.Trainer(
-            accelerator="auto",
-            devices=1,
-            precision=_precision(),
-            deterministic=True,
-            max_epochs=params.max_epochs,
-            callbacks=[
-                checkpoint,
-                EarlyStopping(
-                    monitor="val_loss", mode="min", patience=params.early_stopping_patience
-                ),
-            ],
-            logger=CSVLogger(tmp, name="logs", version=0),
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            log_every_n_steps=1,
-        )
-        trainer.fit(model, datamodule=dm)
-        best_path = Path(checkpoint.best_model_path)
-        state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-        model.load_state_dict(state)
-        # selected on val loss (ranking *and* calibration); report that model's val AUROC
-        best = float(trainer.validate(model, datamodule=dm, verbose=False)[0]["val_auroc"])
-        preprocess = PreprocessParams.model_validate(meta["preprocess"])
-        spec = ModelSpec(
-            architecture="SmallCNN",
-            in_channels=in_channels,
-            num_classes=len(class_names),
-            width=params.width,
-            dropout=params.dropout,
-            class_names=list(class_names),
-            preprocess=preprocess.model_dump(),
-            provenance={
-                "data_hash": meta["data_hash"],
-                "counts": meta["counts"],
-                "train_params": params.model_dump(),
-                "best_val_auroc": best,
-                "epochs_run": int(trainer.current_epoch),
-                "git_revision": git_revision(),
-                "library_versions": library_versions(),
-                "accelerator": type(trainer.accelerator).__name__,
-            },
-        )
+        (tmp / "checkpoints").mkdir()
+        shutil.copy2(best_path, tmp / "checkpoints" / "best.ckpt")
+        shutil.copytree(ckpt_dir / "logs", tmp / "logs")
         save_model(tmp, model.net, spec)
-        epochs = int(trainer.current_epoch)
+    # finished: the next run of this config starts afresh (dvc repro -f retrains)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
     log.info(
         "trained %d epochs on %s; best val AUROC %.4f",
         epochs,
@@ -140,7 +239,7 @@ def run_train(
     )
     return TrainResult(
         model_dir=out_dir,
-        best_checkpoint=out_dir / "checkpoints" / best_path.name,
+        best_checkpoint=out_dir / "checkpoints" / "best.ckpt",
         best_val_auroc=best,
         epochs_run=epochs,
     )

@@ -28,9 +28,14 @@ def test_layout_matches_dvc_outs():
         "validate": {layout.validation, layout.reference},
         "preprocess": {layout.preprocessed},
         "train": {layout.models},
-        "gate": {layout.gate},
-        "package": {layout.bento},
+        "evaluate": {layout.metrics, layout.subgroups, layout.evaluation},
+        "gate": {layout.gate, layout.model_card},
+        "package": {layout.bento, layout.champion},
     }
     for name, paths in expected.items():
         assert {str(p) for p in paths} <= _outs(stages[name]), name
-    assert str(layout.metrics) in _outs(stages["evaluate"])
+    plots = {p for p in _outs(stages["evaluate"]) if p.startswith(str(layout.plots) + "/")}
+    assert len(plots) == 7, plots
+    assert str(layout.manifest) in stages["evaluate"]["deps"]
+    assert str(layout.champion_metrics).startswith(str(layout.champion) + "/")
+    assert f"--champion {layout.champion_metrics}" in stages["gate"]["cmd"]

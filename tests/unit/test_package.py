@@ -10,7 +10,17 @@ import pytest
 from medflow.config import PreprocessParams
 from medflow.errors import GateFailed
 from medflow.models.artifact import ModelSpec
-from medflow.package import model_labels, read_gate, read_metrics, served_spec, store_safe
+from medflow.package import (
+    CHAMPION_METRICS,
+    CHAMPION_MODEL,
+    PackageResult,
+    model_labels,
+    read_gate,
+    read_metrics,
+    served_spec,
+    store_safe,
+    write_champion,
+)
 
 
 def _spec(threshold: float = 0.5, **provenance: object) -> ModelSpec:
@@ -91,3 +101,13 @@ def test_model_labels_are_strings() -> None:
     assert labels["classes"] == "normal,lesion"
     assert all(isinstance(v, str) for v in labels.values())
     assert "data_hash" not in model_labels(_spec())
+
+
+def test_write_champion_records_metrics_and_tags(tmp_path: Path) -> None:
+    result = PackageResult(model_tag="m:1", bento_tag="b:1")
+    metrics = {"auroc": 0.9, "threshold": 0.4}
+    write_champion(tmp_path / "champion", result, metrics, _spec(data_hash="abc"))
+    assert json.loads((tmp_path / "champion" / CHAMPION_METRICS).read_text()) == metrics
+    model = json.loads((tmp_path / "champion" / CHAMPION_MODEL).read_text())
+    assert model["model_tag"] == "m:1" and model["bento_tag"] == "b:1"
+    assert model["data_hash"] == "abc" and model["promoted_by"] == "package"

@@ -18,7 +18,7 @@ import torch
 
 from medflow.config import PreprocessParams
 from medflow.io import write_bytes_atomic, write_json_atomic
-from medflow.models.net import SmallCNN
+from medflow.models.net import build_network
 
 WEIGHTS_FILE = "model.pt"
 CARD_FILE = "model.json"
@@ -42,10 +42,12 @@ class ModelSpec:
     def preprocess_params(self) -> PreprocessParams:
         return PreprocessParams.model_validate(self.preprocess)
 
-    def build(self) -> SmallCNN:
-        if self.architecture != "SmallCNN":
-            raise ValueError(f"unknown architecture {self.architecture!r}; expected 'SmallCNN'")
-        return SmallCNN(self.in_channels, self.num_classes, self.width, self.dropout)
+    def build(self) -> torch.nn.Module:
+        """The untrained network; architecture is train.architecture ('smallcnn', 'resnet';
+        models written before the choice existed say 'SmallCNN')."""
+        return build_network(
+            self.architecture, self.in_channels, self.num_classes, self.width, self.dropout
+        )
 
 
 def save_model(folder: Path, net: torch.nn.Module, spec: ModelSpec) -> None:
@@ -63,7 +65,7 @@ def load_spec(folder: Path) -> ModelSpec:
     return ModelSpec(**json.loads(path.read_text()))
 
 
-def load_model(folder: Path) -> tuple[SmallCNN, ModelSpec]:
+def load_model(folder: Path) -> tuple[torch.nn.Module, ModelSpec]:
     """Rebuild the network from folder, in eval mode on the CPU."""
     spec = load_spec(folder)
     net = spec.build()

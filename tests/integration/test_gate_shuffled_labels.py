@@ -1,0 +1,64 @@
+"""A real `dvc repro` on a dataset whose labels were shuffled: the model cannot learn, and the
+gate must refuse it, say which rule failed, write the model card, and package nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.integration.pipeline_copy import make_copy, run
+from tests.integration.test_dvc_pipeline import ran_stages
+
+
+@pytest.fixture(scope="module")
+def refused(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    dest = make_copy(
+        tmp_path_factory.mktemp("shuffled_repo"),
+        # a model no better than chance has an AUROC interval reaching down below 0.5
+        {"data": {"source": "shuffled"}, "gate": {"min_auroc_ci_low": 0.5}},
+    )
+    # The same synthetic DICOM, but every image's label drawn away from its pixels: a folder
+    # source (labels.csv), as a hospital's export would be.
+    run(["medflow", "synth", "data/shuffled"], dest)
+    labels_file = dest / "data/shuffled/labels.csv"
+    labels = pd.read_csv(labels_file)
+    labels["label"] = np.random.default_rng(0).permutation(labels["label"].to_numpy())
+    labels.to_csv(labels_file, index=False)
+    with pytest.MonkeyPatch.context() as mp:
+        # not the synthetic source: ingest wants a real key
+        mp.setenv("MEDFLOW_DEID_KEY", "integration-test-key-" * 3)
+        proc = run(["dvc", "repro", "package"], dest, check=False)
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    return dest, proc.stdout + proc.stderr
+
+
+def test_gate_refuses_and_names_the_rule(refused):
+    dest, out = refused
+    assert "refused by the evaluation gate" in out
+    assert "auroc_ci_low = " in out and "gate.min_auroc_ci_low = 0.5" in out
+    gate = json.loads((dest / "reports/gate.json").read_text())
+    assert gate["passed"] is False and gate["decision"] == "refused"
+    failed = {r["rule"] for r in gate["rules"] if not r["passed"]}
+    assert "gate.min_auroc_ci_low" in failed
+    assert gate["champion"]["status"] == "no champion"
+    metrics = json.loads((dest / "reports/metrics.json").read_text())
+    assert metrics["auroc_ci_low"] < 0.5 <= metrics["auroc_ci_high"]  # chance is in the interval
+
+
+def test_nothing_is_packaged_and_there_is_no_champion(refused):
+    dest, out = refused
+    assert "gate" in ran_stages(out) and "package" not in ran_stages(out)
+    assert not (dest / "reports/bento.json").exists()
+    assert not (dest / "reports/champion").exists()
+
+
+def test_model_card_says_why(refused):
+    dest, _ = refused
+    card = (dest / "reports/model_card.md").read_text()
+    assert "Gate decision: REFUSED" in card
+    assert "gate.min_auroc_ci_low" in card
+    assert "No champion" in card

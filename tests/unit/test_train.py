@@ -1,0 +1,101 @@
+"""run_train on tiny in-memory arrays: artifact, resume, imbalance, architectures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from medflow.config import TrainParams
+from medflow.models.artifact import load_model
+from medflow.train import default_checkpoint_dir, run_train
+from tests.unit.arrays_factory import write_arrays
+
+TINY = {"max_epochs": 3, "width": 4, "batch_size": 16, "early_stopping_patience": 10}
+
+
+def params(**kw: object) -> TrainParams:
+    return TrainParams(**{**TINY, **kw})
+
+
+@pytest.mark.parametrize(
+    ("architecture", "channels", "classes"), [("resnet", 1, 2), ("smallcnn", 3, 3)]
+)
+def test_trains_an_artifact_load_model_reads(
+    tmp_path: Path, architecture: str, channels: int, classes: int
+) -> None:
+    arrays = write_arrays(tmp_path / "arrays", channels=channels, classes=classes)
+    names = [f"c{i}" for i in range(classes)]
+    result = run_train(params(architecture=architecture), names, arrays, tmp_path / "models")
+    net, spec = load_model(tmp_path / "models")
+    assert spec.architecture == architecture and spec.num_classes == classes
+    assert net(torch.zeros(2, channels, 16, 16)).shape == (2, classes)
+    assert result.best_checkpoint.is_file() and result.epochs_run == 3
+    assert 0.0 <= result.best_val_auroc <= 1.0
+    # a finished run leaves no resume state behind
+    assert not default_checkpoint_dir(tmp_path / "models").exists()
+
+
+class _Interrupt(pl.Callback):
+    def __init__(self, at_epoch: int):
+        self.at_epoch = at_epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, _: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.at_epoch:
+            raise RuntimeError("power cut")
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_model(folder)[0].state_dict()
+
+
+@pytest.mark.parametrize("imbalance", ["none", "balanced_sampler"])
+def test_resumed_run_ends_with_the_uninterrupted_weights(tmp_path: Path, imbalance: str) -> None:
+    arrays = write_arrays(tmp_path / "arrays")
+    p = params(max_epochs=4, imbalance=imbalance)
+    run_train(p, ["a", "b"], arrays, tmp_path / "straight")
+
+    out = tmp_path / "resumed"
+    with pytest.raises(RuntimeError, match="power cut"):
+        run_train(p, ["a", "b"], arrays, out, callbacks=[_Interrupt(at_epoch=2)])
+    assert not out.exists()  # nothing half-written
+    assert (default_checkpoint_dir(out) / "last.ckpt").is_file()
+    result = run_train(p, ["a", "b"], arrays, out)
+    assert json.loads((out / "model.json").read_text())["provenance"]["resumed"] is True
+    assert result.epochs_run == 4
+
+    straight, resumed = _weights(tmp_path / "straight"), _weights(out)
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_checkpoints_of_another_config_are_not_resumed(tmp_path: Path) -> None:
+    arrays = write_arrays(tmp_path / "arrays")
+    out = tmp_path / "models"
+    with pytest.raises(RuntimeError):
+        run_train(params(), ["a", "b"], arrays, out, callbacks=[_Interrupt(at_epoch=1)])
+    result = run_train(params(learning_rate=1e-2), ["a", "b"], arrays, out)
+    assert json.loads((out / "model.json").read_text())["provenance"]["resumed"] is False
+    assert result.epochs_run == 3
+
+
+def test_weighted_loss_records_inverse_frequency_weights(tmp_path: Path) -> None:
+    arrays = write_arrays(tmp_path / "arrays")
+    y = np.load(arrays / "train_y.npy")
+    np.save(arrays / "train_y.npy", np.where(np.arange(len(y)) < 36, 0, 1))  # 36 : 12
+    run_train(params(imbalance="weighted_loss", max_epochs=1), ["a", "b"], arrays, tmp_path / "m")
+    weights = json.loads((tmp_path / "m" / "model.json").read_text())["provenance"]
+    assert weights["class_weights"] == pytest.approx([48 / 72, 48 / 24])
+
+
+def test_monitor_val_auroc_is_accepted(tmp_path: Path) -> None:
+    arrays = write_arrays(tmp_path / "arrays")
+    result = run_train(
+        params(monitor="val_auroc", max_epochs=2), ["a", "b"], arrays, tmp_path / "m"
+    )
+    assert result.best_val_auroc > 0.5
