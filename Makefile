@@ -39,8 +39,9 @@ run: install
 flow: install
 	$(BIN)/python -m flows.pipeline --root .
 
+# the champion's Bento (reports/champion/): what `medflow models promote` / `rollback` chose
 serve: install
-	bentoml serve $$(python -c 'import json; print(json.load(open("reports/bento.json"))["bento_tag"])')
+	tag=$$(medflow models served-bento) && bentoml serve $$tag
 
 test: install
 	$(BIN)/pytest

@@ -37,7 +37,13 @@ def _setup_logging() -> None:
         datefmt="[%X]",
         handlers=[RichHandler(show_path=False, markup=False)],
     )
-    for noisy in ("great_expectations", "bentoml", "pytorch_lightning", "lightning_fabric"):
+    for noisy in (
+        "great_expectations",
+        "bentoml",
+        "pytorch_lightning",
+        "lightning_fabric",
+        "httpx",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -277,6 +283,110 @@ def show_bento(
         f"Serve it:    bentoml serve {tag}   (with BENTOML_HOME={home})\n"
         "Then:        curl -F file=@image.dcm http://127.0.0.1:3000/predict"
     )
+
+
+models_app = typer.Typer(
+    no_args_is_help=True,
+    help="The model registry: list packaged models, promote one to champion, roll back.",
+)
+app.add_typer(models_app, name="models")
+ChampionDirOpt = Annotated[
+    Path, typer.Option("--champion", help="the champion folder the gate and `make serve` read")
+]
+
+
+@models_app.command("list")
+@_stage
+def models_list(
+    params: ParamsOpt = Path("params.yaml"),
+    champion: ChampionDirOpt = Path("reports/champion"),
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Every packaged model: tag, metrics, gate decision, data hash, date, Bento; * = champion."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from medflow.registry import list_models
+
+    entries = list_models(_params(params).package.model_name, champion)
+    if as_json:
+        rows = [{**e.__dict__, "created": e.created.isoformat()} for e in entries]
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(title=f"{len(entries)} models ({champion}: * = champion)")
+    for column in ("", "tag", "auroc", "sens", "spec", "ece", "gate", "data hash", "created"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("bento", no_wrap=True)
+
+    def num(value: object) -> str:
+        return f"{value:.3f}" if isinstance(value, int | float) else "-"
+
+    for e in entries:
+        m = e.metrics
+        table.add_row(
+            "*" if e.champion else "",
+            e.tag,
+            *(num(m.get(k)) for k in ("auroc", "sensitivity", "specificity", "ece")),
+            e.gate,
+            (e.data_hash or "-")[:12],
+            e.created.strftime("%Y-%m-%d %H:%M"),
+            ", ".join(e.bentos) or "(none)",
+        )
+    # piped (no terminal width): wide enough that tags are never cut
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+@models_app.command("promote")
+@_stage
+def models_promote(
+    tag: Annotated[str, typer.Argument(help="model tag (name:version or version) or Bento tag")],
+    params: ParamsOpt = Path("params.yaml"),
+    champion: ChampionDirOpt = Path("reports/champion"),
+    samples: Annotated[
+        Path | None, typer.Option(help="folder of DICOM files to send (default: generated)")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="seconds the Bento may take to start")] = 120,
+) -> None:
+    """Infra-validate TAG's Bento (serve it, send DICOM files, check the answers); if it
+    passes, make it the champion. A failure changes nothing."""
+    from medflow.registry import promote
+
+    files = sorted(p for p in samples.rglob("*") if p.is_file()) if samples else None
+    result = promote(
+        tag, _params(params).package.model_name, champion, samples=files, timeout=timeout
+    )
+    typer.echo(
+        f"champion: {result.model_tag} (was {result.previous or 'none'})\n"
+        f"serving:  {result.bento_tag}  (infra-validated on {result.infra.n_samples} files)"
+    )
+
+
+@models_app.command("rollback")
+@_stage
+def models_rollback(
+    params: ParamsOpt = Path("params.yaml"),
+    champion: ChampionDirOpt = Path("reports/champion"),
+    timeout: Annotated[float, typer.Option(help="seconds the Bento may take to start")] = 120,
+) -> None:
+    """Make the previous champion the champion again (infra-validated first)."""
+    from medflow.registry import rollback
+
+    result = rollback(_params(params).package.model_name, champion, timeout=timeout)
+    typer.echo(
+        f"rolled back: {result.model_tag} is the champion again (was {result.previous})\n"
+        f"serving:     {result.bento_tag}"
+    )
+
+
+@models_app.command("served-bento")
+@_stage
+def models_served_bento(champion: ChampionDirOpt = Path("reports/champion")) -> None:
+    """Print the champion's Bento tag (what `make serve` serves)."""
+    from medflow.registry import served_bento
+
+    typer.echo(served_bento(champion))
 
 
 def main() -> None:  # pragma: no cover

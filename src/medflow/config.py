@@ -194,6 +194,9 @@ class TrainParams(_Section):
     # none; weighted_loss: cross-entropy weighted by inverse train class frequency;
     # balanced_sampler: batches drawn with replacement so that classes come up equally often
     imbalance: Literal["none", "weighted_loss", "balanced_sampler"] = "none"
+    # temperature: one scalar fitted on val and folded into the last layer (calibrated
+    # probabilities, same ranking); none: the raw softmax
+    calibration: Literal["temperature", "none"] = "temperature"
     # Lightning Trainer: "auto" | "ddp" | "ddp_spawn" | ...; devices "auto" or a count
     strategy: str = "auto"
     devices: Literal["auto"] | int = "auto"
@@ -264,8 +267,41 @@ class GateParams(_Section):
         return value
 
 
+class ServeParams(_Section):
+    """The Bento's HTTP service (docs/serving.md). Carried into the Bento at package time;
+    each field can be overridden where it is served by $MEDFLOW_SERVE_<FIELD> (lists: commas)."""
+
+    # request bodies above this are refused (413) before they are parsed
+    max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # decompression-bomb guard on the header, before decoding: rows x columns x frames x samples
+    max_image_pixels: int = Field(256 * 1024 * 1024, ge=1)
+    # accept PNG and JPEG besides DICOM (they carry no modality, window or photometric tags)
+    allow_png_jpeg: bool = False
+    # DICOM Modality values served; anything else is refused (422)
+    allowed_modalities: list[str] = Field(
+        default_factory=lambda: ["CR", "DX", "CT", "MR", "US", "OT", "NM", "XA", "MG", "PX"],
+        min_length=1,
+    )
+    # adaptive batching of the model service; also the most files one /predict_batch takes
+    max_batch_size: int = Field(16, ge=2, le=1024)
+    max_latency_ms: int = Field(1000, ge=10)
+    workers: int = Field(1, ge=1, le=64)  # API worker processes (upload parsing, preprocessing)
+    model_workers: int = Field(1, ge=1, le=64)  # model worker processes (batched inference)
+    timeout_s: int = Field(30, ge=1)
+    # the bearer token is read from this environment variable where the Bento runs; unset or
+    # empty: no authentication
+    api_token_env: str = Field("MEDFLOW_API_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @field_validator("allowed_modalities")
+    @classmethod
+    def _upper_modalities(cls, value: list[str]) -> list[str]:
+        return [v.strip().upper() for v in value]
+
+
 class PackageParams(_Section):
     model_name: str = Field("medflow-classifier", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    # baked into the Bento (as its `serve` argument), so a change rebuilds it
+    serve: ServeParams = ServeParams()
 
 
 class Params(_Section):

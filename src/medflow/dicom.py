@@ -38,6 +38,26 @@ class NotAnImage(DicomError):
     """A valid DICOM object that is not an image to learn from (SEG, SR, presentation state...)."""
 
 
+class NoPixelData(DicomError):
+    """A DICOM object without pixel data."""
+
+
+class ImageTooLarge(DicomError):
+    """The header claims more pixels than allowed: refused before decoding (bomb guard)."""
+
+
+class UnsupportedImage(DicomError):
+    """Pixel data this code does not handle: photometric interpretation, transfer syntax."""
+
+
+class UnsupportedPhotometric(UnsupportedImage):
+    """A PhotometricInterpretation outside the ones preprocessing handles."""
+
+
+class UndecodablePixels(DicomError):
+    """Pixel data that fails to decode (truncated, corrupt)."""
+
+
 def sop_class_name(ds: Dataset) -> str:
     sop = ds.get("SOPClassUID")
     if sop is None:
@@ -115,7 +135,7 @@ def check_image(ds: Dataset, max_pixels: int) -> None:
         if known and not is_image:
             raise NotAnImage(f"not an image to learn from: {uid.name} ({uid})")
     if not any(k in ds for k in PIXEL_KEYWORDS):
-        raise DicomError(
+        raise NoPixelData(
             f"DICOM file has no pixel data ({sop_class_name(ds)}); an image is required"
         )
     try:
@@ -131,7 +151,7 @@ def check_image(ds: Dataset, max_pixels: int) -> None:
         )
     # Checked per frame: frames are decoded one at a time.
     if rows * cols * samples > max_pixels:
-        raise DicomError(
+        raise ImageTooLarge(
             f"image too large: the header claims {rows} x {cols} pixels x {samples} sample(s)"
             f" per frame, above the limit of {max_pixels:,} (preprocess.max_frame_pixels);"
             " refused before decoding"

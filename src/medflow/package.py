@@ -18,11 +18,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+# The champion's file names are re-exported here for callers that knew them from package.
+from medflow.champion import CHAMPION_METRICS, CHAMPION_MODEL, record_champion  # noqa: F401
 from medflow.config import PackageParams
 from medflow.errors import GateFailed
 from medflow.io import write_json_atomic
 from medflow.models.artifact import CARD_FILE, WEIGHTS_FILE, ModelSpec, load_spec
-from medflow.serving import MODEL_TAG_ARG
+from medflow.serving import MODEL_TAG_ARG, SERVE_ARG
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +155,11 @@ def save_to_store(
     return str(m.tag)
 
 
-def build_bento(bentofile: Path, build_ctx: Path, model_tag: str) -> str:
-    """Build the Bento for exactly `model_tag`; returns the bento tag."""
+def build_bento(
+    bentofile: Path, build_ctx: Path, model_tag: str, serve: dict[str, Any] | None = None
+) -> str:
+    """Build the Bento for exactly `model_tag`, with `serve` (package.serve) as its service
+    settings; returns the bento tag."""
     import bentoml
     from bentoml._internal.configuration.containers import BentoMLContainer
     from bentoml._internal.utils.args import set_arguments
@@ -166,7 +171,7 @@ def build_bento(bentofile: Path, build_ctx: Path, model_tag: str) -> str:
         bento = bentoml.bentos.build_bentofile(
             str(bentofile),
             build_ctx=str(build_ctx),
-            args={MODEL_TAG_ARG: model_tag},
+            args={MODEL_TAG_ARG: model_tag, SERVE_ARG: serve or {}},
             labels={"model_tag": model_tag},
             # The service module reads the model tag at import: re-import it if this process
             # imported it before (a second package run, tests).
@@ -210,7 +215,7 @@ def run_package(
     model_tag = save_to_store(params.model_name, model_dir, spec, metrics, gate)
     logger.info("saved model %s to the BentoML model store", model_tag)
     try:
-        bento_tag = build_bento(bentofile, build_ctx, model_tag)
+        bento_tag = build_bento(bentofile, build_ctx, model_tag, params.serve.model_dump())
     except BaseException:
         # No model without its Bento: it would become "latest" for anyone serving from source.
         import bentoml
@@ -237,26 +242,17 @@ def run_package(
     return result
 
 
-CHAMPION_METRICS = "metrics.json"
-CHAMPION_MODEL = "champion.json"
-
-
 def write_champion(
     folder: Path, result: PackageResult, metrics: dict[str, float], spec: ModelSpec
 ) -> None:
     """Record the packaged model as the champion: its metrics (what the gate's change rules
     compare with) and which model and Bento it is. Written last, once the Bento exists."""
-    from datetime import UTC, datetime
-
-    write_json_atomic(
-        folder / CHAMPION_MODEL,
-        {
-            **asdict(result),
-            "data_hash": spec.provenance.get("data_hash"),
-            "git_revision": spec.provenance.get("git_revision"),
-            "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "promoted_by": "package",
-        },
+    record_champion(
+        folder,
+        model_tag=result.model_tag,
+        bento_tag=result.bento_tag,
+        metrics=metrics,
+        data_hash=spec.provenance.get("data_hash"),
+        git_revision=spec.provenance.get("git_revision"),
+        promoted_by="package",
     )
-    write_json_atomic(folder / CHAMPION_METRICS, metrics)
-    logger.info("%s is the champion now (%s)", result.model_tag, folder)

@@ -11,7 +11,13 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 
-from medflow.dicom import DicomError, check_image
+from medflow.dicom import (
+    DicomError,
+    UndecodablePixels,
+    UnsupportedImage,
+    UnsupportedPhotometric,
+    check_image,
+)
 
 _GREY = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
@@ -80,7 +86,7 @@ def decode_frame(ds: Dataset, index: int, max_pixels: int) -> np.ndarray:
     check_image(ds, max_pixels)
     pi = photometric(ds)
     if pi not in _GREY + _COLOUR:
-        raise DicomError(
+        raise UnsupportedPhotometric(
             f"unsupported PhotometricInterpretation {pi!r}; expected one of"
             f" {', '.join(_GREY + _COLOUR)}"
         )
@@ -88,12 +94,12 @@ def decode_frame(ds: Dataset, index: int, max_pixels: int) -> np.ndarray:
     try:
         decoder = get_decoder(ts)
     except NotImplementedError as exc:
-        raise DicomError(f"no pixel decoder for transfer syntax {ts.name} ({ts})") from exc
+        raise UnsupportedImage(f"no pixel decoder for transfer syntax {ts.name} ({ts})") from exc
     try:
         # as_rgb converts YBR to RGB; frames are decoded one at a time (bounded memory).
         arr, _ = decoder.as_array(ds, index=index, as_rgb=True)
     except Exception as exc:
-        raise DicomError(
+        raise UndecodablePixels(
             f"cannot decode pixel data ({ts.name}): {type(exc).__name__}: {exc}"
         ) from exc
     if pi == "PALETTE COLOR":
@@ -101,7 +107,7 @@ def decode_frame(ds: Dataset, index: int, max_pixels: int) -> np.ndarray:
             # an optional alpha LUT adds a 4th channel; the model sees RGB only
             arr = apply_color_lut(arr, ds)[..., :3]
         except Exception as exc:  # malformed LUTs raise many kinds of errors
-            raise DicomError(
+            raise UndecodablePixels(
                 f"cannot apply the PALETTE COLOR lookup table: {type(exc).__name__}: {exc}"
             ) from exc
     if arr.ndim == 3 and arr.shape[-1] == 3:

@@ -26,6 +26,7 @@ from pytorch_lightning.loggers import CSVLogger
 from medflow.config import PreprocessParams, TrainParams
 from medflow.io import atomic_dir, write_json_atomic
 from medflow.models.artifact import ModelSpec, save_model
+from medflow.models.calibration import fit_temperature, fold_temperature, logits_of
 from medflow.models.lightning import ArrayDataModule, Classifier, class_weights
 from medflow.preprocess_stage import META_FILE
 from medflow.provenance import git_revision, library_versions
@@ -104,12 +105,10 @@ def _prepare_checkpoints(ckpt_dir: Path, fingerprint: str) -> bool:
     return same and (ckpt_dir / "last.ckpt").is_file()
 
 
-@torch.inference_mode()
 def _auroc(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
     from torchmetrics.functional.classification import multiclass_auroc
 
-    net = net.eval()
-    probs = torch.cat([net(x[i : i + 256].float()).softmax(-1) for i in range(0, len(x), 256)])
+    probs = logits_of(net, x).softmax(-1)
     return float(multiclass_auroc(probs, y, num_classes=num_classes, average="macro"))
 
 
@@ -197,6 +196,11 @@ def run_train(
     # selected on params.monitor; report that model's val AUROC
     x_val, y_val = dm.data["val"].tensors
     best = _auroc(model.net, x_val, y_val, len(class_names))
+    temperature = 1.0
+    if params.calibration == "temperature":
+        temperature = fit_temperature(logits_of(model.net, x_val), y_val)
+        fold_temperature(model.net, temperature)
+        log.info("calibration: temperature %.3f fitted on the val split", temperature)
     epochs = (
         int(torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=True)["epoch"]) + 1
     )
@@ -215,6 +219,7 @@ def run_train(
             "train_params": params.model_dump(),
             "class_weights": weights,
             "best_val_auroc": best,
+            "calibration": {"method": params.calibration, "temperature": temperature},
             "epochs_run": epochs,
             "resumed": resume,
             "git_revision": git_revision(),

@@ -1,11 +1,16 @@
 """The package stage and the built Bento, for real: model store, `bentoml build`, and
 `bentoml serve <bento>` in a subprocess answering HTTP requests with real DICOM files.
+Two servers in all: the Bento with the default settings for most cases, and the same Bento
+with an API token and PNG/JPEG switched off through the environment.
 
 BENTOML_HOME is a per-session temp folder (tests/conftest.py).
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import io
 import json
 import math
 import os
@@ -19,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pydicom
 import pydicom.examples
 import pytest
 
-from medflow.config import PackageParams, PreprocessParams
+from medflow.config import PackageParams, PreprocessParams, ServeParams
 from medflow.errors import GateFailed
 from medflow.models.artifact import ModelSpec, save_model
 from medflow.models.net import SmallCNN
@@ -35,6 +41,9 @@ PATIENT_NAME = "Doe^Jane"
 PATIENT_ID = "MRN-0042-SECRET"
 # Clients name files after patients; the name must not reach logs or responses.
 UPLOAD_NAME = "Doe_Jane_MRN-0042-SECRET.dcm"
+# The served Bento's settings: small enough to test the upload limit with a 3 MB body.
+SERVE = ServeParams(allow_png_jpeg=True, max_upload_bytes=2_000_000, max_batch_size=4)
+TOKEN = "test-token-not-secret"
 
 
 @dataclass(frozen=True)
@@ -44,7 +53,9 @@ class Packaged:
     out_file: Path
 
 
-def _package(tmp: Path, class_names: list[str], data_hash: str) -> tuple[PackageResult, Path]:
+def _package(
+    tmp: Path, class_names: list[str], data_hash: str, serve: ServeParams = SERVE
+) -> tuple[PackageResult, Path]:
     model_dir = tmp / "model"
     spec = ModelSpec(
         architecture="SmallCNN",
@@ -63,7 +74,7 @@ def _package(tmp: Path, class_names: list[str], data_hash: str) -> tuple[Package
     (tmp / "gate.json").write_text(json.dumps({"passed": True, "failures": []}))
     out_file = tmp / "package.json"
     result = run_package(
-        PackageParams(),
+        PackageParams(serve=serve),
         model_dir=model_dir,
         metrics_file=tmp / "metrics.json",
         gate_file=tmp / "gate.json",
@@ -92,21 +103,27 @@ class Server:
     log: Path
 
 
-@pytest.fixture(scope="module")
-def server(packaged: Packaged, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`bentoml serve <bento tag>` of the first Bento, in its own process group."""
-    workdir = tmp_path_factory.mktemp("serve")  # not the repo: serve puts its cwd on sys.path
+@contextlib.contextmanager
+def _serve(bento_tag: str, workdir: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """`bentoml serve <bento tag>` in its own process group, until the block ends."""
     log = workdir / "server.log"
     port = _free_port()
-    cmd = [sys.executable, "-m", "bentoml", "serve", packaged.served.bento_tag]
+    cmd = [sys.executable, "-m", "bentoml", "serve", bento_tag]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MEDFLOW_SERVE_")}
+    environ.pop(SERVE.api_token_env, None)
     with log.open("wb") as fh:
         proc = subprocess.Popen(
-            cmd, cwd=workdir, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            cwd=workdir,  # not the repo: serve puts its cwd on sys.path
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**environ, **(env or {})},
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"bentoml serve exited with {proc.returncode}:\n{log.read_text()}")
@@ -116,7 +133,7 @@ def server(packaged: Packaged, tmp_path_factory: pytest.TempPathFactory) -> Iter
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"bento not ready after 60 s:\n{log.read_text()[-3000:]}")
+                pytest.fail(f"bento not ready after 90 s:\n{log.read_text()[-3000:]}")
             time.sleep(0.3)
         yield Server(url=url, log=log)
     finally:
@@ -129,16 +146,46 @@ def server(packaged: Packaged, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.fixture(scope="module")
+def server(packaged: Packaged, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The first Bento as built: no API token, PNG/JPEG allowed (SERVE)."""
+    with _serve(packaged.served.bento_tag, tmp_path_factory.mktemp("serve")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def auth_server(packaged: Packaged, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The same Bento with an API token, and PNG/JPEG switched off by the environment."""
+    env = {SERVE.api_token_env: TOKEN, "MEDFLOW_SERVE_ALLOW_PNG_JPEG": "false"}
+    with _serve(packaged.served.bento_tag, tmp_path_factory.mktemp("serve_auth"), env) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
 def dicoms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real files, every one named after the patient, as clients do."""
     folder = tmp_path_factory.mktemp("dicom")
-    ct = pydicom.examples.ct  # MONOCHROME2, 128x128, with a file window
-    ct.PatientName, ct.PatientID = PATIENT_NAME, PATIENT_ID
-    rgb = pydicom.examples.rgb_color  # RGB, 240x320
-    no_pixels = pydicom.examples.ct
+
+    def ct(**changes: object) -> pydicom.Dataset:
+        ds = pydicom.examples.ct  # MONOCHROME2, 128x128, with a file window; a fresh copy
+        ds.PatientName, ds.PatientID = PATIENT_NAME, PATIENT_ID
+        for keyword, value in changes.items():
+            setattr(ds, keyword, value)
+        return ds
+
+    no_pixels = ct()
     del no_pixels.PixelData
-    truncated = pydicom.examples.ct
+    truncated = ct()
     truncated.PixelData = truncated.PixelData[:1000]
-    files = {"ct": ct, "rgb": rgb, "no_pixels": no_pixels, "truncated": truncated}
+    files = {
+        "ct": ct(),
+        "rgb": pydicom.examples.rgb_color,  # RGB, 240x320, Modality US
+        "no_pixels": no_pixels,
+        "truncated": truncated,
+        "hsv": ct(PhotometricInterpretation="HSV"),
+        "endoscopy": ct(Modality="ES"),
+        # a decompression bomb: 4096 x 4096 x 100 frames claimed, 32 kB of pixel data sent
+        "bomb": ct(Rows=4096, Columns=4096, NumberOfFrames=100),
+    }
     paths = {}
     for name, ds in files.items():
         paths[name] = folder / name / UPLOAD_NAME
@@ -146,20 +193,45 @@ def dicoms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ds.save_as(paths[name])
     paths["text"] = folder / "notes.txt"
     paths["text"].write_text("this is not an image\n")
+    paths["huge"] = folder / "huge" / UPLOAD_NAME
+    paths["huge"].parent.mkdir()
+    paths["huge"].write_bytes(paths["ct"].read_bytes() + bytes(3_000_000))
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths["png"] = folder / "image.png"
+    Image.fromarray(rng.integers(0, 256, (48, 80), dtype=np.uint8)).save(paths["png"])
+    paths["jpeg"] = folder / "image.jpg"
+    Image.fromarray(rng.integers(0, 256, (60, 40, 3), dtype=np.uint8)).save(paths["jpeg"])
     return paths
 
 
-def _post(server: Server, path: Path) -> httpx.Response:
+def _post(
+    server: Server,
+    path: Path,
+    headers: dict[str, str] | None = None,
+    **form: str,
+) -> httpx.Response:
     with path.open("rb") as fh:
-        return httpx.post(f"{server.url}/predict", files={"file": (path.name, fh)}, timeout=30)
+        return httpx.post(
+            f"{server.url}/predict",
+            files={"file": (path.name, fh)},
+            data=form,
+            headers=headers,
+            timeout=30,
+        )
 
 
-def _error(resp: httpx.Response) -> str:
+def _post_batch(server: Server, paths: list[Path]) -> httpx.Response:
+    files = [("files", (p.name, p.read_bytes())) for p in paths]
+    return httpx.post(f"{server.url}/predict_batch", files=files, timeout=30)
+
+
+def _error(resp: httpx.Response) -> dict[str, str]:
+    assert resp.headers["content-type"].startswith("application/json"), resp.text
     body = resp.json()
-    # BentoML 1.4.39 wraps client errors in a one-element list: [{"error": "..."}]
-    if isinstance(body, list) and len(body) == 1:
-        body = body[0]
-    return body["error"]
+    assert set(body) == {"error", "detail"}, body
+    return body
 
 
 def test_package_pins_its_model_and_records_it(packaged: Packaged) -> None:
@@ -177,9 +249,11 @@ def test_package_pins_its_model_and_records_it(packaged: Packaged) -> None:
             text=True,
         ).stdout
     )
-    models = [m["tag"] for svc in info["services"] for m in svc["models"]] + info["models"]
-    assert models == [packaged.served.model_tag]
-    assert info["args"] == {"model_tag": packaged.served.model_tag}
+    # Both services (HTTP front and batched model) reference the one model, and only it.
+    assert sorted(svc["name"] for svc in info["services"]) == ["medflow", "medflow-model"]
+    models = {m["tag"] for svc in info["services"] for m in svc["models"]} | set(info["models"])
+    assert models == {packaged.served.model_tag}
+    assert info["args"] == {"model_tag": packaged.served.model_tag, "serve": SERVE.model_dump()}
 
     import bentoml
 
@@ -228,55 +302,151 @@ def test_bento_holds_only_serving_code(packaged: Packaged) -> None:
     assert not outside, f"served from outside the Bento: {outside}; add them to include"
 
 
-@pytest.mark.parametrize("name", ["ct", "rgb"])
-def test_predict_dicom(server: Server, packaged: Packaged, dicoms: dict[str, Path], name: str):
-    resp = _post(server, dicoms[name])
-    assert resp.status_code == 200, resp.text
-    body = resp.json()
-    assert set(body) == {
-        "label",
-        "label_index",
-        "probabilities",
-        "threshold",
-        "model_tag",
-        "preprocessing",
-    }
+PREDICTION_KEYS = {
+    "label",
+    "label_index",
+    "probabilities",
+    "threshold",
+    "model_tag",
+    "model_name",
+    "model_version",
+    "input_format",
+    "preprocessing",
+    "gradcam_png",
+}
+
+
+def _check_prediction(body: dict, packaged: Packaged) -> None:
+    assert set(body) == PREDICTION_KEYS
     # The first Bento serves its own model, although a newer one is now "latest".
     assert body["model_tag"] == packaged.served.model_tag
+    assert f"{body['model_name']}:{body['model_version']}" == packaged.served.model_tag
     assert list(body["probabilities"]) == ["normal", "lesion"]
     assert math.isclose(sum(body["probabilities"].values()), 1.0, abs_tol=1e-5)
     assert body["threshold"] == 0.3
     expected = int(body["probabilities"]["lesion"] >= 0.3)
     assert (body["label_index"], body["label"]) == (expected, ["normal", "lesion"][expected])
+    assert body["preprocessing"]["output_size"] == 32
+
+
+@pytest.mark.parametrize("name", ["ct", "rgb"])
+def test_predict_dicom(server: Server, packaged: Packaged, dicoms: dict[str, Path], name: str):
+    resp = _post(server, dicoms[name])
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    _check_prediction(body, packaged)
+    assert body["input_format"] == "dicom"
+    assert body["gradcam_png"] is None  # not asked for
     pre = body["preprocessing"]
-    assert pre["output_size"] == 32
     assert pre["photometric"] == ("MONOCHROME2" if name == "ct" else "RGB")
     assert pre["original_shape"] == ([128, 128] if name == "ct" else [240, 320])
+    assert (pre["frames_in_file"], pre["frame_used"]) == (1, 0)
+    assert pre["window"]
+
+
+@pytest.mark.parametrize(("name", "shape"), [("png", [48, 80]), ("jpeg", [60, 40])])
+def test_png_jpeg_when_allowed(
+    server: Server, packaged: Packaged, dicoms: dict[str, Path], name: str, shape: list[int]
+) -> None:
+    resp = _post(server, dicoms[name])
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    _check_prediction(body, packaged)
+    assert body["input_format"] == name
+    assert body["preprocessing"]["original_shape"] == shape
+
+
+def test_predict_batch_of_three(server: Server, packaged: Packaged, dicoms: dict[str, Path]):
+    resp = _post_batch(server, [dicoms["ct"], dicoms["rgb"], dicoms["ct"]])
+    assert resp.status_code == 200, resp.text
+    bodies = resp.json()
+    assert len(bodies) == 3
+    for body in bodies:
+        _check_prediction(body, packaged)
+    photometric = [b["preprocessing"]["photometric"] for b in bodies]
+    assert photometric == ["MONOCHROME2", "RGB", "MONOCHROME2"]
+    # the same image gives the same answer, batched or not
+    single = _post(server, dicoms["ct"]).json()["probabilities"]
+    for got in (bodies[0]["probabilities"], bodies[2]["probabilities"]):
+        assert got == pytest.approx(single, abs=1e-5)
+
+
+def test_batch_refuses_a_bad_file_naming_it(server: Server, dicoms: dict[str, Path]) -> None:
+    resp = _post_batch(server, [dicoms["ct"], dicoms["hsv"], dicoms["ct"]])
+    assert resp.status_code == 422
+    error = _error(resp)
+    assert error["error"] == "unsupported_photometric"
+    assert error["detail"].startswith("file 2 of 3:")
+    too_many = _post_batch(server, [dicoms["ct"]] * (SERVE.max_batch_size + 1))
+    assert too_many.status_code == 413
+    assert _error(too_many)["error"] == "batch_size"
+
+
+def test_gradcam_on_request(server: Server, dicoms: dict[str, Path]) -> None:
+    resp = _post(server, dicoms["ct"], gradcam="true")
+    assert resp.status_code == 200, resp.text
+    png = base64.b64decode(resp.json()["gradcam_png"])
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as im:
+        assert (im.format, im.mode, im.size) == ("PNG", "RGB", (32, 32))
 
 
 @pytest.mark.parametrize(
-    ("name", "expected"),
+    ("name", "status", "error", "expected"),
     [
-        ("text", "not a DICOM file"),
-        ("no_pixels", "no pixel data"),
-        ("truncated", "cannot decode pixel data"),
+        ("text", 415, "not_dicom", "not a DICOM file"),
+        ("no_pixels", 422, "no_pixel_data", "no pixel data"),
+        ("truncated", 422, "undecodable_pixel_data", "cannot decode pixel data"),
+        ("hsv", 422, "unsupported_photometric", "PhotometricInterpretation 'HSV'"),
+        ("endoscopy", 422, "unsupported_modality", "Modality 'ES'"),
+        ("bomb", 413, "image_too_large", "4096 x 4096 pixels x 100 frame(s)"),
+        ("huge", 413, "upload_too_large", "above the limit of 2,000,000"),
     ],
 )
 def test_bad_upload_is_a_client_error(
-    server: Server, dicoms: dict[str, Path], name: str, expected: str
+    server: Server, dicoms: dict[str, Path], name: str, status: int, error: str, expected: str
 ) -> None:
     resp = _post(server, dicoms[name])
-    assert resp.status_code == 400, resp.text
-    assert resp.headers["content-type"].startswith("application/json")
-    message = _error(resp)
-    assert expected in message
-    assert "DICOM" in message
+    assert resp.status_code == status, resp.text
+    body = _error(resp)
+    assert body["error"] == error
+    assert expected in body["detail"]
     # and the server still answers
     assert _post(server, dicoms["ct"]).status_code == 200
 
 
+def test_malformed_requests_are_client_errors(server: Server, dicoms: dict[str, Path]) -> None:
+    """BentoML's own parsing answers 500 to these; the guard refuses them first."""
+    url = f"{server.url}/predict"
+    cases = {
+        "unknown_field": httpx.post(url, files={"image": dicoms["ct"].read_bytes()}),
+        "bad_field": httpx.post(url, files={"file": (None, "not a file")}),
+        "missing_field": httpx.post(url, files={"gradcam": (None, "true")}),
+        "not_multipart": httpx.post(url, json={"file": "x"}),
+        "malformed_multipart": httpx.post(
+            url,
+            content=b"garbage--zzz",
+            headers={"content-type": "multipart/form-data; boundary=zzz"},
+        ),
+    }
+    for error, resp in cases.items():
+        assert 400 <= resp.status_code < 500, (error, resp.text)
+        assert _error(resp)["error"] == error
+    assert _post(server, dicoms["ct"]).status_code == 200
+
+
+def test_health_and_metrics_answer(server: Server) -> None:
+    for path in ("/healthz", "/livez", "/readyz", "/metrics"):
+        assert httpx.get(f"{server.url}{path}", timeout=10).status_code == 200, path
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    # adaptive batching ran the model service's batchable API
+    assert 'endpoint="/infer"' in metrics and "bentoml_service_adaptive_batch_size" in metrics
+
+
 def test_no_patient_identifiers_leave_the_server(server: Server, dicoms: dict[str, Path]):
-    resp = _post(server, dicoms["ct"])
+    """Runs after the other requests to this server: its log holds all of them."""
+    resp = _post(server, dicoms["ct"], gradcam="true")
     bad = _post(server, dicoms["no_pixels"])
     ds = pydicom.dcmread(dicoms["ct"])
     secrets = [PATIENT_NAME, PATIENT_ID, "Doe_Jane", ds.SOPInstanceUID, ds.StudyInstanceUID]
@@ -286,6 +456,33 @@ def test_no_patient_identifiers_leave_the_server(server: Server, dicoms: dict[st
         assert secret not in resp.text
         assert secret not in bad.text
         assert secret not in log, f"{secret!r} in the server log"
+    assert "Traceback" not in log, "a request raised in the server"
+    errors = [
+        line
+        for line in httpx.get(f"{server.url}/metrics").text.splitlines()
+        if line.startswith("bentoml_service_request_total")
+        and 'http_response_code="500"' in line
+        and float(line.rsplit(" ", 1)[1]) > 0
+    ]
+    assert not errors, errors
+
+
+def test_token_required_when_set(auth_server: Server, dicoms: dict[str, Path]) -> None:
+    for headers in (None, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        resp = _post(auth_server, dicoms["ct"], headers=headers)
+        assert resp.status_code == 401, resp.text
+        assert _error(resp)["error"] == "unauthorized"
+        assert resp.headers["www-authenticate"] == "Bearer"
+        assert TOKEN not in resp.text
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert _post(auth_server, dicoms["ct"], headers=auth).status_code == 200
+    # health stays open
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert httpx.get(f"{auth_server.url}{path}", timeout=10).status_code == 200, path
+    # MEDFLOW_SERVE_ALLOW_PNG_JPEG=false overrode the Bento's setting
+    png = _post(auth_server, dicoms["png"], headers=auth)
+    assert png.status_code == 415
+    assert _error(png)["error"] == "png_jpeg_not_allowed"
 
 
 def test_failed_gate_builds_nothing(tmp_path: Path, packaged: Packaged) -> None:

@@ -63,7 +63,11 @@ class Classifier(pl.LightningModule):
         self._generator: torch.Generator | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(x.contiguous(memory_format=torch.channels_last))
+
+    def on_fit_start(self) -> None:
+        # NHWC: oneDNN's convolutions on CPU and tensor cores on GPU are faster (~10% here)
+        self.net.to(memory_format=torch.channels_last)
 
     def on_train_batch_start(self, batch: object, batch_idx: int) -> None:
         # per batch, not per epoch: Lightning and the DataLoader draw from the global RNG

@@ -1,24 +1,42 @@
-"""The BentoML service: POST /predict takes one DICOM file and returns the class probabilities.
+"""The BentoML services: POST /predict (one image) and /predict_batch (several).
 
-The upload goes through medflow.preprocess, the same code that prepared the training data.
-Which model it serves is fixed when the Bento is built (see `model_tag` and medflow.package).
+Two services, so that inference is batched across requests:
+
+- `MedflowClassifier` (the Bento's entry, HTTP): auth and size guard (medflow.serving.guard),
+  upload checks and preprocessing (medflow.serving.inputs -> medflow.preprocess, the code
+  that prepared the training data), the decision and the response;
+- `MedflowModel` (internal, a dependency): the network; `infer` is a batchable API, so
+  BentoML's adaptive batching merges concurrent requests into one forward pass.
+
+Which model is served is fixed when the Bento is built (`model_tag`, medflow.package); so
+are limits, batching and workers (`serve`, package.serve), which BentoML reads from the
+decorators at import. medflow.serving.settings says how to override them where it runs.
+Client errors are 4xx with {"error", "detail"} (medflow.serving.errors), never a 500; no
+file name or identifying header value is logged or returned.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
+from http import HTTPStatus
 from pathlib import Path
 
 import bentoml
+import numpy as np
 import torch
-from bentoml.exceptions import InvalidArgument
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from medflow.config import PackageParams
-from medflow.models.artifact import load_model
-from medflow.preprocess import DicomError, PreprocessSummary, preprocess_dataset, read_dicom
-from medflow.serving import MODEL_TAG_ARG
+from medflow.models.artifact import ModelSpec, load_model, load_spec
+from medflow.preprocess import PreprocessSummary
+from medflow.serving import MODEL_TAG_ARG, SERVE_ARG
+from medflow.serving.errors import ServeError
+from medflow.serving.gradcam import GradCam, overlay, png_bytes
+from medflow.serving.guard import RequestGuard, Route
+from medflow.serving.inputs import Prepared, prepare_upload
+from medflow.serving.settings import resolve_serve_params
 
 logger = logging.getLogger(__name__)
 
@@ -49,31 +67,77 @@ def decide(probabilities: list[float], threshold: float) -> int:
     return max(range(len(probabilities)), key=probabilities.__getitem__)
 
 
+# Decorator-time values (workers, batching, timeout): resolved once, at import.
+SERVE = resolve_serve_params(getattr(bentoml.use_arguments(), SERVE_ARG, None))
+
+
 class Prediction(BaseModel):
     label: str
     label_index: int
     probabilities: dict[str, float]
     # The decision threshold on p(positive class); None for more than two classes (argmax).
     threshold: float | None
-    model_tag: str
+    model_tag: str  # name:version in the BentoML model store
+    model_name: str
+    model_version: str
+    input_format: str  # dicom | png | jpeg
     preprocessing: PreprocessSummary
+    # Grad-CAM of the predicted class over the model input, PNG in base64; only on request.
+    gradcam_png: str | None = Field(None, description="base64 PNG, with gradcam=true")
 
 
-@bentoml.service(name="medflow", resources={"cpu": "1"}, traffic={"timeout": 30})
-class MedflowClassifier:
-    """One DICOM image in, class probabilities out. No patient identifiers in or out of logs."""
+@bentoml.service(
+    name="medflow-model",
+    workers=SERVE.model_workers,
+    resources={"cpu": "1"},
+    traffic={"timeout": SERVE.timeout_s},
+)
+class MedflowModel:
+    """The network: batched class probabilities, and Grad-CAM heatmaps."""
 
-    # A class attribute, so that `bentoml build` records (and later ships) this model.
     model_ref = bentoml.models.BentoModel(model_tag())
+
+    def __init__(self) -> None:
+        logging.getLogger("medflow").setLevel(logging.INFO)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        net, spec = load_model(Path(self.model_ref.path))
+        self.net = net.to(self.device)
+        self.gradcam = GradCam(net.cpu() if self.device.type != "cpu" else net)
+        logger.info("model %s (%s) on %s", self.model_ref.tag, spec.architecture, self.device)
+
+    @bentoml.api(
+        batchable=True, max_batch_size=SERVE.max_batch_size, max_latency_ms=SERVE.max_latency_ms
+    )
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities (n, classes) of preprocessed images (n, channels, size, size)."""
+        x = torch.as_tensor(images, dtype=torch.float32, device=self.device)
+        with torch.inference_mode():
+            return torch.softmax(self.net(x).float(), dim=1).cpu().numpy()
+
+    @bentoml.api
+    def explain(self, image: np.ndarray, target: int) -> np.ndarray:
+        """Grad-CAM heatmap (size, size) in [0, 1] of one preprocessed image for class `target`."""
+        return self.gradcam(image, target)
+
+
+@bentoml.service(
+    name="medflow",
+    workers=SERVE.workers,
+    resources={"cpu": "1"},
+    traffic={"timeout": SERVE.timeout_s},
+)
+class MedflowClassifier:
+    """DICOM (or PNG/JPEG if allowed) in, label and class probabilities out."""
+
+    # The same model as MedflowModel's: read for its spec (classes, threshold, preprocessing).
+    model_ref = bentoml.models.BentoModel(model_tag())
+    model = bentoml.depends(MedflowModel)
 
     def __init__(self) -> None:
         # The worker process is our entrypoint; BentoML's server logging passes WARNING+ only.
         logging.getLogger("medflow").setLevel(logging.INFO)
-        stored = self.model_ref
-        self.model_tag = str(stored.tag)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        net, self.spec = load_model(Path(stored.path))
-        self.net = net.to(self.device)
+        self.model_tag = str(self.model_ref.tag)
+        self.spec: ModelSpec = load_spec(Path(self.model_ref.path))
         self.preprocess_params = self.spec.preprocess_params
         if len(self.spec.class_names) != self.spec.num_classes:
             raise ValueError(
@@ -81,45 +145,96 @@ class MedflowClassifier:
                 f" {len(self.spec.class_names)} class names: re-run the train stage"
             )
         logger.info(
-            "serving %s (%s, classes %s) on %s",
+            "serving %s (%s, classes %s); png/jpeg %s, modalities %s",
             self.model_tag,
             self.spec.architecture,
             self.spec.class_names,
-            self.device,
+            "allowed" if SERVE.allow_png_jpeg else "refused",
+            SERVE.allowed_modalities,
         )
 
     @bentoml.api
-    def predict(self, file: Path) -> Prediction:
-        """Classify one DICOM image (multipart field `file`)."""
+    def predict(self, file: Path, gradcam: bool = False) -> Prediction:
+        """Classify one image: the multipart field `file` (DICOM; PNG/JPEG if the server allows
+        them). With gradcam=true the response carries a Grad-CAM heatmap (base64 PNG)."""
         try:
-            # Open it ourselves: the upload's file name is the client's and may name a patient,
-            # and pydicom error messages can quote the path.
-            with file.open("rb") as fh:
-                ds = read_dicom(fh)
-            image, summary = preprocess_dataset(ds, self.preprocess_params)
-        except DicomError as exc:
-            # A client error (HTTP 400), not a server fault; the message names the problem.
-            # BentoML logs it with a traceback; `from None` keeps that to one.
-            raise InvalidArgument(
-                f"{exc}; send one DICOM image file as the form field 'file'"
-            ) from None
-        x = torch.from_numpy(image)[None].to(self.device)
-        with torch.inference_mode():
-            probs = torch.softmax(self.net(x).float(), dim=1)[0].cpu().tolist()
-        binary = len(probs) == 2
-        index = decide(probs, self.spec.threshold)
-        names = self.spec.class_names
-        logger.info(
-            "predicted %s for a %dx%d %s image",
-            names[index],
-            *summary.original_shape,
-            summary.photometric,
+            prepared = prepare_upload(file, SERVE, self.preprocess_params)
+        except ServeError as exc:
+            # Not raised: BentoML would log a traceback and answer its own error shape.
+            logger.info("refused an upload: %s (%d)", exc.code, exc.status)
+            return exc.response()  # type: ignore[return-value]
+        return self._predict([prepared], gradcam)[0]
+
+    @bentoml.api
+    def predict_batch(self, files: list[Path], gradcam: bool = False) -> list[Prediction]:
+        """Classify several images (repeat the multipart field `files`); all or nothing: one
+        bad file refuses the request, naming which one."""
+        if not 1 <= len(files) <= SERVE.max_batch_size:
+            return ServeError(  # type: ignore[return-value]
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE if files else HTTPStatus.BAD_REQUEST,
+                "batch_size",
+                f"send 1 to {SERVE.max_batch_size} files as the form field 'files', got"
+                f" {len(files)} (package.serve.max_batch_size)",
+            ).response()
+        prepared = []
+        for i, file in enumerate(files, 1):
+            try:
+                prepared.append(prepare_upload(file, SERVE, self.preprocess_params))
+            except ServeError as exc:
+                logger.info("refused a batch: file %d: %s (%d)", i, exc.code, exc.status)
+                exc.detail = f"file {i} of {len(files)}: {exc.detail}"
+                return exc.response()  # type: ignore[return-value]
+        return self._predict(prepared, gradcam)
+
+    def _predict(self, prepared: list[Prepared], gradcam: bool) -> list[Prediction]:
+        batch = np.stack([p.image for p in prepared])
+        probs = np.asarray(self.model.infer(batch), dtype=np.float64)
+        names, threshold = self.spec.class_names, self.spec.threshold
+        name, _, version = self.model_tag.partition(":")
+        out = []
+        for p, row in zip(prepared, probs.tolist(), strict=True):
+            index = decide(row, threshold)
+            heatmap = None
+            if gradcam:
+                cam = np.asarray(self.model.explain(image=p.image, target=index))
+                heatmap = base64.b64encode(png_bytes(overlay(p.image, cam))).decode("ascii")
+            out.append(
+                Prediction(
+                    label=names[index],
+                    label_index=index,
+                    probabilities=dict(zip(names, row, strict=True)),
+                    threshold=threshold if len(row) == 2 else None,
+                    model_tag=self.model_tag,
+                    model_name=name,
+                    model_version=version,
+                    input_format=p.input_format,
+                    preprocessing=p.summary,
+                    gradcam_png=heatmap,
+                )
+            )
+            logger.info(
+                "predicted %s for a %dx%d %s %s image",
+                names[index],
+                *p.summary.original_shape,
+                p.summary.photometric,
+                p.input_format,
+            )
+        return out
+
+
+# Auth, size limit and form shape in front of the prediction routes (health and metrics open).
+MedflowClassifier.add_asgi_middleware(
+    RequestGuard,
+    routes={
+        api.route: Route(
+            fields=frozenset(api.input_spec.model_fields),
+            files=frozenset(api.input_spec.multipart_fields),
+            required=frozenset(
+                k for k, f in api.input_spec.model_fields.items() if f.is_required()
+            ),
         )
-        return Prediction(
-            label=names[index],
-            label_index=index,
-            probabilities=dict(zip(names, probs, strict=True)),
-            threshold=self.spec.threshold if binary else None,
-            model_tag=self.model_tag,
-            preprocessing=summary,
-        )
+        for api in MedflowClassifier.apis.values()
+    },
+    token_env=SERVE.api_token_env,
+    max_body=SERVE.max_upload_bytes,
+)

@@ -1,0 +1,455 @@
+"""The served Bento against a plain FastAPI + torch server of the same model, in one run.
+
+Both servers run on loopback, one after the other, and load the same model folder and the same
+medflow preprocessing (medflow.preprocess); the Bento is built from deploy/bentofile.yaml by
+medflow.package, exactly as the pipeline builds it, into a temporary BENTOML_HOME. The model is
+the network of params.yaml's `train` section with random weights (speed does not depend on
+what it learnt). An async httpx client POSTs one synthetic DICOM file to /predict, at
+concurrency 1 and 32, and records each request's latency; in-process inference (read +
+preprocess + forward, no HTTP) gives the floor.
+
+Targets: at concurrency 32 medflow's requests/s >= the plain server's; at concurrency 1 the
+Bento's p50 at most 5 ms above in-process inference. `--soak`: 50 clients for 60 s against
+the Bento, zero errors and a steady server RSS. It reports, it does not gate: exit code 0
+whether targets are met or missed.
+
+    .venv/bin/python benchmarks/serve.py                  # 400 requests per level
+    .venv/bin/python benchmarks/serve.py --quick          # 100 requests per level
+    .venv/bin/python benchmarks/serve.py --soak           # and the 60 s soak
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# Module level: FastAPI resolves the handler's (string) annotations in this module's globals.
+from fastapi import File, UploadFile
+
+ROOT = Path(__file__).resolve().parents[1]
+CONCURRENCY = (1, 32)
+TARGET_OVERHEAD_MS = 5.0
+TARGET_THROUGHPUT_RATIO = 1.0
+SOAK_GROWTH_MIB = 50.0  # "steady": the server tree grows by less than this over the soak
+
+
+@dataclass(frozen=True)
+class Load:
+    concurrency: int
+    requests: int
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    rps: float
+
+
+# ---- the plain server: what a team would write without BentoML --------------------------
+
+
+def plain_app(model_dir: Path):  # -> fastapi.FastAPI
+    import torch
+    from fastapi import FastAPI, HTTPException
+
+    from medflow.models.artifact import load_model
+    from medflow.preprocess import DicomError, preprocess_dataset, read_dicom
+
+    net, spec = load_model(model_dir)
+    params = spec.preprocess_params
+    app = FastAPI()
+
+    @app.get("/readyz")
+    def readyz() -> dict:
+        return {"ok": True}
+
+    @app.post("/predict")
+    def predict(file: UploadFile = File(...)) -> dict:  # noqa: B008 (FastAPI's idiom)
+        try:
+            image, _ = preprocess_dataset(read_dicom(file.file), params)
+        except DicomError as exc:
+            raise HTTPException(400, str(exc)) from None
+        with torch.inference_mode():
+            probs = torch.softmax(net(torch.from_numpy(image)[None]), dim=1)[0].tolist()
+        return {"probabilities": dict(zip(spec.class_names, probs, strict=True))}
+
+    return app
+
+
+def _run_plain(model_dir: Path, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(plain_app(model_dir), host="127.0.0.1", port=port, log_level="warning")
+
+
+@contextmanager
+def serve_plain(model_dir: Path, workdir: Path) -> Iterator[tuple[str, int]]:
+    import httpx
+
+    from medflow.infra_validation import free_port, stop_process_group
+
+    port = free_port()
+    log = workdir / "plain.log"
+    cmd = [sys.executable, __file__, "--_plain", str(model_dir), "--_port", str(port)]
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"plain server did not start:\n{log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        yield url, proc.pid
+    finally:
+        stop_process_group(proc)
+
+
+# ---- the Bento --------------------------------------------------------------------------
+
+
+def build(workdir: Path, params_file: Path) -> tuple[Path, str]:
+    """A model folder of the params' network and the Bento serving it; (model_dir, bento)."""
+    import torch
+
+    from medflow.config import PackageParams, load_params
+    from medflow.models.artifact import ModelSpec, save_model
+    from medflow.models.net import build_network
+    from medflow.package import run_package
+
+    p = load_params(params_file)
+    torch.manual_seed(p.train.seed)
+    n = len(p.data.class_names)
+    net = build_network(p.train.architecture, 1, n, p.train.width, p.train.dropout)
+    spec = ModelSpec(
+        p.train.architecture,
+        1,
+        n,
+        p.train.width,
+        p.train.dropout,
+        list(p.data.class_names),
+        p.preprocess.model_dump(),
+        provenance={"data_hash": "benchmark"},
+    )
+    model_dir = workdir / "model"
+    save_model(model_dir, net, spec)
+    (workdir / "metrics.json").write_text(json.dumps({"auroc": 0.5}))
+    (workdir / "gate.json").write_text(json.dumps({"passed": True, "failures": []}))
+    result = run_package(
+        PackageParams(),
+        model_dir,
+        workdir / "metrics.json",
+        workdir / "gate.json",
+        ROOT,
+        workdir / "package.json",
+    )
+    return model_dir, result.bento_tag
+
+
+def sample_file(workdir: Path) -> bytes:
+    """One synthetic DICOM file (the first site: 96x96, 12 bits, with a window)."""
+    from medflow.config import SynthParams
+    from medflow.data.synthetic import run_synth
+
+    run_synth(SynthParams(n_patients=6, images_per_patient=1), ["normal", "lesion"], workdir / "s")
+    return next((workdir / "s").rglob("IM0001*")).read_bytes()
+
+
+# ---- measuring --------------------------------------------------------------------------
+
+
+def in_process_p50(model_dir: Path, data: bytes, n: int) -> float:
+    """p50 ms of read + preprocess + forward in this process: the floor of any server."""
+    import torch
+
+    from medflow.models.artifact import load_model
+    from medflow.preprocess import preprocess_dataset, read_dicom
+
+    net, spec = load_model(model_dir)
+    params = spec.preprocess_params
+    times = []
+    for i in range(n + 10):
+        t0 = time.perf_counter()
+        image, _ = preprocess_dataset(read_dicom(io.BytesIO(data)), params)
+        with torch.inference_mode():
+            torch.softmax(net(torch.from_numpy(image)[None]), dim=1)[0].tolist()
+        if i >= 10:  # warm-up
+            times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def _floor(model_dir: Path, sample: Path) -> float:
+    """in_process_p50 in a fresh process, as each server is one (same threads, no build)."""
+    cmd = [sys.executable, __file__, "--_floor", str(model_dir), str(sample)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def _headers() -> dict[str, str]:
+    token = os.environ.get("MEDFLOW_API_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+async def _load(url: str, data: bytes, concurrency: int, n: int | None, seconds: float | None):
+    """n requests (or as many as fit in `seconds`) from `concurrency` clients."""
+    import httpx
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    sent = 0
+    deadline = time.monotonic() + seconds if seconds else None
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=60, headers=_headers()) as client:
+
+        async def worker() -> None:
+            nonlocal sent
+            while (n is None or sent < n) and (deadline is None or time.monotonic() < deadline):
+                sent += 1
+                t0 = time.perf_counter()
+                try:
+                    resp = await client.post(
+                        f"{url}/predict", files={"file": ("image.dcm", data, "application/dicom")}
+                    )
+                    if resp.status_code != 200:
+                        errors.append(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                        continue
+                except httpx.HTTPError as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                latencies.append((time.perf_counter() - t0) * 1000)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return latencies, errors, wall
+
+
+def measure(url: str, data: bytes, concurrency: int, n: int) -> Load:
+    asyncio.run(_load(url, data, concurrency, max(10, concurrency * 2), None))  # warm-up
+    lat, errors, wall = asyncio.run(_load(url, data, concurrency, n, None))
+    if errors:
+        print(f"  {len(errors)} errors at concurrency {concurrency}, first: {errors[0]}")
+    if len(lat) < 2:
+        nan = float("nan")
+        return Load(concurrency, n, len(errors), nan, nan, len(lat) / wall)
+    q = statistics.quantiles(lat, n=100, method="inclusive")
+    return Load(concurrency, n, len(errors), statistics.median(lat), q[98], len(lat) / wall)
+
+
+def tree_rss_mib(pid: int) -> float:
+    import psutil
+
+    proc = psutil.Process(pid)
+    total = proc.memory_info().rss
+    for child in proc.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2**20
+
+
+def soak(url: str, pid: int, data: bytes, clients: int, seconds: float) -> dict:
+    """`clients` clients for `seconds` s; the server tree's RSS sampled every ~second."""
+    asyncio.run(_load(url, data, clients, clients * 4, None))  # warm-up: allocations settle
+    samples: list[tuple[float, float]] = []
+
+    async def sampler(stop: asyncio.Event) -> None:
+        t0 = time.monotonic()
+        while not stop.is_set():
+            samples.append((time.monotonic() - t0, tree_rss_mib(pid)))
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+
+    async def run():
+        stop = asyncio.Event()
+        task = asyncio.create_task(sampler(stop))
+        result = await _load(url, data, clients, None, seconds)
+        stop.set()
+        await task
+        return result
+
+    lat, errors, wall = asyncio.run(run())
+    start, end = samples[0][1], samples[-1][1]
+    peak = max(rss for _, rss in samples)
+    growth = end - start
+    # A leak keeps growing; warm-up growth flattens. The second half's growth tells them apart.
+    second = [rss for t, rss in samples if t >= samples[-1][0] / 2]
+    return {
+        "clients": clients,
+        "seconds": round(wall, 1),
+        "requests": len(lat) + len(errors),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "rps": len(lat) / wall,
+        "p50_ms": statistics.median(lat) if lat else None,
+        "p99_ms": statistics.quantiles(lat, n=100)[98] if len(lat) > 1 else None,
+        "rss_start_mib": start,
+        "rss_end_mib": end,
+        "rss_peak_mib": peak,
+        "rss_growth_mib": growth,
+        "rss_growth_second_half_mib": second[-1] - second[0],
+        "rss_samples": [(round(t, 1), round(rss, 1)) for t, rss in samples],
+        "steady": growth < SOAK_GROWTH_MIB,
+    }
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=400, help="per server and concurrency")
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    parser.add_argument("--quick", action="store_true", help="100 requests per level; soak 15 s")
+    parser.add_argument("--soak", action="store_true", help="also the soak test")
+    parser.add_argument("--soak-clients", type=int, default=50)
+    parser.add_argument("--soak-seconds", type=float, help="default 60; 15 with --quick")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads of every candidate (default 1)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--_plain", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--_port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--_floor", nargs=2, type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._plain:
+        _run_plain(args._plain, args._port)
+        return 0
+    if args._floor:
+        print(in_process_p50(args._floor[0], args._floor[1].read_bytes(), 200))
+        return 0
+    if args.quick:
+        args.requests = 100
+    if args.soak_seconds is None:
+        args.soak_seconds = 15.0 if args.quick else 60.0
+    logging.basicConfig(level=logging.WARNING)
+    # Same intra-op threads for the floor and both servers (children inherit the environment).
+    # torch's default (one per core) makes a forward pass 50x slower from the main thread of a
+    # process when other work shares the cores: measured 335 ms against 6 ms with 1 thread.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)
+
+    with tempfile.TemporaryDirectory(prefix="medflow-bench-serve-") as tmp:
+        work = Path(tmp)
+        # A store of our own: the benchmark's Bento never mixes with the project's models.
+        os.environ["BENTOML_HOME"] = str(work / "bentoml")
+        os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+        import torch
+
+        from medflow.infra_validation import serve_bento
+
+        t0 = time.perf_counter()
+        model_dir, bento_tag = build(work, args.params)
+        data = sample_file(work)
+        print(f"built {bento_tag} in {time.perf_counter() - t0:.1f} s; sample {len(data)} bytes")
+        (work / "sample.dcm").write_bytes(data)
+        floors = [_floor(model_dir, work / "sample.dcm")]
+
+        results: dict[str, list[Load]] = {}
+        rss: dict[str, float] = {}
+        with serve_plain(model_dir, work) as (url, pid):
+            results["plain"] = [measure(url, data, c, args.requests) for c in CONCURRENCY]
+            rss["plain"] = tree_rss_mib(pid)
+        with serve_bento(bento_tag, workdir=work / "serve") as server:
+            results["medflow"] = [measure(server.url, data, c, args.requests) for c in CONCURRENCY]
+            rss["medflow"] = tree_rss_mib(server.pid)
+            floors.append(_floor(model_dir, work / "sample.dcm"))
+            soaked = (
+                soak(server.url, server.pid, data, args.soak_clients, args.soak_seconds)
+                if args.soak
+                else None
+            )
+
+    print(
+        f"model {load_net_name(args.params)}, 1 DICOM file, torch {torch.__version__}"
+        f" ({args.threads} threads),"
+        f" {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; client, servers"
+        " and in-process run on the same machine"
+    )
+    floor = min(floors)
+    print(
+        f"in-process read + preprocess + forward: p50 {floor:.2f} ms"
+        f" (fresh process, before / after the servers: {floors[0]:.2f} / {floors[1]:.2f} ms)"
+    )
+    print(f"{'server':<8} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'errors':>6}")
+    for name, loads in results.items():
+        for r in loads:
+            print(
+                f"{name:<8} {r.concurrency:>4} {r.p50_ms:8.2f} {r.p99_ms:8.2f}"
+                f" {r.rps:8.1f} {r.errors:>6}   (server RSS {rss[name]:.0f} MiB)"
+            )
+    med1, med32 = results["medflow"]
+    plain1, plain32 = results["plain"]
+    overhead = med1.p50_ms - floor
+    ratio = med32.rps / plain32.rps
+    print(
+        f"concurrency 1: medflow p50 overhead over in-process {overhead:+.2f} ms"
+        f" (target <= {TARGET_OVERHEAD_MS} ms)  {_verdict(overhead <= TARGET_OVERHEAD_MS)};"
+        f" plain's {plain1.p50_ms - floor:+.2f} ms"
+    )
+    print(
+        f"concurrency 32: medflow / plain throughput {ratio:.2f}x"
+        f" (target >= {TARGET_THROUGHPUT_RATIO}x)  {_verdict(ratio >= TARGET_THROUGHPUT_RATIO)}"
+    )
+    if soaked:
+        s = soaked
+        print(
+            f"soak: {s['clients']} clients for {s['seconds']} s: {s['requests']} requests,"
+            f" {s['errors']} errors, {s['rps']:.1f} req/s, p50 {s['p50_ms']:.1f} ms,"
+            f" p99 {s['p99_ms']:.1f} ms  {_verdict(s['errors'] == 0)}"
+        )
+        print(
+            f"soak memory (server tree RSS): start {s['rss_start_mib']:.0f} MiB, end"
+            f" {s['rss_end_mib']:.0f} MiB, peak {s['rss_peak_mib']:.0f} MiB, growth"
+            f" {s['rss_growth_mib']:+.1f} MiB, of it in the second half"
+            f" {s['rss_growth_second_half_mib']:+.1f} MiB"
+            f" ({'steady' if s['steady'] else 'NOT steady'};"
+            f" target < {SOAK_GROWTH_MIB:.0f} MiB)  {_verdict(s['steady'])}"
+        )
+        if s["first_error"]:
+            print(f"  first error: {s['first_error']}")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "in_process_p50_ms": floor,
+                    "loads": {k: [asdict(r) for r in v] for k, v in results.items()},
+                    "overhead_ms": overhead,
+                    "throughput_ratio": ratio,
+                    "soak": soaked,
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+def load_net_name(params_file: Path) -> str:
+    from medflow.config import load_params
+
+    t = load_params(params_file).train
+    return f"{t.architecture} width {t.width}, {load_params(params_file).preprocess.image_size} px"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

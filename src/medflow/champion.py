@@ -1,0 +1,155 @@
+"""The champion: the model the gate compares candidates with and the Bento `make serve` serves.
+
+One folder (reports/champion/ in the pipeline) holds
+
+    metrics.json   the champion's evaluation metrics, what the gate's change rules read
+    champion.json  which model and Bento it is, its data hash, when and by what it was promoted
+    history.json   every change of champion, oldest first: package, promote and rollback
+
+The package stage and `medflow models promote/rollback` all write it through
+record_champion(), so the format has one writer. The three files are replaced together, in one
+rename of the folder, under a lock: readers never see metrics of one model beside the tags of
+another, and two promotions cannot interleave.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from medflow.io import atomic_dir, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+CHAMPION_METRICS = "metrics.json"
+CHAMPION_MODEL = "champion.json"
+HISTORY_FILE = "history.json"
+
+
+def read_champion(folder: Path) -> dict[str, Any] | None:
+    """champion.json of `folder`, or None when there is no champion yet."""
+    path = Path(folder) / CHAMPION_MODEL
+    if not path.is_file():
+        return None
+    champion = json.loads(path.read_text())
+    if not isinstance(champion, dict) or not champion.get("bento_tag"):
+        raise ValueError(
+            f"{path} must be a JSON object with 'model_tag' and 'bento_tag', got {champion!r}:"
+            " promote a model again (medflow models promote TAG)"
+        )
+    return champion
+
+
+def read_history(folder: Path) -> list[dict[str, Any]]:
+    """Every change of champion recorded in `folder`, oldest first ([] before the first)."""
+    path = Path(folder) / HISTORY_FILE
+    if not path.is_file():
+        return []
+    history = json.loads(path.read_text())
+    if not isinstance(history, list):
+        raise ValueError(f"{path} must hold a JSON list, got {type(history).__name__}")
+    return history
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    # Lock the parent folder itself (no lock file left behind): the champion folder is
+    # replaced by a rename while we hold the lock. Advisory: it orders champion writers only.
+    parent = Path(folder).resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def record_champion(
+    folder: Path,
+    *,
+    model_tag: str,
+    bento_tag: str,
+    metrics: dict[str, Any],
+    data_hash: str | None,
+    git_revision: str | None,
+    promoted_by: str,
+) -> dict[str, Any]:
+    """Make `model_tag` (served by `bento_tag`) the champion and append it to the history.
+
+    `promoted_by` says what did it: "package", "promote" or "rollback". Returns the new
+    champion.json content.
+    """
+    folder = Path(folder)
+    with _locked(folder):
+        previous = read_champion(folder)
+        history = read_history(folder)
+        champion = {
+            "model_tag": model_tag,
+            "bento_tag": bento_tag,
+            "data_hash": data_hash,
+            "git_revision": git_revision,
+            "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "promoted_by": promoted_by,
+        }
+        event = {
+            "model_tag": model_tag,
+            "bento_tag": bento_tag,
+            "promoted_at": champion["promoted_at"],
+            "action": promoted_by,
+            "previous": previous["model_tag"] if previous else None,
+        }
+        with atomic_dir(folder) as tmp:
+            if folder.is_dir():  # keep whatever else lives there (e.g. a README)
+                for item in folder.iterdir():
+                    if item.name not in (CHAMPION_MODEL, CHAMPION_METRICS, HISTORY_FILE):
+                        copy = shutil.copytree if item.is_dir() else shutil.copy2
+                        copy(item, tmp / item.name)
+            write_json_atomic(tmp / CHAMPION_MODEL, champion)
+            write_json_atomic(tmp / CHAMPION_METRICS, metrics)
+            write_json_atomic(tmp / HISTORY_FILE, [*history, event])
+    logger.info("%s is the champion now (%s, by %s)", model_tag, folder, promoted_by)
+    return champion
+
+
+def champion_stack(folder: Path) -> list[str]:
+    """The model tags a rollback walks back through, the current champion last.
+
+    Replays the history: package and promote push a model, rollback pops one. A champion
+    recorded before the history existed is the bottom of the stack.
+    """
+    history = read_history(Path(folder))
+    stack: list[str] = []
+    if history and history[0].get("previous"):
+        stack.append(history[0]["previous"])
+    elif not history and (current := read_champion(Path(folder))):
+        stack.append(current["model_tag"])
+    for event in history:
+        if event.get("action") == "rollback":
+            if stack:
+                stack.pop()
+            if not stack or stack[-1] != event["model_tag"]:
+                stack.append(event["model_tag"])  # a history edited by hand: trust the event
+        elif not stack or stack[-1] != event["model_tag"]:
+            stack.append(event["model_tag"])
+    return stack
+
+
+def rollback_target(folder: Path) -> str:
+    """The model tag a rollback makes champion again: the one before the current champion."""
+    stack = champion_stack(folder)
+    if len(stack) < 2:
+        raise ValueError(
+            f"no previous champion to roll back to in {Path(folder) / HISTORY_FILE}"
+            f" (champions on record: {stack or 'none'}): promote a model by tag instead"
+            " (medflow models list; medflow models promote TAG)"
+        )
+    return stack[-2]

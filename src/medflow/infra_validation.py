@@ -1,0 +1,251 @@
+"""Infra-validation, as TFX's InfraValidator does for TF Serving: before a Bento becomes the
+champion, start it for real, send it DICOM files and check what it answers.
+
+`bentoml serve <bento>` runs in a subprocess on a free loopback port, in its own process
+group (so that stopping it stops its workers too). The checks: /readyz and /healthz (the
+Kubernetes probes of deploy/k8s) answer 200, and every sample gets HTTP 200 with one
+probability per class of the model, summing to 1, and the model tag we expect. Any failure
+raises InfraValidationFailed with every problem found and the end of the server log.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medflow.errors import StageFailed
+
+logger = logging.getLogger(__name__)
+
+# The service's bearer token, when it requires one; infra-validation sends it like a client.
+API_TOKEN_ENV = "MEDFLOW_API_TOKEN"
+PROBES = ("/readyz", "/healthz")
+# What BentoML 1.4 logs when the service's __init__ raised: its arbiter then restarts the
+# worker forever instead of exiting, so waiting for /readyz would only run into the timeout.
+STARTUP_FAILED = "Application startup failed"
+
+
+class InfraValidationFailed(StageFailed):
+    """The built Bento did not start or did not answer as it must: it is not promoted."""
+
+
+@dataclass(frozen=True)
+class RunningBento:
+    url: str
+    pid: int
+    log: Path
+
+
+@dataclass(frozen=True)
+class InfraReport:
+    """What the validated server did: the model it said it serves and how fast it was."""
+
+    bento_tag: str
+    served_model_tag: str
+    n_samples: int
+    startup_seconds: float
+    latencies_ms: list[float]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(log: Path, chars: int = 3000) -> str:
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    return text[-chars:] or "(empty log)"
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """SIGTERM the process group of `proc` (a server and its workers), SIGKILL if it lingers."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+
+
+@contextmanager
+def serve_bento(
+    bento_tag: str, *, workdir: Path, timeout: float = 120, port: int | None = None
+) -> Iterator[RunningBento]:
+    """`bentoml serve bento_tag` on a loopback port until the block ends; ready on entry.
+
+    Raises InfraValidationFailed when the server exits or is not ready within `timeout` s.
+    workdir holds the server log and is its cwd (`bentoml serve` puts its cwd on sys.path, so
+    it must not be the project: the Bento's own copy of medflow must be what runs).
+    """
+    import httpx
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "server.log"
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "bentoml", "serve", bento_tag]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            cmd, cwd=workdir, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise InfraValidationFailed(
+                    f"bentoml serve {bento_tag} exited with code {proc.returncode} before it"
+                    f" was ready; server log:\n{_tail(log)}"
+                )
+            if STARTUP_FAILED in log.read_text(errors="replace"):
+                raise InfraValidationFailed(
+                    f"bentoml serve {bento_tag} could not start its service (a worker failed"
+                    f" in start-up: the model or code in the Bento is broken); server log:\n"
+                    f"{_tail(log)}"
+                )
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise InfraValidationFailed(
+                    f"bentoml serve {bento_tag} was not ready after {timeout:.0f} s;"
+                    f" server log:\n{_tail(log)}"
+                )
+            time.sleep(0.3)
+        yield RunningBento(url=url, pid=proc.pid, log=log)
+    finally:
+        stop_process_group(proc)
+
+
+def sample_dicoms(folder: Path) -> list[Path]:
+    """A few valid DICOM files unlike each other: one per synthetic site (12/8/16 bits,
+    MONOCHROME1, rescale, window) and pydicom's bundled CT slice. No patient data."""
+    import pydicom.examples
+
+    from medflow.config import SynthParams
+    from medflow.data.synthetic import SITES, run_synth
+
+    folder = Path(folder)
+    synth = folder / "synthetic"
+    params = SynthParams(n_patients=max(6, len(SITES)), images_per_patient=1, seed=20261124)
+    run_synth(params, ["normal", "lesion"], synth)
+    files = sorted(p for p in synth.rglob("*") if p.is_file() and p.name.startswith("IM"))
+    ct = folder / "ct.dcm"
+    pydicom.examples.ct.save_as(ct)
+    return files[: len(SITES)] + [ct]
+
+
+def check_prediction(
+    status: int, body: Any, expected_model_tag: str, class_names: list[str]
+) -> list[str]:
+    """Every way one /predict answer is wrong (empty when it is right)."""
+    if status != 200:
+        return [f"HTTP {status} (expected 200): {str(body)[:300]}"]
+    if not isinstance(body, dict):
+        return [f"answer is not a JSON object: {str(body)[:300]}"]
+    problems = []
+    if body.get("model_tag") != expected_model_tag:
+        problems.append(
+            f"served model_tag {body.get('model_tag')!r}, expected {expected_model_tag!r}"
+        )
+    probs = body.get("probabilities")
+    if not isinstance(probs, dict) or list(probs) != list(class_names):
+        shown = list(probs) if isinstance(probs, dict) else probs
+        problems.append(f"probabilities for {shown}, expected one per class {class_names}")
+    else:
+        values = list(probs.values())
+        if not all(isinstance(v, int | float) and 0 <= v <= 1 for v in values):
+            problems.append(f"probabilities outside [0, 1]: {values}")
+        elif not math.isclose(sum(values), 1.0, abs_tol=1e-4):
+            problems.append(f"probabilities sum to {sum(values):.6f}, expected 1")
+    if body.get("label") not in class_names:
+        problems.append(f"label {body.get('label')!r} is not one of {class_names}")
+    return problems
+
+
+def infra_validate(
+    bento_tag: str,
+    expected_model_tag: str,
+    class_names: list[str],
+    *,
+    samples: list[Path] | None = None,
+    timeout: float = 120,
+) -> InfraReport:
+    """Serve `bento_tag`, probe it and predict each sample; raise InfraValidationFailed if any
+    answer is wrong. Samples default to sample_dicoms()."""
+    import httpx
+
+    headers = {}
+    if token := os.environ.get(API_TOKEN_ENV):
+        headers["Authorization"] = f"Bearer {token}"
+    with tempfile.TemporaryDirectory(prefix="medflow-infraval-") as tmp:
+        files = samples or sample_dicoms(Path(tmp) / "samples")
+        t0 = time.monotonic()
+        with serve_bento(bento_tag, workdir=Path(tmp) / "serve", timeout=timeout) as server:
+            startup = time.monotonic() - t0
+            problems: list[str] = []
+            for probe in PROBES:
+                status = httpx.get(server.url + probe, timeout=10).status_code
+                if status != 200:
+                    problems.append(f"GET {probe}: HTTP {status} (the Kubernetes probes need 200)")
+            latencies, served = [], set()
+            for i, path in enumerate(files):
+                t1 = time.perf_counter()
+                with path.open("rb") as fh:
+                    # the sample's index, not its name: upload names never carry meaning
+                    resp = httpx.post(
+                        f"{server.url}/predict",
+                        files={"file": (f"sample{i}.dcm", fh)},
+                        headers=headers,
+                        timeout=60,
+                    )
+                latencies.append((time.perf_counter() - t1) * 1000)
+                try:
+                    body: Any = resp.json()
+                except ValueError:
+                    body = resp.text
+                if isinstance(body, dict):
+                    served.add(str(body.get("model_tag")))
+                for problem in check_prediction(
+                    resp.status_code, body, expected_model_tag, class_names
+                ):
+                    problems.append(f"sample {i} ({path.name}): {problem}")
+            if problems:
+                listed = "\n  - ".join(problems)
+                raise InfraValidationFailed(
+                    f"bento {bento_tag} failed infra-validation ({len(problems)} problems):\n"
+                    f"  - {listed}\nserver log (end):\n{_tail(server.log, 1500)}"
+                )
+    logger.info(
+        "infra-validation of %s passed: ready in %.1f s, %d samples, %s",
+        bento_tag,
+        startup,
+        len(files),
+        ", ".join(sorted(served)),
+    )
+    return InfraReport(
+        bento_tag=bento_tag,
+        served_model_tag=expected_model_tag,
+        n_samples=len(files),
+        startup_seconds=startup,
+        latencies_ms=latencies,
+    )

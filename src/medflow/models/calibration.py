@@ -1,0 +1,74 @@
+"""Temperature scaling (Guo et al., 2017): one scalar T > 0 fitted on the validation split.
+
+Dividing the logits by T leaves the ranking (AUROC, argmax) unchanged and makes the softmax
+probabilities match observed frequencies better: networks trained with cross-entropy are
+usually over-confident. T is folded into the network's final linear layer, so evaluation and
+the Bento apply it without knowing it exists (one inference path).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# log T is searched in [-MAX_LOG_T, MAX_LOG_T]: T between 1/20 and 20
+MAX_LOG_T = math.log(20.0)
+
+
+@torch.inference_mode()
+def logits_of(net: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    net = net.eval()
+    return torch.cat([net(x[i : i + batch_size].float()) for i in range(0, len(x), batch_size)])
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The T minimising the negative log-likelihood of softmax(logits / T) on these labels.
+
+    The NLL is convex in 1/T, so a bounded golden-section search on log T finds the optimum
+    deterministically (no learning rate, no iterations to tune).
+    """
+    logits, labels = logits.detach().double(), labels.detach().long()
+    if len(labels) == 0:
+        raise ValueError("cannot fit a temperature on an empty validation split")
+
+    def nll(log_t: float) -> float:
+        return float(F.cross_entropy(logits / math.exp(log_t), labels))
+
+    lo, hi = -MAX_LOG_T, MAX_LOG_T
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    for _ in range(60):  # interval shrinks to 1e-12 of its width
+        if fa <= fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = nll(b)
+    best = (lo + hi) / 2
+    # never worse than leaving the network alone
+    return math.exp(best) if nll(best) < nll(0.0) else 1.0
+
+
+def final_linear(net: nn.Module) -> nn.Linear:
+    """The network's last nn.Linear: the layer producing the logits."""
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(net).__name__} has no linear layer to fold a temperature into")
+    return linears[-1]
+
+
+@torch.no_grad()
+def fold_temperature(net: nn.Module, temperature: float) -> None:
+    """Make net(x) return logits / temperature, by scaling its final linear layer in place."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    layer = final_linear(net)
+    layer.weight.div_(temperature)
+    if layer.bias is not None:
+        layer.bias.div_(temperature)

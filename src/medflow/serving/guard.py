@@ -1,0 +1,190 @@
+"""ASGI middleware in front of the prediction routes: bearer token, size, request shape.
+
+Decided before BentoML parses the request, so that an unauthorised or oversized request costs
+no parsing, and a malformed one is a 4xx naming the problem instead of BentoML's 500 (its
+form parsing fails with a 500 on broken multipart bodies or binary values in unknown fields).
+Health (/healthz, /livez, /readyz) and /metrics are not guarded and stay open.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from medflow.serving.errors import ServeError
+
+logger = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Route:
+    """The form a guarded route takes: its field names, which are files, which required."""
+
+    fields: frozenset[str]
+    files: frozenset[str]
+    required: frozenset[str]
+
+
+class _Refused(Exception):
+    def __init__(self, error: ServeError) -> None:
+        self.error = error
+
+
+class RequestGuard:
+    """401 without `Authorization: Bearer <token>` when $<token_env> is set; 413 for bodies
+    above max_body bytes; 415 unless multipart/form-data; 400 for a form that does not parse,
+    has unknown or missing fields, or text where a file belongs. The body is held in memory (up to
+    max_body) so the app can read it after the check."""
+
+    def __init__(self, app: Any, routes: Mapping[str, Route], token_env: str, max_body: int):
+        self.app = app
+        self.routes = dict(routes)
+        self.token_env = token_env
+        # Read once per worker; empty means no authentication, as unset does.
+        token = os.environ.get(token_env, "")
+        self.token = token.encode() if token else None
+        self.max_body = max_body
+        logger.info(
+            "guarding %s: API token %s; bodies up to %d bytes",
+            sorted(self.routes),
+            "required" if self.token else f"off (${token_env} unset)",
+            max_body,
+        )
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            headers = dict(scope.get("headers") or [])
+            self._check_token(headers.get(b"authorization", b""))
+            self._check_headers(headers)
+            messages = await self._read_body(receive, headers.get(b"content-length"))
+            await self._check_form(scope, messages, route)
+        except _Refused as refused:
+            logger.info("refused a request: %s (%d)", refused.error.code, refused.error.status)
+            response = refused.error.response()
+            if refused.error.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+                response.headers["Connection"] = "close"  # the rest of the body is not read
+            await response(scope, receive, send)
+            return
+        await self.app(scope, _replay(messages, receive), send)
+
+    def _check_token(self, header: bytes) -> None:
+        if self.token is None:
+            return
+        scheme, _, value = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(value.strip(), self.token):
+            raise _Refused(
+                ServeError(
+                    HTTPStatus.UNAUTHORIZED,
+                    "unauthorized",
+                    "missing or wrong API token: send the header 'Authorization: Bearer <token>'",
+                )
+            )
+
+    def _check_headers(self, headers: Mapping[bytes, bytes]) -> None:
+        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if content_type != b"multipart/form-data":
+            raise _Refused(
+                ServeError(
+                    HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                    "not_multipart",
+                    f"expected a multipart/form-data upload, got"
+                    f" {content_type.decode('latin-1') or 'no content type'!r}"
+                    " (curl -F file=@image.dcm ...)",
+                )
+            )
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            raise _Refused(self._too_large(length.decode("latin-1")))
+
+    async def _read_body(self, receive: Any, length: bytes | None) -> list[Message]:
+        messages, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise _Refused(ServeError(HTTPStatus.BAD_REQUEST, "disconnected", "client left"))
+            total += len(message.get("body", b""))
+            if total > self.max_body:
+                raise _Refused(self._too_large(f"more than {self.max_body:,}"))
+            messages.append(message)
+            if not message.get("more_body"):
+                return messages
+
+    async def _check_form(self, scope: Scope, messages: list[Message], route: Route) -> None:
+        request = Request(scope, _replay(list(messages), None))
+        try:
+            form = await request.form()
+        except Exception as exc:  # starlette raises several kinds for broken bodies
+            raise _Refused(
+                ServeError(
+                    HTTPStatus.BAD_REQUEST,
+                    "malformed_multipart",
+                    f"the multipart/form-data body does not parse ({type(exc).__name__})",
+                )
+            ) from None
+        try:
+            unknown = sorted(set(form.keys()) - route.fields)
+            if unknown:
+                raise _Refused(
+                    ServeError(
+                        HTTPStatus.BAD_REQUEST,
+                        "unknown_field",
+                        f"unknown form field(s) {', '.join(repr(k[:40]) for k in unknown)};"
+                        f" this endpoint takes {', '.join(sorted(route.fields))}",
+                    )
+                )
+            missing = sorted(route.required - set(form.keys()))
+            if missing:
+                raise _Refused(
+                    ServeError(
+                        HTTPStatus.BAD_REQUEST,
+                        "missing_field",
+                        f"missing form field(s) {', '.join(map(repr, missing))}"
+                        " (curl -F file=@image.dcm ...)",
+                    )
+                )
+            for name, value in form.multi_items():
+                if (name in route.files) != isinstance(value, UploadFile):
+                    want = "a file upload" if name in route.files else "a text value"
+                    raise _Refused(
+                        ServeError(
+                            HTTPStatus.BAD_REQUEST, "bad_field", f"form field {name!r}: want {want}"
+                        )
+                    )
+        finally:
+            await form.close()
+
+    def _too_large(self, size: str) -> ServeError:
+        return ServeError(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            "upload_too_large",
+            f"the request body has {size} bytes, above the limit of {self.max_body:,}"
+            " (package.serve.max_upload_bytes); send smaller images, or fewer files",
+        )
+
+
+def _replay(messages: list[Message], receive: Any) -> Any:
+    """A `receive` that hands out `messages` first, then defers to `receive`."""
+
+    async def replayed() -> Message:
+        if messages:
+            return messages.pop(0)
+        if receive is None:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return await receive()
+
+    return replayed

@@ -1,0 +1,100 @@
+"""Multi-class end to end: a real `dvc repro` on a three-class MedMNIST-style archive, through
+ingest, validation, training, evaluation (macro AUROC, argmax), the gate and the Bento."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.integration.pipeline_copy import make_copy, run
+from tests.integration.test_dvc_pipeline import ran_stages
+
+CLASSES = ["normal", "nodule", "effusion"]
+SIZES = {"train": 180, "val": 60, "test": 90}
+
+
+def _image(label: int, rng: np.random.Generator) -> np.ndarray:
+    """28x28 uint8: noise, plus a bright disc (nodule) or a bright lower band (effusion),
+    placed with jitter so that the network has to learn the shape, not a pixel."""
+    img = rng.normal(70, 12, (28, 28))
+    yy, xx = np.mgrid[:28, :28]
+    if label == 1:
+        cy, cx = rng.integers(8, 20, 2)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 16] += 110
+    elif label == 2:
+        top = rng.integers(17, 21)
+        img[top:, 3:25] += 90
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_archive(path: Path, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in SIZES.items():
+        labels = np.arange(n) % len(CLASSES)
+        rng.shuffle(labels)
+        arrays[f"{split}_images"] = np.stack([_image(int(y), rng) for y in labels])
+        arrays[f"{split}_labels"] = labels.reshape(-1, 1)
+    np.savez(path, **arrays)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    dest = make_copy(
+        tmp_path_factory.mktemp("multiclass_repo"),
+        {
+            "data": {"source": "three.npz", "class_names": CLASSES},
+            # the synthetic site/manufacturer columns do not exist in an archive
+            "evaluate": {"subgroups": []},
+            "gate": {"min_auroc": 0.9},
+        },
+    )
+    (dest / "data").mkdir(exist_ok=True)
+    write_archive(dest / "data/three.npz")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDFLOW_DEID_KEY", "integration-test-key-" * 3)
+        proc = run(["dvc", "repro", "package"], dest)
+    return dest, proc.stdout + proc.stderr
+
+
+def test_every_stage_ran_and_a_bento_was_built(repo) -> None:
+    dest, out = repo
+    assert {"ingest", "validate", "preprocess", "train", "evaluate", "gate", "package"} <= set(
+        ran_stages(out)
+    )
+    bento = json.loads((dest / "reports/bento.json").read_text())
+    assert bento["bento_tag"].startswith("medflow-service:")
+
+
+def test_model_has_three_outputs_and_names(repo) -> None:
+    dest, _ = repo
+    spec = json.loads((dest / "models/model.json").read_text())
+    assert spec["num_classes"] == 3 and spec["class_names"] == CLASSES
+    assert spec["provenance"]["counts"]["train"] == SIZES["train"]
+
+
+def test_macro_metrics_and_argmax_decisions(repo) -> None:
+    dest, _ = repo
+    metrics = json.loads((dest / "reports/metrics.json").read_text())
+    # macro one-vs-rest AUROC of an easy three-class task, with its interval
+    assert metrics["auroc"] >= 0.9, metrics
+    assert metrics["auroc_ci_low"] <= metrics["auroc"] <= metrics["auroc_ci_high"]
+    evaluation = json.loads((dest / "reports/evaluation.json").read_text())
+    assert evaluation["threshold"]["applies"] == "not used: argmax"
+    predictions = (dest / "reports/predictions.csv").read_text().splitlines()
+    assert len(predictions) == SIZES["test"] + 1
+    header = predictions[0].split(",")
+    # every class's probability is in the predictions, and the predicted labels use all three
+    assert all(any(name in col for col in header) for name in CLASSES), header
+    gate = json.loads((dest / "reports/gate.json").read_text())
+    assert gate["passed"] is True, gate
+
+
+def test_model_card_lists_every_class(repo) -> None:
+    dest, _ = repo
+    card = (dest / "reports/model_card.md").read_text()
+    for name in CLASSES:
+        assert name in card
