@@ -21,7 +21,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_LOGGING_EXTRA_LOGGERS := medflow
 
-.PHONY: install run flow serve test lint clean
+.PHONY: install run flow serve test lint clean server deployments
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "medflow needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -39,11 +39,40 @@ run: install
 flow: install
 	$(BIN)/python -m flows.pipeline --root .
 
+# Orchestration (docs/orchestration.md): a Prefect server (SQLite in $(PREFECT_HOME)), then, in
+# another shell, the training (cron + data-change trigger) and watcher deployments served.
+PREFECT_PORT ?= 4200
+server: install
+	prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+deployments: install
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api medflow orchestrate serve --root .
+
 # the champion's Bento (reports/champion/): what `medflow models promote` / `rollback` chose
 serve: install
 	tag=$$(medflow models served-bento) && bentoml serve $$tag
 
-test: install
+# System packages the tests drive: Debian's chromium (tests/integration/test_prefect_ui.py
+# opens the Prefect UI headless; no browser download at run time; fonts-liberation, which
+# --no-install-recommends would drop, for legible screenshots) and PostgreSQL (a Prefect
+# server on Postgres). Only what is missing is installed, with sudo when not root;
+# SKIP_SYSTEM_DEPS=1 skips this step (those tests then skip and say why).
+.PHONY: system-deps
+system-deps:
+	@[ -n "$(SKIP_SYSTEM_DEPS)" ] && exit 0; missing=; \
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing=" chromium fonts-liberation"; \
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	[ -z "$$missing" ] && exit 0; \
+	if ! command -v apt-get >/dev/null; then \
+	  echo "system-deps: no apt-get here; install$$missing with your package manager, or run with SKIP_SYSTEM_DEPS=1 (the browser/PostgreSQL tests then skip)" >&2; exit 1; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo="sudo -n"; else \
+	  echo "system-deps: need root or sudo to apt-get install$$missing; or run with SKIP_SYSTEM_DEPS=1" >&2; exit 1; fi; \
+	echo "system-deps: apt-get install$$missing"; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null || { \
+	  echo "system-deps: apt-get install$$missing failed (see above); fix it, or run with SKIP_SYSTEM_DEPS=1" >&2; exit 1; }
+
+test: system-deps install
 	$(BIN)/pytest
 
 lint: install

@@ -389,6 +389,58 @@ def models_served_bento(champion: ChampionDirOpt = Path("reports/champion")) -> 
     typer.echo(served_bento(champion))
 
 
+orchestrate_app = typer.Typer(
+    no_args_is_help=True,
+    help="Prefect deployments: scheduled and data-triggered training (docs/orchestration.md).",
+)
+app.add_typer(orchestrate_app, name="orchestrate")
+RootOpt = Annotated[Path, typer.Option("--root", help="project root (params.yaml, flows/)")]
+
+
+def _flows(root: Path) -> Path:
+    """flows/ lives beside src/, not in the installed package: import it from the project."""
+    root = root.resolve()
+    if not (root / "flows" / "deployments.py").is_file():
+        raise FileNotFoundError(f"no flows/deployments.py under {root}; pass --root <project>")
+    sys.path.insert(0, str(root))
+    return root
+
+
+@orchestrate_app.command("serve")
+@_stage
+def orchestrate_serve(root: RootOpt = Path(".")) -> None:
+    """Register the training (cron + data-change trigger, one at a time) and watcher
+    deployments, and the failure notification if configured; serve them until Ctrl-C.
+    Needs PREFECT_API_URL pointing at a server (make server)."""
+    root = _flows(root)
+    from flows.deployments import serve_all
+
+    serve_all(root)
+
+
+@orchestrate_app.command("register")
+@_stage
+def orchestrate_register(root: RootOpt = Path(".")) -> None:
+    """Create the failure-notification automation from params orchestration.notify_block."""
+    root = _flows(root)
+    from flows.deployments import register_notifications
+
+    name = register_notifications(_params(root / "params.yaml").orchestration)
+    typer.echo(f"automation: {name}" if name else "orchestration.notify_block is empty: none")
+
+
+@orchestrate_app.command("watch")
+@_stage
+def orchestrate_watch(root: RootOpt = Path(".")) -> None:
+    """Hash data.source once; emit medflow.data.changed if it changed since the last look."""
+    root = _flows(root)
+    from flows.watch import watch_data
+
+    state = watch_data(root=str(root), return_state=True)
+    if not state.is_completed():
+        raise typer.Exit(code=1)
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="medflow")
 

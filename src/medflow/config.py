@@ -304,6 +304,25 @@ class PackageParams(_Section):
     serve: ServeParams = ServeParams()
 
 
+class OrchestrationParams(_Section):
+    """Prefect deployments of the pipeline (docs/orchestration.md); read by flows/ only."""
+
+    # the training deployment's schedule (cron, in `timezone`); "" : no schedule
+    cron: str = "0 3 * * 1"
+    timezone: str = "UTC"
+    # how often the watcher hashes the data source; a new hash emits medflow.data.changed
+    watch_interval_seconds: int = Field(60, ge=5)
+    # stage retries on transient errors only (OSError, timeouts, DVC lock): never data errors
+    retries: int = Field(2, ge=0, le=10)
+    retry_delay_seconds: float = Field(10.0, ge=0)
+    stage_timeout_seconds: int = Field(6 * 3600, ge=1)
+    # one training run at a time; another trigger waits (ENQUEUE) or is dropped (CANCEL_NEW)
+    collision_strategy: Literal["ENQUEUE", "CANCEL_NEW"] = "ENQUEUE"
+    # a saved Prefect notification block ("<block-type-slug>/<name>", e.g.
+    # "slack-webhook/medflow-ops"); "" : no failure notifications
+    notify_block: str = ""
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     synth: SynthParams = SynthParams()
@@ -315,6 +334,7 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     gate: GateParams = GateParams()
     package: PackageParams = PackageParams()
+    orchestration: OrchestrationParams = OrchestrationParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -112,6 +112,32 @@ def _auroc(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: 
     return float(multiclass_auroc(probs, y, num_classes=num_classes, average="macro"))
 
 
+class _FromEpoch:
+    """Lightning's ModelCheckpoint and EarlyStopping, inactive before a given epoch."""
+
+    @staticmethod
+    def _wrap(base: type[pl.Callback], start: int, **kwargs: object) -> pl.Callback:
+        class Delayed(base):  # type: ignore[misc, valid-type]
+            def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+                if trainer.current_epoch >= start:
+                    super().on_validation_end(trainer, module)
+
+            def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+                if trainer.current_epoch >= start:
+                    super().on_train_epoch_end(trainer, module)
+
+        Delayed.__name__ = Delayed.__qualname__ = base.__name__
+        return Delayed(**kwargs)
+
+    @classmethod
+    def checkpoint(cls, start: int, **kwargs: object) -> ModelCheckpoint:
+        return cls._wrap(ModelCheckpoint, start, **kwargs)  # type: ignore[return-value]
+
+    @classmethod
+    def early_stopping(cls, start: int, **kwargs: object) -> EarlyStopping:
+        return cls._wrap(EarlyStopping, start, **kwargs)  # type: ignore[return-value]
+
+
 def run_train(
     params: TrainParams,
     class_names: list[str],
@@ -149,7 +175,11 @@ def run_train(
     pl.seed_everything(params.seed, workers=True, verbose=False)
     model = Classifier(in_channels, len(class_names), params, class_weights=weights)
     mode = "min" if params.monitor == "val_loss" else "max"
-    checkpoint = ModelCheckpoint(
+    # The one-cycle rate peaks at 30% of the run and validation is noisy until it comes
+    # down: the best model is chosen, and early stopping decided, in the second half only.
+    settled = params.max_epochs // 2
+    checkpoint = _FromEpoch.checkpoint(
+        settled,
         dirpath=ckpt_dir,
         filename="best",
         monitor=params.monitor,
@@ -170,8 +200,11 @@ def run_train(
         deterministic=True,
         max_epochs=params.max_epochs,
         callbacks=[
-            EarlyStopping(
-                monitor=params.monitor, mode=mode, patience=params.early_stopping_patience
+            _FromEpoch.early_stopping(
+                settled,
+                monitor=params.monitor,
+                mode=mode,
+                patience=params.early_stopping_patience,
             ),
             checkpoint,
             latest,

@@ -1,12 +1,13 @@
 """The BentoML services: POST /predict (one image) and /predict_batch (several).
 
-Two services, so that inference is batched across requests:
+Two services, so that parsing and preprocessing run beside inference, in other processes:
 
-- `MedflowClassifier` (the Bento's entry, HTTP): auth and size guard (medflow.serving.guard),
-  upload checks and preprocessing (medflow.serving.inputs -> medflow.preprocess, the code
-  that prepared the training data), the decision and the response;
-- `MedflowModel` (internal, a dependency): the network; `infer` is a batchable API, so
-  BentoML's adaptive batching merges concurrent requests into one forward pass.
+- `MedflowClassifier` (the Bento's entry, HTTP, async): auth and size guard
+  (medflow.serving.guard), upload checks and preprocessing in a thread (medflow.serving.inputs
+  -> medflow.preprocess, the code that prepared the training data), the decision and the
+  response; the model calls of concurrent requests are merged into batches here
+  (medflow.serving.batcher);
+- `MedflowModel` (internal, a dependency): the network; `infer` takes a whole batch.
 
 Which model is served is fixed when the Bento is built (`model_tag`, medflow.package); so
 are limits, batching and workers (`serve`, package.serve), which BentoML reads from the
@@ -17,12 +18,14 @@ file name or identifying header value is logged or returned.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import os
 from http import HTTPStatus
 from pathlib import Path
 
+import aiohttp
 import bentoml
 import numpy as np
 import torch
@@ -32,6 +35,7 @@ from medflow.config import PackageParams
 from medflow.models.artifact import ModelSpec, load_model, load_spec
 from medflow.preprocess import PreprocessSummary
 from medflow.serving import MODEL_TAG_ARG, SERVE_ARG
+from medflow.serving.batcher import Coalescer
 from medflow.serving.errors import ServeError
 from medflow.serving.gradcam import GradCam, overlay, png_bytes
 from medflow.serving.guard import RequestGuard, Route
@@ -41,6 +45,8 @@ from medflow.serving.settings import resolve_serve_params
 logger = logging.getLogger(__name__)
 
 MODEL_TAG_ENV = "MEDFLOW_MODEL_TAG"
+# tries of one call to the model service when it drops the connection before answering
+MODEL_CALL_ATTEMPTS = 3
 
 
 def model_tag() -> str:
@@ -101,16 +107,22 @@ class MedflowModel:
         logging.getLogger("medflow").setLevel(logging.INFO)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         net, spec = load_model(Path(self.model_ref.path))
-        self.net = net.to(self.device)
+        # channels_last, as in training: on CPU a forward pass costs 5.0 instead of 6.4 ms for
+        # one image, 3.9 instead of 6.7 ms per image in batches of 16 (benchmarks/README.md)
+        self.net = net.to(self.device, memory_format=torch.channels_last)
         self.gradcam = GradCam(net.cpu() if self.device.type != "cpu" else net)
         logger.info("model %s (%s) on %s", self.model_ref.tag, spec.architecture, self.device)
 
-    @bentoml.api(
-        batchable=True, max_batch_size=SERVE.max_batch_size, max_latency_ms=SERVE.max_latency_ms
-    )
+    # Not BentoML-batchable: the API worker already sends whole batches (medflow.serving.batcher),
+    # and BentoML's dispatcher held even a lone request for company (/infer 16.4 against 12.5 ms
+    # at concurrency 1, benchmarks/README.md).
+    @bentoml.api
     def infer(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (n, classes) of preprocessed images (n, channels, size, size)."""
-        x = torch.as_tensor(images, dtype=torch.float32, device=self.device)
+        # arrays from the API worker arrive read-only (unpickled); torch wants writable memory
+        images = np.require(images, dtype=np.float32, requirements="W")
+        x = torch.as_tensor(images, device=self.device)
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             return torch.softmax(self.net(x).float(), dim=1).cpu().numpy()
 
@@ -152,21 +164,44 @@ class MedflowClassifier:
             "allowed" if SERVE.allow_png_jpeg else "refused",
             SERVE.allowed_modalities,
         )
+        self._infer = Coalescer(self._remote_infer, SERVE.max_batch_size)
 
+    async def _remote_infer(self, batch: np.ndarray) -> np.ndarray:
+        # Under load the model service's socket now and then drops a kept-alive connection
+        # before answering ("Server disconnected": 4 of 1,752 calls in a 25 s soak). infer is
+        # a pure function, so the call is sent again on a fresh connection.
+        for attempt in range(1, MODEL_CALL_ATTEMPTS + 1):
+            try:
+                return np.asarray(await self.model.to_async.infer(batch))
+            except aiohttp.ServerDisconnectedError:
+                if attempt == MODEL_CALL_ATTEMPTS:
+                    raise
+                logger.warning(
+                    "model service dropped the connection (attempt %d of %d); sending the"
+                    " batch of %d again",
+                    attempt,
+                    MODEL_CALL_ATTEMPTS,
+                    len(batch),
+                )
+        raise AssertionError("unreachable")
+
+    # async: BentoML runs a sync API one call at a time per worker (threads=1), so concurrent
+    # requests would queue here and reach MedflowModel.infer one by one. Awaiting lets them
+    # overlap; the CPU-bound parsing and preprocessing run in threads, off the event loop.
     @bentoml.api
-    def predict(self, file: Path, gradcam: bool = False) -> Prediction:
+    async def predict(self, file: Path, gradcam: bool = False) -> Prediction:
         """Classify one image: the multipart field `file` (DICOM; PNG/JPEG if the server allows
         them). With gradcam=true the response carries a Grad-CAM heatmap (base64 PNG)."""
         try:
-            prepared = prepare_upload(file, SERVE, self.preprocess_params)
+            prepared = await asyncio.to_thread(prepare_upload, file, SERVE, self.preprocess_params)
         except ServeError as exc:
             # Not raised: BentoML would log a traceback and answer its own error shape.
             logger.info("refused an upload: %s (%d)", exc.code, exc.status)
             return exc.response()  # type: ignore[return-value]
-        return self._predict([prepared], gradcam)[0]
+        return (await self._predict([prepared], gradcam))[0]
 
     @bentoml.api
-    def predict_batch(self, files: list[Path], gradcam: bool = False) -> list[Prediction]:
+    async def predict_batch(self, files: list[Path], gradcam: bool = False) -> list[Prediction]:
         """Classify several images (repeat the multipart field `files`); all or nothing: one
         bad file refuses the request, naming which one."""
         if not 1 <= len(files) <= SERVE.max_batch_size:
@@ -176,6 +211,13 @@ class MedflowClassifier:
                 f"send 1 to {SERVE.max_batch_size} files as the form field 'files', got"
                 f" {len(files)} (package.serve.max_batch_size)",
             ).response()
+        try:
+            prepared = await asyncio.to_thread(self._prepare_all, files)
+        except ServeError as exc:
+            return exc.response()  # type: ignore[return-value]
+        return await self._predict(prepared, gradcam)
+
+    def _prepare_all(self, files: list[Path]) -> list[Prepared]:
         prepared = []
         for i, file in enumerate(files, 1):
             try:
@@ -183,12 +225,13 @@ class MedflowClassifier:
             except ServeError as exc:
                 logger.info("refused a batch: file %d: %s (%d)", i, exc.code, exc.status)
                 exc.detail = f"file {i} of {len(files)}: {exc.detail}"
-                return exc.response()  # type: ignore[return-value]
-        return self._predict(prepared, gradcam)
+                raise
+        return prepared
 
-    def _predict(self, prepared: list[Prepared], gradcam: bool) -> list[Prediction]:
+    async def _predict(self, prepared: list[Prepared], gradcam: bool) -> list[Prediction]:
         batch = np.stack([p.image for p in prepared])
-        probs = np.asarray(self.model.infer(batch), dtype=np.float64)
+        # Concurrent requests share a round trip to MedflowModel (and a forward pass).
+        probs = np.asarray(await self._infer(batch), dtype=np.float64)
         names, threshold = self.spec.class_names, self.spec.threshold
         name, _, version = self.model_tag.partition(":")
         out = []
@@ -196,8 +239,9 @@ class MedflowClassifier:
             index = decide(row, threshold)
             heatmap = None
             if gradcam:
-                cam = np.asarray(self.model.explain(image=p.image, target=index))
-                heatmap = base64.b64encode(png_bytes(overlay(p.image, cam))).decode("ascii")
+                cam = np.asarray(await self.model.to_async.explain(image=p.image, target=index))
+                png = await asyncio.to_thread(lambda p=p, cam=cam: png_bytes(overlay(p.image, cam)))
+                heatmap = base64.b64encode(png).decode("ascii")
             out.append(
                 Prediction(
                     label=names[index],

@@ -1,0 +1,114 @@
+"""The orchestrated pipeline on a real (test harness) Prefect server: a transient failure is
+retried, unchanged stages are skipped by asking DVC, a gate refusal fails the run with the
+rule, and the run's artifacts are there for the UI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.integration.pipeline_copy import make_copy, set_params
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_copy(
+        tmp_path_factory.mktemp("orchestrated"),
+        {"orchestration": {"retries": 2, "retry_delay_seconds": 0}},
+    )
+
+
+def _task_runs(flow_run_id) -> dict[str, object]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {r.name.rsplit("-", 1)[0]: r for r in runs}
+
+
+def _run_name(flow_run_id) -> str:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id).name
+
+
+def _artifacts(flow_run_id) -> dict[str, object]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {a.key: a for a in found}
+
+
+def test_transient_failure_is_retried_then_unchanged_stages_skip(prefect_server, repo, monkeypatch):
+    import flows.pipeline as fp
+    from flows.watch import hash_source
+
+    real = fp.STAGE_FUNCS["preprocess"]
+    calls = []
+
+    def flaky_once(layout, params):  # the real stage, after one transient I/O failure
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("[Errno 5] Input/output error (injected, once)")
+        return real(layout, params)
+
+    monkeypatch.setitem(fp.STAGE_FUNCS, "preprocess", flaky_once)
+    state = fp.pipeline(root=str(repo), return_state=True)
+    assert state.is_completed(), state.message
+    assert len(calls) == 2
+    flow_run_id = state.state_details.flow_run_id
+    tasks = _task_runs(flow_run_id)
+    assert tasks["preprocess"].run_count == 2 and tasks["preprocess"].state.is_completed()
+    assert tasks["ingest"].run_count == 1
+    assert _run_name(flow_run_id) == "train-nodata"  # synthetic: no data before synth ran
+    # dvc.lock records every stage the flow ran: DVC and the flow agree it is all current
+    assert fp.dvc_stale(repo) == set()
+    arts = _artifacts(flow_run_id)
+    assert {
+        "validation-summary",
+        "data-docs",
+        "metrics",
+        "gate-decision",
+        "model-card",
+        "bento",
+    } <= set(arts)
+    bento = json.loads((repo / "reports/bento.json").read_text())["bento_tag"]
+    assert bento in arts["bento"].data
+    assert "auroc" in json.dumps(arts["metrics"].data)
+
+    # nothing changed: every stage is skipped, nothing runs
+    monkeypatch.setitem(fp.STAGE_FUNCS, "preprocess", real)
+    again = fp.pipeline(root=str(repo), return_state=True)
+    assert again.is_completed(), again.message
+    assert all(isinstance(r, fp.Skipped) for r in again.result().values()), again.result()
+    digest = hash_source(repo / "data" / "synthetic").digest
+    assert _run_name(again.state_details.flow_run_id) == f"train-{digest[:12]}"
+
+
+def test_data_error_is_not_retried_and_gate_failure_names_the_rule(prefect_server, repo):
+    import flows.pipeline as fp
+
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    metric = next(m for m in ("sensitivity", "specificity", "auroc") if metrics[m] < 1.0)
+    set_params(repo, {"gate": {f"min_{metric}": min(1.0, metrics[metric] + 0.01)}})
+    state = fp.pipeline(root=str(repo), return_state=True)
+    assert state.is_failed()
+    assert "stage gate failed" in state.message and f"gate.min_{metric}" in state.message
+    tasks = _task_runs(state.state_details.flow_run_id)
+    assert tasks["gate"].run_count == 1 and tasks["gate"].state.is_failed()  # not retried
+    assert "package" not in tasks and tasks["train"].state.is_completed()
+    arts = _artifacts(state.state_details.flow_run_id)
+    assert (
+        "REFUSED" in arts["gate-decision"].data
+        and f"gate.min_{metric}" in arts["gate-decision"].data
+    )

@@ -1,0 +1,165 @@
+"""Data change -> event -> training run, on a real `prefect server start` (triggers need the
+server's event services, which the ephemeral server does not run).
+
+The served deployments are the ones `python -m flows.deployments serve` registers; the served
+watcher (every 10 s) hashes the real data folder; new files make a new hash, an event, and a
+training run, with nothing else called."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.pipeline_copy import make_copy, run
+
+WAIT_RUN_S = 420  # the tiny pipeline, end to end, on two busy cores
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(what: str, check, timeout: float, procs: list[subprocess.Popen]) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise AssertionError(f"{p.args} exited {p.returncode} while waiting for {what}")
+        try:
+            found = check()
+        except httpx.HTTPError:
+            found = None
+        if found:
+            return found
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    home = tmp_path_factory.mktemp("prefect_server_home")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_EXTRA_LOGGERS="medflow",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    )
+    log = (home / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+         "--port", str(port), "--no-ui"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        _wait("the server", lambda: httpx.get(f"{url}/health").status_code == 200, 180, [proc])
+        yield url, {**env, "PREFECT_API_URL": url}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_new_files_start_a_training_run(server, tmp_path_factory):
+    from flows.watch import hash_source
+
+    url, env = server
+    repo = make_copy(
+        tmp_path_factory.mktemp("triggered"),
+        {"data": {"source": "incoming"}, "orchestration": {"watch_interval_seconds": 10}},
+    )
+    incoming = repo / "data" / "incoming"
+    run([sys.executable, "-m", "medflow.cli", "synth", str(incoming)], repo)
+
+    def watch() -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "flows.watch", "--root", str(repo)],
+            cwd=repo, env=env, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout + proc.stderr
+
+    assert "baseline" in watch()  # first look: a baseline, no event
+    serve_log = (repo / "serve.log").open("w")
+    serving = subprocess.Popen(
+        [sys.executable, "-m", "flows.deployments", "serve", "--root", str(repo)],
+        cwd=repo, env=env, stdout=serve_log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deployment = _wait(
+            "the training deployment",
+            lambda: httpx.get(f"{url}/deployments/name/medflow-pipeline/train").json().get("id"),
+            120,
+            [serving],
+        )
+        _wait(
+            "its trigger",
+            lambda: any(
+                a["name"] == "retrain-on-data-change"
+                for a in httpx.post(f"{url}/automations/filter", json={}).json()
+            ),
+            60,
+            [serving],
+        )
+        watcher = _wait(
+            "the watcher deployment",
+            lambda: httpx.get(f"{url}/deployments/name/medflow-data-watch/watch").json().get("id"),
+            60,
+            [serving],
+        )
+
+        def runs_of(deployment_id: str) -> list[dict]:
+            """Runs that started (not the cron schedule's future ones)."""
+            runs = httpx.post(
+                f"{url}/flow_runs/filter",
+                json={"flow_runs": {"deployment_id": {"any_": [deployment_id]}}},
+            ).json()
+            return [r for r in runs if r["state_type"] != "SCHEDULED"]
+
+        schedules = httpx.get(f"{url}/deployments/{deployment}").json()["schedules"]
+        assert [s["schedule"]["cron"] for s in schedules] == ["0 3 * * 1"]  # params cron
+
+        # the served watcher looks on its own; unchanged data: no event, no training run
+        _wait(
+            "a served watcher run",
+            lambda: [r for r in runs_of(watcher) if r["state_type"] == "COMPLETED"],
+            120,
+            [serving],
+        )
+        time.sleep(5)  # the trigger service picks new automations up on its next refresh
+        assert runs_of(deployment) == []
+
+        # new DICOM files in the source: nobody calls anything, the watcher sees them
+        dicom = next(p for p in sorted(incoming.rglob("*.dcm")))
+        shutil.copy2(dicom, dicom.with_name("new_arrival.dcm"))
+        expected = hash_source(incoming).digest
+
+        def finished() -> dict | None:
+            done = [
+                r
+                for r in runs_of(deployment)
+                if r["state_type"] in ("COMPLETED", "FAILED", "CRASHED")
+            ]
+            return done[0] if done else None
+
+        flow_run = _wait("the triggered training run", finished, WAIT_RUN_S, [serving])
+        assert flow_run["state_type"] == "COMPLETED", (flow_run["state"], serve_log.name)
+        assert flow_run["name"] == f"train-{expected[:12]}"
+        assert flow_run["parameters"]["data_hash"] == expected
+        assert (repo / "reports" / "bento.json").is_file()
+        assert len(runs_of(deployment)) == 1  # one change, one event, one training run
+    finally:
+        serving.terminate()
+        serving.wait(timeout=30)
