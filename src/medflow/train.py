@@ -113,29 +113,28 @@ def _auroc(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: 
 
 
 class _FromEpoch:
-    """Lightning's ModelCheckpoint and EarlyStopping, inactive before a given epoch."""
+    """Mixin for Lightning's ModelCheckpoint and EarlyStopping: inactive before `start_epoch`.
+    (Module-level classes: DDP spawn pickles the callbacks.)"""
 
-    @staticmethod
-    def _wrap(base: type[pl.Callback], start: int, **kwargs: object) -> pl.Callback:
-        class Delayed(base):  # type: ignore[misc, valid-type]
-            def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-                if trainer.current_epoch >= start:
-                    super().on_validation_end(trainer, module)
+    def __init__(self, start_epoch: int, **kwargs: object) -> None:
+        self.start_epoch = start_epoch
+        super().__init__(**kwargs)  # type: ignore[call-arg]
 
-            def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-                if trainer.current_epoch >= start:
-                    super().on_train_epoch_end(trainer, module)
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.current_epoch >= self.start_epoch:
+            super().on_validation_end(trainer, module)  # type: ignore[misc]
 
-        Delayed.__name__ = Delayed.__qualname__ = base.__name__
-        return Delayed(**kwargs)
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.current_epoch >= self.start_epoch:
+            super().on_train_epoch_end(trainer, module)  # type: ignore[misc]
 
-    @classmethod
-    def checkpoint(cls, start: int, **kwargs: object) -> ModelCheckpoint:
-        return cls._wrap(ModelCheckpoint, start, **kwargs)  # type: ignore[return-value]
 
-    @classmethod
-    def early_stopping(cls, start: int, **kwargs: object) -> EarlyStopping:
-        return cls._wrap(EarlyStopping, start, **kwargs)  # type: ignore[return-value]
+class SettledCheckpoint(_FromEpoch, ModelCheckpoint):
+    pass
+
+
+class SettledEarlyStopping(_FromEpoch, EarlyStopping):
+    pass
 
 
 def run_train(
@@ -178,7 +177,7 @@ def run_train(
     # The one-cycle rate peaks at 30% of the run and validation is noisy until it comes
     # down: the best model is chosen, and early stopping decided, in the second half only.
     settled = params.max_epochs // 2
-    checkpoint = _FromEpoch.checkpoint(
+    checkpoint = SettledCheckpoint(
         settled,
         dirpath=ckpt_dir,
         filename="best",
@@ -200,7 +199,7 @@ def run_train(
         deterministic=True,
         max_epochs=params.max_epochs,
         callbacks=[
-            _FromEpoch.early_stopping(
+            SettledEarlyStopping(
                 settled,
                 monitor=params.monitor,
                 mode=mode,

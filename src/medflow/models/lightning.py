@@ -61,13 +61,19 @@ class Classifier(pl.LightningModule):
         self.register_buffer("class_weights", weights, persistent=False)
         self.val_auroc = MulticlassAUROC(num_classes=num_classes, average="macro")
         self._generator: torch.Generator | None = None
+        self._channels_last = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.contiguous(memory_format=torch.channels_last))
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
 
     def on_fit_start(self) -> None:
-        # NHWC: oneDNN's convolutions on CPU and tensor cores on GPU are faster (~10% here)
-        self.net.to(memory_format=torch.channels_last)
+        # NHWC: oneDNN's convolutions on CPU and tensor cores on GPU are faster (~10% here).
+        # One process only: with DDP on gloo, channels_last gradients crash a spawned rank.
+        self._channels_last = self.trainer.world_size == 1
+        if self._channels_last:
+            self.net.to(memory_format=torch.channels_last)
 
     def on_train_batch_start(self, batch: object, batch_idx: int) -> None:
         # per batch, not per epoch: Lightning and the DataLoader draw from the global RNG
