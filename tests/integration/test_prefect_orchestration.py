@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from flows.artifacts import KEYS as ARTIFACT_KEYS
 from tests.integration.pipeline_copy import make_copy, set_params
 
 
@@ -74,14 +75,7 @@ def test_transient_failure_is_retried_then_unchanged_stages_skip(prefect_server,
     # dvc.lock records every stage the flow ran: DVC and the flow agree it is all current
     assert fp.dvc_stale(repo) == set()
     arts = _artifacts(flow_run_id)
-    assert {
-        "validation-summary",
-        "data-docs",
-        "metrics",
-        "gate-decision",
-        "model-card",
-        "bento",
-    } <= set(arts)
+    assert set(ARTIFACT_KEYS) <= set(arts)
     bento = json.loads((repo / "reports/bento.json").read_text())["bento_tag"]
     assert bento in arts["bento"].data
     assert "auroc" in json.dumps(arts["metrics"].data)

@@ -13,20 +13,14 @@ import sys
 import httpx
 import pytest
 
+from flows.artifacts import KEYS as ARTIFACT_KEYS
 from tests.integration.headless_chromium import BINARIES, HeadlessChromium, find_chromium
 from tests.integration.pipeline_copy import ROOT, make_copy
 from tests.integration.prefect_server import client_env, running_server
 
 OUTPUT = ROOT / "test-output" / "prefect-ui"
 # what flows/artifacts.py publishes on a run where every stage runs and the gate accepts
-EXPECTED_ARTIFACTS = {
-    "validation-summary",
-    "data-docs",
-    "metrics",
-    "gate-decision",
-    "model-card",
-    "bento",
-}
+EXPECTED_ARTIFACTS = set(ARTIFACT_KEYS)
 
 CHROMIUM = find_chromium()
 pytestmark = [
