@@ -1,12 +1,16 @@
 """The served Bento against a plain FastAPI + torch server of the same model, in one run.
 
-Both servers run on loopback, one after the other, and load the same model folder and the same
-medflow preprocessing (medflow.preprocess); the Bento is built from deploy/bentofile.yaml by
+Both servers run on loopback, one after the other, and load the same model folder, the same
+medflow preprocessing (medflow.preprocess) and the same forward pass (channels_last,
+medflow.serving.engine.probabilities), so that they differ in serving only; the Bento is
+built from deploy/bentofile.yaml by
 medflow.package, exactly as the pipeline builds it, into a temporary BENTOML_HOME. The model is
 the network of params.yaml's `train` section with random weights (speed does not depend on
-what it learnt). An async httpx client POSTs one synthetic DICOM file to /predict, at
+what it learnt). An async aiohttp client POSTs one synthetic DICOM file to /predict, at
 concurrency 1 and 32, and records each request's latency; in-process inference (read +
-preprocess + forward, no HTTP) gives the floor.
+preprocess + forward, no HTTP) gives the floor; an app that answers a constant gives the
+cost of HTTP alone, and a BentoML API that takes the upload and does nothing the cost of
+BentoML alone (benchmarks/bentoml_noop.py).
 
 Targets: at concurrency 32 medflow's requests/s >= the plain server's; at concurrency 1 the
 Bento's p50 at most 5 ms above in-process inference. `--soak`: 50 clients for 60 s against
@@ -27,6 +31,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -66,8 +71,10 @@ def plain_app(model_dir: Path):  # -> fastapi.FastAPI
 
     from medflow.models.artifact import load_model
     from medflow.preprocess import DicomError, preprocess_dataset, read_dicom
+    from medflow.serving.engine import probabilities
 
     net, spec = load_model(model_dir)
+    net = net.eval().to(memory_format=torch.channels_last)  # as the Bento's, so as fast
     params = spec.preprocess_params
     app = FastAPI()
 
@@ -81,27 +88,40 @@ def plain_app(model_dir: Path):  # -> fastapi.FastAPI
             image, _ = preprocess_dataset(read_dicom(file.file), params)
         except DicomError as exc:
             raise HTTPException(400, str(exc)) from None
-        with torch.inference_mode():
-            probs = torch.softmax(net(torch.from_numpy(image)[None]), dim=1)[0].tolist()
+        probs = probabilities(net, image[None], torch.device("cpu"))[0].tolist()
         return {"probabilities": dict(zip(spec.class_names, probs, strict=True))}
 
     return app
 
 
+async def echo_app(scope: dict, receive, send) -> None:
+    """Reads the request and answers a constant: the cost of HTTP alone, client included."""
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    ok = scope["path"] == "/readyz" or scope["method"] == "POST"
+    await send({"type": "http.response.start", "status": 200 if ok else 404, "headers": []})
+    await send({"type": "http.response.body", "body": b'{"ok": true}'})
+
+
 def _run_plain(model_dir: Path, port: int) -> None:
     import uvicorn
 
-    uvicorn.run(plain_app(model_dir), host="127.0.0.1", port=port, log_level="warning")
+    app = echo_app if model_dir.name == "echo" else plain_app(model_dir)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
 @contextmanager
 def serve_plain(model_dir: Path, workdir: Path) -> Iterator[tuple[str, int]]:
+    """The plain server of model_dir on loopback (the echo app for a path named `echo`)."""
     import httpx
 
     from medflow.infra_validation import free_port, stop_process_group
 
     port = free_port()
-    log = workdir / "plain.log"
+    log = workdir / f"plain-{model_dir.name}.log"
     cmd = [sys.executable, __file__, "--_plain", str(model_dir), "--_port", str(port)]
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
@@ -180,15 +200,17 @@ def in_process_p50(model_dir: Path, data: bytes, n: int) -> float:
 
     from medflow.models.artifact import load_model
     from medflow.preprocess import preprocess_dataset, read_dicom
+    from medflow.serving.engine import probabilities
 
     net, spec = load_model(model_dir)
+    net = net.eval().to(memory_format=torch.channels_last)  # as the Bento runs it
     params = spec.preprocess_params
+    cpu = torch.device("cpu")
     times = []
     for i in range(n + 10):
         t0 = time.perf_counter()
         image, _ = preprocess_dataset(read_dicom(io.BytesIO(data)), params)
-        with torch.inference_mode():
-            torch.softmax(net(torch.from_numpy(image)[None]), dim=1)[0].tolist()
+        probabilities(net, image[None], cpu)[0].tolist()
         if i >= 10:  # warm-up
             times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times)
@@ -207,29 +229,37 @@ def _headers() -> dict[str, str]:
 
 
 async def _load(url: str, data: bytes, concurrency: int, n: int | None, seconds: float | None):
-    """n requests (or as many as fit in `seconds`) from `concurrency` clients."""
-    import httpx
+    """n requests (or as many as fit in `seconds`) from `concurrency` clients.
+
+    The client is aiohttp, not httpx: on this machine an httpx round trip to a server that
+    answers at once costs 2.7 ms against aiohttp's 0.6 ms, and the client shares the cores
+    with the server (`--echo` measures it). Both servers get the same client."""
+    import aiohttp
 
     latencies: list[float] = []
     errors: list[str] = []
     sent = 0
     deadline = time.monotonic() + seconds if seconds else None
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60, headers=_headers()) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, headers=_headers()
+    ) as client:
 
         async def worker() -> None:
             nonlocal sent
             while (n is None or sent < n) and (deadline is None or time.monotonic() < deadline):
                 sent += 1
+                form = aiohttp.FormData()
+                form.add_field("file", data, filename="image.dcm", content_type="application/dicom")
                 t0 = time.perf_counter()
                 try:
-                    resp = await client.post(
-                        f"{url}/predict", files={"file": ("image.dcm", data, "application/dicom")}
-                    )
-                    if resp.status_code != 200:
-                        errors.append(f"HTTP {resp.status_code}: {resp.text[:200]}")
-                        continue
-                except httpx.HTTPError as exc:
+                    async with client.post(f"{url}/predict", data=form) as resp:
+                        body = await resp.read()
+                        if resp.status != 200:
+                            errors.append(f"HTTP {resp.status}: {body[:200]!r}")
+                            continue
+                except (aiohttp.ClientError, TimeoutError) as exc:
                     errors.append(f"{type(exc).__name__}: {exc}")
                     continue
                 latencies.append((time.perf_counter() - t0) * 1000)
@@ -367,6 +397,13 @@ def main(argv: list[str] | None = None) -> int:
 
         results: dict[str, list[Load]] = {}
         rss: dict[str, float] = {}
+        with serve_plain(Path("echo"), work) as (url, _):
+            http_only = measure(url, data, 1, args.requests)
+        noop_dir = work / "noop"
+        noop_dir.mkdir()
+        shutil.copy(ROOT / "benchmarks" / "bentoml_noop.py", noop_dir)
+        with serve_bento("bentoml_noop:Noop", workdir=noop_dir) as server:
+            bentoml_only = measure(server.url, data, 1, args.requests)
         with serve_plain(model_dir, work) as (url, pid):
             results["plain"] = [measure(url, data, c, args.requests) for c in CONCURRENCY]
             rss["plain"] = tree_rss_mib(pid)
@@ -390,6 +427,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"in-process read + preprocess + forward: p50 {floor:.2f} ms"
         f" (fresh process, before / after the servers: {floors[0]:.2f} / {floors[1]:.2f} ms)"
+    )
+    print(
+        f"HTTP alone (uvicorn app answering a constant, same client): p50 {http_only.p50_ms:.2f} ms"
+    )
+    print(
+        f"BentoML alone (an API taking the same upload, doing nothing; benchmarks/bentoml_noop.py):"
+        f" p50 {bentoml_only.p50_ms:.2f} ms, {bentoml_only.p50_ms - http_only.p50_ms:+.2f} over"
+        " HTTP alone"
     )
     print(f"{'server':<8} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'errors':>6}")
     for name, loads in results.items():
@@ -433,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(
                 {
                     "in_process_p50_ms": floor,
+                    "http_alone_p50_ms": http_only.p50_ms,
+                    "bentoml_noop_p50_ms": bentoml_only.p50_ms,
                     "loads": {k: [asdict(r) for r in v] for k, v in results.items()},
                     "overhead_ms": overhead,
                     "throughput_ratio": ratio,

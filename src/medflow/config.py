@@ -282,11 +282,13 @@ class ServeParams(_Section):
         default_factory=lambda: ["CR", "DX", "CT", "MR", "US", "OT", "NM", "XA", "MG", "PX"],
         min_length=1,
     )
-    # adaptive batching of the model service; also the most files one /predict_batch takes
+    # batching of concurrent requests (medflow.serving.batcher): the most images per forward
+    # pass, also the most files one /predict_batch takes; and the longest an image may wait
+    # for the model before it is refused with 503 (overloaded)
     max_batch_size: int = Field(16, ge=2, le=1024)
-    max_latency_ms: int = Field(1000, ge=10)
-    workers: int = Field(1, ge=1, le=64)  # API worker processes (upload parsing, preprocessing)
-    model_workers: int = Field(1, ge=1, le=64)  # model worker processes (batched inference)
+    max_latency_ms: int = Field(5000, ge=10)
+    # worker processes, each with its own copy of the network
+    workers: int = Field(1, ge=1, le=64)
     timeout_s: int = Field(30, ge=1)
     # the bearer token is read from this environment variable where the Bento runs; unset or
     # empty: no authentication

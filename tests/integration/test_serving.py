@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -154,8 +155,13 @@ def server(packaged: Packaged, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @pytest.fixture(scope="module")
 def auth_server(packaged: Packaged, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The same Bento with an API token, and PNG/JPEG switched off by the environment."""
-    env = {SERVE.api_token_env: TOKEN, "MEDFLOW_SERVE_ALLOW_PNG_JPEG": "false"}
+    """The same Bento with an API token, PNG/JPEG switched off and a 10 ms bound on the wait
+    for the network, by the environment."""
+    env = {
+        SERVE.api_token_env: TOKEN,
+        "MEDFLOW_SERVE_ALLOW_PNG_JPEG": "false",
+        "MEDFLOW_SERVE_MAX_LATENCY_MS": "10",
+    }
     with _serve(packaged.served.bento_tag, tmp_path_factory.mktemp("serve_auth"), env) as srv:
         yield srv
 
@@ -249,8 +255,8 @@ def test_package_pins_its_model_and_records_it(packaged: Packaged) -> None:
             text=True,
         ).stdout
     )
-    # Both services (HTTP front and batched model) reference the one model, and only it.
-    assert sorted(svc["name"] for svc in info["services"]) == ["medflow", "medflow-model"]
+    # One service (the network runs in its workers), referencing the one model, and only it.
+    assert [svc["name"] for svc in info["services"]] == ["medflow"]
     models = {m["tag"] for svc in info["services"] for m in svc["models"]} | set(info["models"])
     assert models == {packaged.served.model_tag}
     assert info["args"] == {"model_tag": packaged.served.model_tag, "serve": SERVE.model_dump()}
@@ -440,8 +446,9 @@ def test_health_and_metrics_answer(server: Server) -> None:
     for path in ("/healthz", "/livez", "/readyz", "/metrics"):
         assert httpx.get(f"{server.url}{path}", timeout=10).status_code == 200, path
     metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
-    # predictions went through the model service (batched by the API worker, not BentoML)
-    assert 'runner_name="medflow-model"' in metrics and 'response_code="200"' in metrics
+    # BentoML's request metrics, predictions among them
+    served = r'bentoml_service_request_total\{[^}]*endpoint="/predict"[^}]*response_code="200"'
+    assert re.search(served, metrics), metrics[:3000]
 
 
 def test_no_patient_identifiers_leave_the_server(server: Server, dicoms: dict[str, Path]):
@@ -483,6 +490,37 @@ def test_token_required_when_set(auth_server: Server, dicoms: dict[str, Path]) -
     png = _post(auth_server, dicoms["png"], headers=auth)
     assert png.status_code == 415
     assert _error(png)["error"] == "png_jpeg_not_allowed"
+
+
+def test_overload_is_a_503_and_the_server_recovers(
+    auth_server: Server, dicoms: dict[str, Path]
+) -> None:
+    """48 requests at once against max_latency_ms 10: those that waited longer for the network
+    get 503 `overloaded` with Retry-After, the rest their prediction; then a lone request is
+    served again."""
+    import asyncio
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    data = dicoms["ct"].read_bytes()
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60, headers=auth) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(f"{auth_server.url}/predict", files={"file": ("x.dcm", data)})
+                    for _ in range(48)
+                )
+            )
+
+    responses = asyncio.run(burst())
+    codes = sorted({r.status_code for r in responses})
+    assert set(codes) <= {200, 503}, [r.text for r in responses if r.status_code not in (200, 503)]
+    refused = [r for r in responses if r.status_code == 503]
+    assert refused, f"no request waited over 10 ms among 48 at once: {codes}"
+    assert _error(refused[0])["error"] == "overloaded"
+    assert "above max_latency_ms 10" in _error(refused[0])["detail"]
+    assert refused[0].headers["retry-after"] == "1"
+    assert _post(auth_server, dicoms["ct"], headers=auth).status_code == 200
 
 
 def test_failed_gate_builds_nothing(tmp_path: Path, packaged: Packaged) -> None:

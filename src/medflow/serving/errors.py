@@ -30,7 +30,11 @@ class ServeError(Exception):
         self.status, self.code, self.detail = status, code, detail
 
     def response(self) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == HTTPStatus.UNAUTHORIZED else None
+        headers = None
+        if self.status == HTTPStatus.UNAUTHORIZED:
+            headers = {"WWW-Authenticate": "Bearer"}
+        elif self.status == HTTPStatus.SERVICE_UNAVAILABLE:
+            headers = {"Retry-After": "1"}
         return JSONResponse(
             {"error": self.code, "detail": self.detail}, status_code=self.status, headers=headers
         )

@@ -1,13 +1,19 @@
-"""The BentoML services: POST /predict (one image) and /predict_batch (several).
+"""The BentoML service: POST /predict (one image) and /predict_batch (several).
 
-Two services, so that parsing and preprocessing run beside inference, in other processes:
+`MedflowClassifier` (the Bento's entry, HTTP, async), in each worker process:
 
-- `MedflowClassifier` (the Bento's entry, HTTP, async): auth and size guard
-  (medflow.serving.guard), upload checks and preprocessing in a thread (medflow.serving.inputs
-  -> medflow.preprocess, the code that prepared the training data), the decision and the
-  response; the model calls of concurrent requests are merged into batches here
-  (medflow.serving.batcher);
-- `MedflowModel` (internal, a dependency): the network; `infer` takes a whole batch.
+- auth, body size and form shape: the guard middleware (medflow.serving.guard);
+- upload checks and preprocessing in a thread (medflow.serving.inputs -> medflow.preprocess,
+  the code that prepared the training data);
+- the network, loaded in the worker itself and run on one inference thread; the images of
+  concurrent requests are merged into batches (medflow.serving.batcher), a lone request goes
+  at once;
+- the decision and the response.
+
+The network is not a second BentoML service (`bentoml.depends`): `bentoml serve` would run it
+in processes of its own, and the round trip to it cost ~5 ms per request and dropped a
+connection now and then under load (benchmarks/README.md, serve section). For more throughput,
+add workers (package.serve.workers): each holds its own copy of the network.
 
 Which model is served is fixed when the Bento is built (`model_tag`, medflow.package); so
 are limits, batching and workers (`serve`, package.serve), which BentoML reads from the
@@ -25,17 +31,18 @@ import os
 from http import HTTPStatus
 from pathlib import Path
 
-import aiohttp
 import bentoml
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
+from starlette.responses import Response
 
 from medflow.config import PackageParams
-from medflow.models.artifact import ModelSpec, load_model, load_spec
+from medflow.models.artifact import load_model
 from medflow.preprocess import PreprocessSummary
 from medflow.serving import MODEL_TAG_ARG, SERVE_ARG
-from medflow.serving.batcher import Coalescer
+from medflow.serving.batcher import Overloaded
+from medflow.serving.engine import Engine
 from medflow.serving.errors import ServeError
 from medflow.serving.gradcam import GradCam, overlay, png_bytes
 from medflow.serving.guard import RequestGuard, Route
@@ -45,8 +52,6 @@ from medflow.serving.settings import resolve_serve_params
 logger = logging.getLogger(__name__)
 
 MODEL_TAG_ENV = "MEDFLOW_MODEL_TAG"
-# tries of one call to the model service when it drops the connection before answering
-MODEL_CALL_ATTEMPTS = 3
 
 
 def model_tag() -> str:
@@ -93,46 +98,6 @@ class Prediction(BaseModel):
 
 
 @bentoml.service(
-    name="medflow-model",
-    workers=SERVE.model_workers,
-    resources={"cpu": "1"},
-    traffic={"timeout": SERVE.timeout_s},
-)
-class MedflowModel:
-    """The network: batched class probabilities, and Grad-CAM heatmaps."""
-
-    model_ref = bentoml.models.BentoModel(model_tag())
-
-    def __init__(self) -> None:
-        logging.getLogger("medflow").setLevel(logging.INFO)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        net, spec = load_model(Path(self.model_ref.path))
-        # channels_last, as in training: on CPU a forward pass costs 5.0 instead of 6.4 ms for
-        # one image, 3.9 instead of 6.7 ms per image in batches of 16 (benchmarks/README.md)
-        self.net = net.to(self.device, memory_format=torch.channels_last)
-        self.gradcam = GradCam(net.cpu() if self.device.type != "cpu" else net)
-        logger.info("model %s (%s) on %s", self.model_ref.tag, spec.architecture, self.device)
-
-    # Not BentoML-batchable: the API worker already sends whole batches (medflow.serving.batcher),
-    # and BentoML's dispatcher held even a lone request for company (/infer 16.4 against 12.5 ms
-    # at concurrency 1, benchmarks/README.md).
-    @bentoml.api
-    def infer(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities (n, classes) of preprocessed images (n, channels, size, size)."""
-        # arrays from the API worker arrive read-only (unpickled); torch wants writable memory
-        images = np.require(images, dtype=np.float32, requirements="W")
-        x = torch.as_tensor(images, device=self.device)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            return torch.softmax(self.net(x).float(), dim=1).cpu().numpy()
-
-    @bentoml.api
-    def explain(self, image: np.ndarray, target: int) -> np.ndarray:
-        """Grad-CAM heatmap (size, size) in [0, 1] of one preprocessed image for class `target`."""
-        return self.gradcam(image, target)
-
-
-@bentoml.service(
     name="medflow",
     workers=SERVE.workers,
     resources={"cpu": "1"},
@@ -141,64 +106,48 @@ class MedflowModel:
 class MedflowClassifier:
     """DICOM (or PNG/JPEG if allowed) in, label and class probabilities out."""
 
-    # The same model as MedflowModel's: read for its spec (classes, threshold, preprocessing).
     model_ref = bentoml.models.BentoModel(model_tag())
-    model = bentoml.depends(MedflowModel)
 
     def __init__(self) -> None:
         # The worker process is our entrypoint; BentoML's server logging passes WARNING+ only.
         logging.getLogger("medflow").setLevel(logging.INFO)
         self.model_tag = str(self.model_ref.tag)
-        self.spec: ModelSpec = load_spec(Path(self.model_ref.path))
+        net, self.spec = load_model(Path(self.model_ref.path))
         self.preprocess_params = self.spec.preprocess_params
         if len(self.spec.class_names) != self.spec.num_classes:
             raise ValueError(
                 f"model {self.model_tag} has {self.spec.num_classes} outputs but"
                 f" {len(self.spec.class_names)} class names: re-run the train stage"
             )
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # Grad-CAM on its own CPU copy of the network (hooks, gradients), made before the
+        # engine moves the network
+        self.gradcam = GradCam(net)
+        self.engine = Engine(net, device, SERVE.max_batch_size, SERVE.max_latency_ms)
         logger.info(
-            "serving %s (%s, classes %s); png/jpeg %s, modalities %s",
+            "serving %s (%s, classes %s) on %s; png/jpeg %s, modalities %s",
             self.model_tag,
             self.spec.architecture,
             self.spec.class_names,
+            device,
             "allowed" if SERVE.allow_png_jpeg else "refused",
             SERVE.allowed_modalities,
         )
-        self._infer = Coalescer(self._remote_infer, SERVE.max_batch_size)
-
-    async def _remote_infer(self, batch: np.ndarray) -> np.ndarray:
-        # Under load the model service's socket now and then drops a kept-alive connection
-        # before answering ("Server disconnected": 4 of 1,752 calls in a 25 s soak). infer is
-        # a pure function, so the call is sent again on a fresh connection.
-        for attempt in range(1, MODEL_CALL_ATTEMPTS + 1):
-            try:
-                return np.asarray(await self.model.to_async.infer(batch))
-            except aiohttp.ServerDisconnectedError:
-                if attempt == MODEL_CALL_ATTEMPTS:
-                    raise
-                logger.warning(
-                    "model service dropped the connection (attempt %d of %d); sending the"
-                    " batch of %d again",
-                    attempt,
-                    MODEL_CALL_ATTEMPTS,
-                    len(batch),
-                )
-        raise AssertionError("unreachable")
 
     # async: BentoML runs a sync API one call at a time per worker (threads=1), so concurrent
-    # requests would queue here and reach MedflowModel.infer one by one. Awaiting lets them
-    # overlap; the CPU-bound parsing and preprocessing run in threads, off the event loop.
+    # requests would queue and never share a forward pass. Awaiting lets them overlap; the
+    # CPU-bound parsing and preprocessing run in threads, off the event loop.
     @bentoml.api
     async def predict(self, file: Path, gradcam: bool = False) -> Prediction:
         """Classify one image: the multipart field `file` (DICOM; PNG/JPEG if the server allows
         them). With gradcam=true the response carries a Grad-CAM heatmap (base64 PNG)."""
         try:
-            prepared = await asyncio.to_thread(prepare_upload, file, SERVE, self.preprocess_params)
+            prepared, probs = await asyncio.to_thread(self._prepare_all, [file])
+            return _json((await self._predict(prepared, probs, gradcam))[0])  # type: ignore[return-value]
         except ServeError as exc:
             # Not raised: BentoML would log a traceback and answer its own error shape.
             logger.info("refused an upload: %s (%d)", exc.code, exc.status)
             return exc.response()  # type: ignore[return-value]
-        return (await self._predict([prepared], gradcam))[0]
 
     @bentoml.api
     async def predict_batch(self, files: list[Path], gradcam: bool = False) -> list[Prediction]:
@@ -212,34 +161,44 @@ class MedflowClassifier:
                 f" {len(files)} (package.serve.max_batch_size)",
             ).response()
         try:
-            prepared = await asyncio.to_thread(self._prepare_all, files)
+            prepared, probs = await asyncio.to_thread(self._prepare_all, files)
+            return _json(await self._predict(prepared, probs, gradcam))  # type: ignore[return-value]
         except ServeError as exc:
             return exc.response()  # type: ignore[return-value]
-        return await self._predict(prepared, gradcam)
 
-    def _prepare_all(self, files: list[Path]) -> list[Prepared]:
+    def _prepare_all(self, files: list[Path]) -> tuple[list[Prepared], np.ndarray | None]:
+        """The checked, preprocessed uploads (in a worker thread), and their probabilities if
+        the network was free to compute them right here (else None: they queue for it)."""
         prepared = []
         for i, file in enumerate(files, 1):
             try:
                 prepared.append(prepare_upload(file, SERVE, self.preprocess_params))
             except ServeError as exc:
-                logger.info("refused a batch: file %d: %s (%d)", i, exc.code, exc.status)
-                exc.detail = f"file {i} of {len(files)}: {exc.detail}"
+                if len(files) > 1:  # predict_batch; predict logs its own refusals
+                    logger.info("refused a batch: file %d: %s (%d)", i, exc.code, exc.status)
+                    exc.detail = f"file {i} of {len(files)}: {exc.detail}"
                 raise
-        return prepared
+        return prepared, self.engine.try_now(np.stack([p.image for p in prepared]))
 
-    async def _predict(self, prepared: list[Prepared], gradcam: bool) -> list[Prediction]:
-        batch = np.stack([p.image for p in prepared])
-        # Concurrent requests share a round trip to MedflowModel (and a forward pass).
-        probs = np.asarray(await self._infer(batch), dtype=np.float64)
+    async def _predict(
+        self, prepared: list[Prepared], probs: np.ndarray | None, gradcam: bool
+    ) -> list[Prediction]:
+        if probs is None:
+            try:  # concurrent requests share a forward pass
+                probs = await self.engine(np.stack([p.image for p in prepared]))
+            except Overloaded as exc:
+                logger.warning("overloaded: %s", exc)
+                raise ServeError(HTTPStatus.SERVICE_UNAVAILABLE, "overloaded", str(exc)) from None
+        probs = np.asarray(probs, dtype=np.float64)
         names, threshold = self.spec.class_names, self.spec.threshold
+        loop = asyncio.get_running_loop()
         name, _, version = self.model_tag.partition(":")
         out = []
         for p, row in zip(prepared, probs.tolist(), strict=True):
             index = decide(row, threshold)
             heatmap = None
             if gradcam:
-                cam = np.asarray(await self.model.to_async.explain(image=p.image, target=index))
+                cam = await loop.run_in_executor(self.engine.executor, self.gradcam, p.image, index)
                 png = await asyncio.to_thread(lambda p=p, cam=cam: png_bytes(overlay(p.image, cam)))
                 heatmap = base64.b64encode(png).decode("ascii")
             out.append(
@@ -256,7 +215,7 @@ class MedflowClassifier:
                     gradcam_png=heatmap,
                 )
             )
-            logger.info(
+            logger.debug(  # BentoML's access log has a line per request already
                 "predicted %s for a %dx%d %s %s image",
                 names[index],
                 *p.summary.original_shape,
@@ -264,6 +223,21 @@ class MedflowClassifier:
                 p.input_format,
             )
         return out
+
+
+_PREDICTIONS = TypeAdapter(list[Prediction])
+
+
+def _json(result: Prediction | list[Prediction]) -> Response:
+    """The response body, serialised here in one piece. Returned as a Response, BentoML sends
+    it as is; a Prediction would go out in chunks, each send passing BentoML's tracing,
+    metrics and access-log middlewares (8 % of the worker's GIL time at concurrency 32). The
+    declared return types still give the OpenAPI schema."""
+    if isinstance(result, list):
+        body = _PREDICTIONS.dump_json(result)
+    else:
+        body = result.model_dump_json().encode()
+    return Response(body, media_type="application/json")
 
 
 # Auth, size limit and form shape in front of the prediction routes (health and metrics open).
