@@ -78,7 +78,8 @@ class Layout:
 
     @property
     def champion(self) -> Path:
-        """The last packaged model: the gate's change rules compare against its metrics."""
+        """The champion, the last model packaged or promoted: the gate's change rules compare
+        against its metrics. Registry state, in the commands of dvc.yaml but no stage's output."""
         return self.reports / "champion"
 
     @property

@@ -3,7 +3,7 @@
 Two kinds of rules (docs/evaluation.md), TFX-style:
   value rules   the candidate's own numbers: AUROC, the lower end of its interval, ECE,
                 sensitivity, specificity, AUROC of every subgroup not flagged small;
-  change rules  against the current champion (the last model packaged,
+  change rules  against the current champion (the last model packaged or promoted,
                 reports/champion/metrics.json): no metric worse by more than its allowed delta.
 The first model, with no champion, is judged by the value rules alone ("no champion").
 The decision, every rule with its observed value and threshold, and the model card are

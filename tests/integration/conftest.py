@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+from tests.integration.pipeline_copy import make_copy, run
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +19,12 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory):
     with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}):
         with prefect_test_harness(server_startup_timeout=180):
             yield
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A copy with the tiny params after one full `dvc repro` (a minute or two), and that
+    repro's stdout, shared by every test that needs a reproduced pipeline. Tests must not
+    change it: clone it first (pipeline_copy.clone)."""
+    dest = make_copy(tmp_path_factory.mktemp("reproduced"))
+    return dest, run(["dvc", "repro"], dest).stdout

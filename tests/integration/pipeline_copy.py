@@ -76,3 +76,10 @@ def make_copy(dest: Path, params: dict | None = None) -> Path:
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dest)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], dest)
     return dest
+
+
+def clone(src: Path, dest: Path) -> Path:
+    """A private copy of a reproduced copy (workspace, .git, .dvc and its cache): a test may
+    change it freely. DVC re-hashes the files at the new path and finds them unchanged."""
+    shutil.copytree(src, dest, symlinks=True)
+    return dest

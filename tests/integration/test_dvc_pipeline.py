@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.pipeline_copy import make_copy, run, set_params
+from tests.integration.pipeline_copy import clone, run, set_params
 
 STAGES = {"synth", "ingest", "validate", "preprocess", "train", "evaluate", "gate", "package"}
 
@@ -18,10 +18,11 @@ def ran_stages(output: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    dest = make_copy(tmp_path_factory.mktemp("dvc_repo"))
-    proc = run(["dvc", "repro"], dest)
-    return dest, proc.stdout
+def repo(
+    reproduced: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
+    src, out = reproduced  # the session's `dvc repro` (conftest.py): these tests change params
+    return clone(src, tmp_path_factory.mktemp("dvc_repo") / "repo"), out
 
 
 def test_repro_runs_every_stage_and_builds_a_bento(repo):

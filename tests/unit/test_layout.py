@@ -30,7 +30,7 @@ def test_layout_matches_dvc_outs():
         "train": {layout.models},
         "evaluate": {layout.metrics, layout.subgroups, layout.evaluation},
         "gate": {layout.gate, layout.model_card},
-        "package": {layout.bento, layout.champion},
+        "package": {layout.bento},
     }
     for name, paths in expected.items():
         assert {str(p) for p in paths} <= _outs(stages[name]), name
@@ -39,3 +39,14 @@ def test_layout_matches_dvc_outs():
     assert str(layout.manifest) in stages["evaluate"]["deps"]
     assert str(layout.champion_metrics).startswith(str(layout.champion) + "/")
     assert f"--champion {layout.champion_metrics}" in stages["gate"]["cmd"]
+    assert f"--champion {layout.champion}" in stages["package"]["cmd"]
+
+
+def test_champion_is_no_stage_output_or_dependency():
+    # Registry state that promote/rollback rewrite: as an output, `dvc repro` would undo a
+    # rollback; as the gate's dependency, every package or promotion would re-judge the model.
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    champion = str(Layout(Path(".")).champion)
+    for name, stage in stages.items():
+        declared = _outs(stage) | {d for d in stage.get("deps", []) if isinstance(d, str)}
+        assert not {p for p in declared if p == champion or p.startswith(champion + "/")}, name

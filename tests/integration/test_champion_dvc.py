@@ -1,0 +1,73 @@
+"""The champion is registry state, not a DVC output (dvc.yaml, package): a promotion or
+rollback by hand leaves the pipeline up to date, and the next `dvc repro` keeps it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medflow.champion import CHAMPION_METRICS, HISTORY_FILE, read_champion, record_champion
+from tests.integration.pipeline_copy import clone, run
+from tests.integration.test_dvc_pipeline import ran_stages
+
+UP_TO_DATE = "Data and pipelines are up to date"
+
+
+@pytest.fixture(scope="module")
+def repo(reproduced: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    src, _ = reproduced  # the session's `dvc repro` (conftest.py), copied: we change it
+    return clone(src, tmp_path_factory.mktemp("champion_repo") / "repo")
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_the_packaged_model_is_champion_and_not_in_git(repo: Path) -> None:
+    bento = json.loads((repo / "reports/bento.json").read_text())
+    champion = read_champion(repo / "reports/champion")
+    assert champion is not None, "the package stage recorded no champion"
+    assert (champion["model_tag"], champion["promoted_by"]) == (bento["model_tag"], "package")
+    # ignored by the project's .gitignore, not by a reports/.gitignore DVC writes for outputs
+    ignored = run(["git", "check-ignore", "-v", "reports/champion/champion.json"], repo).stdout
+    assert ignored.startswith(".gitignore:"), ignored
+
+
+def test_a_rollback_by_hand_survives_dvc_status_and_repro(repo: Path) -> None:
+    champ = repo / "reports/champion"
+    packaged = read_champion(champ)
+    metrics = json.loads((champ / CHAMPION_METRICS).read_text())
+    # What `medflow models rollback` records after infra-validating the Bento
+    # (medflow.registry; the commands themselves are tested in test_registry.py).
+    record_champion(
+        champ,
+        model_tag="medflow-classifier:the-one-before",
+        bento_tag="medflow-service:the-one-before",
+        metrics={**metrics, "auroc": metrics["auroc"] - 0.01},
+        data_hash=None,
+        git_revision=None,
+        promoted_by="rollback",
+    )
+    by_hand = _files(champ)
+
+    status = run(["dvc", "status"], repo).stdout
+    assert UP_TO_DATE in status, f"a rollback by hand made stages stale:\n{status}"
+    out = run(["dvc", "repro"], repo).stdout
+    assert ran_stages(out) == set(), out
+    assert _files(champ) == by_hand, "dvc repro replaced the champion chosen by hand"
+    assert read_champion(champ)["model_tag"] != packaged["model_tag"]
+
+
+def test_a_package_run_still_records_its_model_after_the_rollback(repo: Path) -> None:
+    champ = repo / "reports/champion"
+    before = json.loads((champ / HISTORY_FILE).read_text())
+    out = run(["dvc", "repro", "--force", "--single-item", "package"], repo).stdout
+    assert ran_stages(out) == {"package"}, out
+    bento = json.loads((repo / "reports/bento.json").read_text())
+    assert read_champion(champ)["model_tag"] == bento["model_tag"]
+    history = json.loads((champ / HISTORY_FILE).read_text())
+    assert history[: len(before)] == before  # the rollback stays on record
+    assert [h["action"] for h in history[len(before) :]] == ["package"]
+    assert UP_TO_DATE in run(["dvc", "status"], repo).stdout
