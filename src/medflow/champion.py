@@ -82,11 +82,14 @@ def record_champion(
     data_hash: str | None,
     git_revision: str | None,
     promoted_by: str,
+    weights_sha256: str | None = None,
 ) -> dict[str, Any]:
     """Make `model_tag` (served by `bento_tag`) the champion and append it to the history.
 
-    `promoted_by` says what did it: "package", "promote" or "rollback". Returns the new
-    champion.json content.
+    `promoted_by` says what did it: "package", "promote" or "rollback". `weights_sha256`
+    (of model.pt) tells the same network apart from a new one under another tag (each package
+    run saves the model under a new tag; see replaced_by_hand). Returns the new champion.json
+    content.
     """
     folder = Path(folder)
     with _locked(folder):
@@ -99,6 +102,7 @@ def record_champion(
             "git_revision": git_revision,
             "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "promoted_by": promoted_by,
+            "weights_sha256": weights_sha256,
         }
         event = {
             "model_tag": model_tag,
@@ -106,6 +110,7 @@ def record_champion(
             "promoted_at": champion["promoted_at"],
             "action": promoted_by,
             "previous": previous["model_tag"] if previous else None,
+            "weights_sha256": weights_sha256,
         }
         with atomic_dir(folder) as tmp:
             if folder.is_dir():  # keep whatever else lives there (e.g. a README)
@@ -141,6 +146,31 @@ def champion_stack(folder: Path) -> list[str]:
         elif not stack or stack[-1] != event["model_tag"]:
             stack.append(event["model_tag"])
     return stack
+
+
+def replaced_by_hand(folder: Path, weights_sha256: str | None) -> dict[str, Any] | None:
+    """The history event in which a person (`medflow models promote` or `rollback`) replaced
+    a champion with these weights, unless a later promote by hand chose them again; else None.
+
+    The package stage asks before it records its model: a package run that only rebuilds the
+    Bento of the same network (serving code, bentofile or package params changed) must not
+    undo an operator's rollback. A new network (new weights) is recorded as usual: the gate
+    has compared it with whichever model the operator chose. Events written before weights
+    were recorded carry none and demote nothing.
+    """
+    if not weights_sha256:
+        return None
+    demoted_by: dict[str, Any] | None = None
+    current: str | None = None  # the weights of the champion before each event
+    for event in read_history(Path(folder)):
+        weights = event.get("weights_sha256")
+        if event.get("action") in ("promote", "rollback"):
+            if weights == weights_sha256:
+                demoted_by = None  # chosen by hand again
+            elif current == weights_sha256:
+                demoted_by = event
+        current = weights
+    return demoted_by
 
 
 def rollback_target(folder: Path) -> str:

@@ -260,6 +260,11 @@ def package(
         champion_dir=champion,
     )
     typer.echo(f"Bento built: {result.bento_tag}\nServe it with:  bentoml serve {result.bento_tag}")
+    if champion is not None and not result.champion:
+        typer.echo(
+            f"Not made the champion: the same network was replaced by hand (promote/rollback);"
+            f" to serve it anyway: medflow models promote {result.model_tag}"
+        )
 
 
 @app.command("show-bento")

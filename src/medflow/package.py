@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import Any
 
 # The champion's file names are re-exported here for callers that knew them from package.
-from medflow.champion import CHAMPION_METRICS, CHAMPION_MODEL, record_champion  # noqa: F401
+from medflow.champion import (  # noqa: F401
+    CHAMPION_METRICS,
+    CHAMPION_MODEL,
+    record_champion,
+    replaced_by_hand,
+)
 from medflow.config import PackageParams
 from medflow.errors import GateFailed
 from medflow.io import write_json_atomic
@@ -38,6 +43,8 @@ class PackageResult:
 
     model_tag: str
     bento_tag: str
+    # recorded as the champion (with a champion folder, unless replaced_by_hand said no)
+    champion: bool = False
 
 
 def read_gate(gate_file: Path) -> dict[str, Any]:
@@ -134,6 +141,7 @@ def save_to_store(
     spec: ModelSpec,
     metrics: dict[str, float],
     gate: dict[str, Any],
+    weights_sha256: str | None = None,
 ) -> str:
     """A new model store entry holding model.pt and `spec` as model.json; returns `name:version`."""
     import bentoml
@@ -144,7 +152,7 @@ def save_to_store(
             "spec": asdict(spec),
             "data_hash": spec.provenance.get("data_hash"),
             "gate": gate,
-            "weights_sha256": _sha256(model_dir / WEIGHTS_FILE),
+            "weights_sha256": weights_sha256 or _sha256(model_dir / WEIGHTS_FILE),
         }
     )
     with bentoml.models.create(name=name, labels=model_labels(spec), metadata=metadata) as m:
@@ -212,7 +220,8 @@ def run_package(
     if not bentofile.is_file():
         raise FileNotFoundError(f"no bentofile at {bentofile}: is {project_root} the project root?")
 
-    model_tag = save_to_store(params.model_name, model_dir, spec, metrics, gate)
+    weights = _sha256(model_dir / WEIGHTS_FILE)
+    model_tag = save_to_store(params.model_name, model_dir, spec, metrics, gate, weights)
     logger.info("saved model %s to the BentoML model store", model_tag)
     try:
         bento_tag = build_bento(bentofile, build_ctx, model_tag, params.serve.model_dump())
@@ -226,7 +235,22 @@ def run_package(
         "built bento %s serving %s; run it with: bentoml serve %s", bento_tag, model_tag, bento_tag
     )
 
-    result = PackageResult(model_tag=model_tag, bento_tag=bento_tag)
+    demoted_by = replaced_by_hand(Path(champion_dir), weights) if champion_dir else None
+    result = PackageResult(
+        model_tag, bento_tag, champion=champion_dir is not None and demoted_by is None
+    )
+    if demoted_by is not None:
+        logger.warning(
+            "%s is not made the champion: the same network (weights sha256 %s...) was"
+            " replaced by hand (medflow models %s, %s), and this run only rebuilt its Bento."
+            " The champion stays as it is; to serve this Bento anyway: medflow models promote"
+            " %s",
+            model_tag,
+            weights[:12],
+            demoted_by["action"],
+            demoted_by["promoted_at"],
+            model_tag,
+        )
     write_json_atomic(
         out_file,
         {
@@ -237,13 +261,17 @@ def run_package(
             "metrics": metrics,
         },
     )
-    if champion_dir is not None:
-        write_champion(Path(champion_dir), result, metrics, spec)
+    if result.champion:
+        write_champion(Path(champion_dir), result, metrics, spec, weights)
     return result
 
 
 def write_champion(
-    folder: Path, result: PackageResult, metrics: dict[str, float], spec: ModelSpec
+    folder: Path,
+    result: PackageResult,
+    metrics: dict[str, float],
+    spec: ModelSpec,
+    weights_sha256: str | None = None,
 ) -> None:
     """Record the packaged model as the champion: its metrics (what the gate's change rules
     compare with) and which model and Bento it is. Written last, once the Bento exists."""
@@ -255,4 +283,5 @@ def write_champion(
         data_hash=spec.provenance.get("data_hash"),
         git_revision=spec.provenance.get("git_revision"),
         promoted_by="package",
+        weights_sha256=weights_sha256,
     )

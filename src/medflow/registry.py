@@ -140,7 +140,8 @@ def _promote(entry: ModelEntry, champion_dir: Path, action: str, **infra: Any) -
     previous = read_champion(champion_dir)
     logger.info("infra-validating %s (serving %s)", bento_tag, entry.tag)
     report = infra_validate(bento_tag, entry.tag, entry.class_names, **infra)
-    spec = bentoml.models.get(entry.tag).info.metadata.get("spec") or {}
+    metadata = bentoml.models.get(entry.tag).info.metadata
+    spec = metadata.get("spec") or {}
     record_champion(
         champion_dir,
         model_tag=entry.tag,
@@ -149,6 +150,7 @@ def _promote(entry: ModelEntry, champion_dir: Path, action: str, **infra: Any) -
         data_hash=entry.data_hash,
         git_revision=(spec.get("provenance") or {}).get("git_revision"),
         promoted_by=action,
+        weights_sha256=metadata.get("weights_sha256"),
     )
     return Promotion(
         model_tag=entry.tag,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medflow.champion import CHAMPION_METRICS, HISTORY_FILE, read_champion, record_champion
+from medflow.champion import CHAMPION_METRICS, read_champion, record_champion
 from tests.integration.pipeline_copy import clone, run
 from tests.integration.test_dvc_pipeline import ran_stages
 
@@ -60,14 +60,17 @@ def test_a_rollback_by_hand_survives_dvc_status_and_repro(repo: Path) -> None:
     assert read_champion(champ)["model_tag"] != packaged["model_tag"]
 
 
-def test_a_package_run_still_records_its_model_after_the_rollback(repo: Path) -> None:
+def test_a_package_rebuild_of_the_same_network_does_not_undo_the_rollback(repo: Path) -> None:
+    """A package run that only rebuilds the Bento (here forced; in practice serving code, the
+    bentofile or package params changed) of the network the operator rolled back from builds
+    the Bento but leaves the champion alone (medflow.champion.replaced_by_hand)."""
     champ = repo / "reports/champion"
-    before = json.loads((champ / HISTORY_FILE).read_text())
-    out = run(["dvc", "repro", "--force", "--single-item", "package"], repo).stdout
-    assert ran_stages(out) == {"package"}, out
+    by_hand = _files(champ)
+    out = run(["dvc", "repro", "--force", "--single-item", "package"], repo)
+    assert ran_stages(out.stdout) == {"package"}, out.stdout
     bento = json.loads((repo / "reports/bento.json").read_text())
-    assert read_champion(champ)["model_tag"] == bento["model_tag"]
-    history = json.loads((champ / HISTORY_FILE).read_text())
-    assert history[: len(before)] == before  # the rollback stays on record
-    assert [h["action"] for h in history[len(before) :]] == ["package"]
+    assert bento["champion"] is False and bento["bento_tag"], bento
+    assert _files(champ) == by_hand, "the rebuild made the rolled-back network champion again"
+    assert "Not made the champion: the same network was replaced by hand" in out.stdout
+    assert f"medflow models promote {bento['model_tag']}" in out.stdout
     assert UP_TO_DATE in run(["dvc", "status"], repo).stdout

@@ -12,11 +12,12 @@ from medflow.champion import (
     champion_stack,
     read_champion,
     record_champion,
+    replaced_by_hand,
     rollback_target,
 )
 
 
-def _record(folder: Path, tag: str, by: str = "promote") -> None:
+def _record(folder: Path, tag: str, by: str = "promote", weights: str | None = None) -> None:
     record_champion(
         folder,
         model_tag=tag,
@@ -25,6 +26,7 @@ def _record(folder: Path, tag: str, by: str = "promote") -> None:
         data_hash="h",
         git_revision=None,
         promoted_by=by,
+        weights_sha256=weights,
     )
 
 
@@ -65,3 +67,35 @@ def test_no_champion(tmp_path: Path) -> None:
     assert read_champion(tmp_path) is None
     with pytest.raises(ValueError, match="promote a model by tag"):
         rollback_target(tmp_path)
+
+
+def test_a_network_replaced_by_hand_is_not_re_recorded_by_a_package_rebuild(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "champion"
+    assert replaced_by_hand(folder, "wB") is None  # no history yet
+    _record(folder, "m:a", "package", "wA")
+    _record(folder, "m:b", "package", "wB")
+    assert replaced_by_hand(folder, "wB") is None  # the pipeline's own succession
+    _record(folder, "m:a", "rollback", "wA")
+    event = replaced_by_hand(folder, "wB")
+    assert event is not None and (event["action"], event["model_tag"]) == ("rollback", "m:a")
+    assert replaced_by_hand(folder, "wA") is None  # the one chosen
+    assert replaced_by_hand(folder, "wC") is None  # a new network: the gate decides
+    assert replaced_by_hand(folder, None) is None
+    # a package run of a new network, then a promote by hand of B's rebuilt Bento: B is
+    # chosen again, and a later rebuild of it may be recorded
+    _record(folder, "m:c", "package", "wC")
+    assert replaced_by_hand(folder, "wB") is not None
+    _record(folder, "m:b2", "promote", "wB")
+    assert replaced_by_hand(folder, "wB") is None
+    # promoting another model by hand demotes the one it replaced, as a rollback does
+    _record(folder, "m:c", "promote", "wC")
+    assert replaced_by_hand(folder, "wB")["action"] == "promote"
+
+
+def test_history_without_weights_demotes_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "champion"
+    _record(folder, "m:a", "package")
+    _record(folder, "m:b", "rollback")
+    assert replaced_by_hand(folder, "wA") is None
