@@ -24,7 +24,8 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def reproduced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A copy with the tiny params after one full `dvc repro` (a minute or two), and that
-    repro's stdout, shared by every test that needs a reproduced pipeline. Tests must not
-    change it: clone it first (pipeline_copy.clone)."""
+    repro's output (stdout, then stderr: the stages' logs), shared by every test that needs a
+    reproduced pipeline. Tests must not change it: clone it first (pipeline_copy.clone)."""
     dest = make_copy(tmp_path_factory.mktemp("reproduced"))
-    return dest, run(["dvc", "repro"], dest).stdout
+    proc = run(["dvc", "repro"], dest)
+    return dest, proc.stdout + proc.stderr
