@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,9 +85,15 @@ def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 10) -> No
 
 @contextmanager
 def serve_bento(
-    bento_tag: str, *, workdir: Path, timeout: float = 120, port: int | None = None
+    bento_tag: str,
+    *,
+    workdir: Path,
+    timeout: float = 120,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[RunningBento]:
     """`bentoml serve bento_tag` on a loopback port until the block ends; ready on entry.
+    `env`: the server's whole environment (default: this process's).
 
     Raises InfraValidationFailed when the server exits or is not ready within `timeout` s.
     workdir holds the server log and is its cwd (`bentoml serve` puts its cwd on sys.path, so
@@ -103,7 +109,12 @@ def serve_bento(
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as fh:
         proc = subprocess.Popen(
-            cmd, cwd=workdir, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            cwd=workdir,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=None if env is None else dict(env),
         )
     url = f"http://127.0.0.1:{port}"
     try:

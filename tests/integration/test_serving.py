@@ -15,8 +15,6 @@ import json
 import math
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +30,7 @@ import pytest
 
 from medflow.config import PackageParams, PreprocessParams, ServeParams
 from medflow.errors import GateFailed
+from medflow.infra_validation import InfraValidationFailed, serve_bento
 from medflow.models.artifact import ModelSpec, save_model
 from medflow.models.net import SmallCNN
 from medflow.package import PackageResult, run_package
@@ -92,12 +91,6 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> Packaged:
     return Packaged(served=served, newer=newer, out_file=out_file)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass(frozen=True)
 class Server:
     url: str
@@ -106,44 +99,17 @@ class Server:
 
 @contextlib.contextmanager
 def _serve(bento_tag: str, workdir: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
-    """`bentoml serve <bento tag>` in its own process group, until the block ends."""
-    log = workdir / "server.log"
-    port = _free_port()
-    cmd = [sys.executable, "-m", "bentoml", "serve", bento_tag]
-    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    """`bentoml serve <bento tag>` (medflow.infra_validation.serve_bento: its own process
+    group, ready on entry), without the caller's MEDFLOW_SERVE_* or API token, plus `env`."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MEDFLOW_SERVE_")}
     environ.pop(SERVE.api_token_env, None)
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=workdir,  # not the repo: serve puts its cwd on sys.path
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**environ, **(env or {})},
-        )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"bentoml serve exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"bento not ready after 90 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield Server(url=url, log=log)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        with serve_bento(
+            bento_tag, workdir=workdir, timeout=90, env={**environ, **(env or {})}
+        ) as running:
+            yield Server(url=running.url, log=running.log)
+    except InfraValidationFailed as exc:  # did not start: the test's failure, with the log
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module")
