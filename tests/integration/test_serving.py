@@ -30,7 +30,7 @@ import pytest
 
 from medflow.config import PackageParams, PreprocessParams, ServeParams
 from medflow.errors import GateFailed
-from medflow.infra_validation import InfraValidationFailed, serve_bento
+from medflow.infra_validation import InfraValidationFailed, RunningBento, serve_bento
 from medflow.models.artifact import ModelSpec, save_model
 from medflow.models.net import SmallCNN
 from medflow.package import PackageResult, run_package
@@ -91,10 +91,7 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> Packaged:
     return Packaged(served=served, newer=newer, out_file=out_file)
 
 
-@dataclass(frozen=True)
-class Server:
-    url: str
-    log: Path
+Server = RunningBento  # url, pid, log
 
 
 @contextlib.contextmanager
@@ -107,7 +104,7 @@ def _serve(bento_tag: str, workdir: Path, env: dict[str, str] | None = None) -> 
         with serve_bento(
             bento_tag, workdir=workdir, timeout=90, env={**environ, **(env or {})}
         ) as running:
-            yield Server(url=running.url, log=running.log)
+            yield running
     except InfraValidationFailed as exc:  # did not start: the test's failure, with the log
         pytest.fail(str(exc))
 

@@ -1,7 +1,7 @@
 """The network of one serving worker: class probabilities, one forward pass at a time.
 
-Two ways in, both through `forward` (under one lock, so passes never overlap and fight over
-the cores; torch's own threads do the parallel work):
+Two ways in, both under one lock, so that passes never overlap and fight over the cores
+(torch's own threads do the parallel work):
 
 - `try_now(images)`, from the thread that just preprocessed a request: when nothing else is
   queued or computing, the pass runs right there, with no hand-over to another thread (at
@@ -54,12 +54,9 @@ class Engine:
 
     def try_now(self, images: np.ndarray) -> np.ndarray | None:
         """The probabilities at once if the network is free and nobody queues, else None."""
-        if self._queue.busy or not self._lock.acquire(blocking=False):
+        if self._queue.busy or self._lock.locked():
             return None
-        try:
-            return probabilities(self.net, images, self.device)
-        finally:
-            self._lock.release()
+        return self.forward(images)  # a batch may take the lock first: then this one waits
 
     async def __call__(self, images: np.ndarray) -> np.ndarray:
         """The probabilities, batched with concurrent calls (raises batcher.Overloaded)."""
