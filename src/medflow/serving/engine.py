@@ -3,9 +3,9 @@
 Two ways in, both under one lock, so that passes never overlap and fight over the cores
 (torch's own threads do the parallel work):
 
-- `try_now(images)`, from the thread that just preprocessed a request: when nothing else is
-  queued or computing, the pass runs right there, with no hand-over to another thread (at
-  concurrency 1 each hand-over cost about 1 ms here);
+- `try_now(images)`, from the thread that just preprocessed a request (or the event loop, for
+  a lone request): when nothing else is queued or computing, the pass runs right there, with
+  no hand-over to another thread (at concurrency 1 each hand-over cost about 1 ms here);
 - `await engine(images)`: otherwise the images join the batching queue
   (medflow.serving.batcher.Coalescer) and go with the next batch, on the inference thread.
 """
@@ -53,10 +53,15 @@ class Engine:
             return probabilities(self.net, images, self.device)
 
     def try_now(self, images: np.ndarray) -> np.ndarray | None:
-        """The probabilities at once if the network is free and nobody queues, else None."""
-        if self._queue.busy or self._lock.locked():
+        """The probabilities at once if the network is free and nobody queues, else None.
+
+        Never waits for the network: it may be called on the event loop (a lone request)."""
+        if self._queue.busy or not self._lock.acquire(blocking=False):
             return None
-        return self.forward(images)  # a batch may take the lock first: then this one waits
+        try:
+            return probabilities(self.net, images, self.device)
+        finally:
+            self._lock.release()
 
     async def __call__(self, images: np.ndarray) -> np.ndarray:
         """The probabilities, batched with concurrent calls (raises batcher.Overloaded)."""
