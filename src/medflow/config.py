@@ -56,7 +56,7 @@ class DataParams(_Section):
 
 
 class SynthParams(_Section):
-    n_patients: int = Field(160, ge=6)
+    n_patients: int = Field(240, ge=6)
     images_per_patient: int = Field(3, ge=1, le=50)
     lesion_prevalence: float = Field(0.5, gt=0, lt=1)
     seed: int = 7

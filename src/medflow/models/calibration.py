@@ -8,11 +8,14 @@ the Bento apply it without knowing it exists (one inference path).
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 # log T is searched in [-MAX_LOG_T, MAX_LOG_T]: T between 1/20 and 20
 MAX_LOG_T = math.log(20.0)
@@ -29,6 +32,12 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
     The NLL is convex in 1/T, so a bounded golden-section search on log T finds the optimum
     deterministically (no learning rate, no iterations to tune).
+
+    When every validation image is already ranked right (the split is separated by the
+    logits), the NLL keeps falling as T shrinks and the search ends on its lower bound:
+    T is then not identifiable from this split, and taking the bound would make every
+    probability 0 or 1 (seen on a 200-patient synthetic set: T = 0.05, threshold 1.000). The
+    network is left as it is (T = 1), with a warning: a larger validation split calibrates.
     """
     logits, labels = logits.detach().double(), labels.detach().long()
     if len(labels) == 0:
@@ -51,6 +60,14 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
             b = lo + ratio * (hi - lo)
             fb = nll(b)
     best = (lo + hi) / 2
+    if best <= -MAX_LOG_T + 1e-6:
+        logger.warning(
+            "calibration: the validation split is separated by the network (%d images), so its"
+            " temperature cannot be fitted there; left uncalibrated (T = 1). A larger"
+            " validation split (data.split.val_fraction) or more data calibrates",
+            len(labels),
+        )
+        return 1.0
     # never worse than leaving the network alone
     return math.exp(best) if nll(best) < nll(0.0) else 1.0
 

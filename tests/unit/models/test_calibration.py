@@ -32,6 +32,16 @@ def test_calibrated_logits_stay_put() -> None:
     assert fit_temperature(logits, labels) == pytest.approx(1.0, rel=0.1)
 
 
+def test_separated_split_leaves_the_network_uncalibrated(caplog: pytest.LogCaptureFixture) -> None:
+    # every image ranked right: the NLL falls as T shrinks, without a minimum inside the range
+    labels = torch.tensor([0, 1] * 40)
+    logits = torch.stack([-(labels.double() * 2 - 1), labels.double() * 2 - 1], dim=1)
+    assert F.cross_entropy(logits / 0.1, labels) < F.cross_entropy(logits, labels)
+    with caplog.at_level("WARNING", logger="medflow.models.calibration"):
+        assert fit_temperature(logits, labels) == 1.0
+    assert "cannot be fitted" in caplog.text
+
+
 def test_empty_split_is_an_error() -> None:
     with pytest.raises(ValueError, match="empty validation split"):
         fit_temperature(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))
