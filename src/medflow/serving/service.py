@@ -4,7 +4,7 @@
 
 - auth, body size and form shape: the guard middleware (medflow.serving.guard);
 - upload checks and preprocessing in a thread (medflow.serving.inputs -> medflow.preprocess,
-  the code that prepared the training data), or on the event loop for a lone small request;
+  the code that prepared the training data), or on the event loop for a lone small image;
 - the network, loaded in the worker itself and run on one inference thread; the images of
   concurrent requests are merged into batches (medflow.serving.batcher), a lone request goes
   at once;
@@ -78,9 +78,12 @@ def decide(probabilities: list[float], threshold: float) -> int:
     return max(range(len(probabilities)), key=probabilities.__getitem__)
 
 
-# Uploads up to this size (in all) may be prepared on the event loop when a request is alone:
+# A single upload up to this size may be prepared on the event loop when its request is alone:
 # about 3 ms of checks and preprocessing for a 96x96 file. Larger ones always go to a thread,
-# so that a big image cannot hold up the loop (health probes, new requests) for long.
+# so that a big image cannot hold up the loop (health probes, new requests) for long. A small
+# but highly compressed file (JPEG 2000 of a large image) can still hold it for its decode,
+# a few hundred ms at worst; since no other request is in flight then, only a request arriving
+# meanwhile waits that long.
 INLINE_MAX_BYTES = 256 * 1024
 
 # Decorator-time values (workers, batching, timeout): resolved once, at import.
@@ -179,7 +182,7 @@ class MedflowClassifier:
             self._active -= 1
 
     async def _prepare(self, files: list[Path]) -> tuple[list[Prepared], np.ndarray | None]:
-        """_prepare_all in a thread; or, for a lone request with small uploads, right here on
+        """_prepare_all in a thread; or, for a lone request with one small upload, right here on
         the event loop, which saves the hand-over to a thread and back (about 1.7 ms of a
         17 ms request at concurrency 1; benchmarks/README.md, serve section).
 
@@ -189,7 +192,7 @@ class MedflowClassifier:
         the other (measured: 70 instead of 100 req/s at concurrency 32, no batching)."""
         await asyncio.sleep(0)  # the loop runs what is ready, then polls the sockets
         await asyncio.sleep(0)  # and the requests that polling found get to start
-        if self._active == 1 and sum(f.stat().st_size for f in files) <= INLINE_MAX_BYTES:
+        if self._active == 1 and len(files) == 1 and files[0].stat().st_size <= INLINE_MAX_BYTES:
             return self._prepare_all(files)
         return await asyncio.to_thread(self._prepare_all, files)
 
