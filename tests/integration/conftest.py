@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.pipeline_copy import make_copy, run
+from tests.integration.pipeline_copy import (
+    BackgroundRepro,
+    make_copy,
+    run,
+    start_in_background,
+)
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +34,18 @@ def reproduced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     dest = make_copy(tmp_path_factory.mktemp("reproduced"))
     proc = run(["dvc", "repro"], dest)
     return dest, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _background_repros(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, _isolated_tool_homes
+):
+    """Start the BackgroundRepro copies of the collected test modules (their own params or
+    data) in one background thread as the integration tests begin; wait for it at the end."""
+    modules = dict.fromkeys(getattr(item, "module", None) for item in request.session.items)
+    found = (v for m in modules if m is not None for v in vars(m).values())
+    jobs = list(dict.fromkeys(v for v in found if isinstance(v, BackgroundRepro)))
+    lane = start_in_background(jobs, tmp_path_factory.mktemp("background")) if jobs else None
+    yield
+    if lane is not None:
+        lane.join(timeout=1800)

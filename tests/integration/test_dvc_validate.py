@@ -1,11 +1,12 @@
 """`dvc repro` stops at validate, naming the problem: a blank image, a leaked patient, a PHI column.
 
-One throw-away copy of the project: the clean synthetic dataset first (it must pass, with Data
-Docs that open from the output folder), then one broken dataset after another. A blank image
-comes in through a real source folder and a real ingest. A leaked patient or an identifying
-column cannot come out of our ingest, so they are written into the ingest output by hand and
-only the validate stage is reproduced (`dvc repro -s validate`): a full `dvc repro` would notice
-the edited output and ingest again.
+The clean synthetic dataset passed validate in the session's real `dvc repro` (conftest.py
+`reproduced`): its Data Docs must open from the output folder, here in a moved copy. Each broken
+dataset then gets its own clone of that copy, so that only what the breakage touches runs again.
+A blank image comes in through a real source folder and a real ingest. A leaked patient or an
+identifying column cannot come out of our ingest, so they are written into the ingest output by
+hand and only the validate stage is reproduced (`dvc repro -s validate`): a full `dvc repro`
+would notice the edited output and ingest again.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from tests.integration.pipeline_copy import make_copy, run, set_params
+from tests.integration.pipeline_copy import clone, run, set_params
 
 DOWNSTREAM = ("preprocess", "train", "evaluate", "gate", "package")
 
@@ -51,11 +52,11 @@ def local_links(page: Path) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    dest = make_copy(tmp_path_factory.mktemp("validate_repo"))
-    run(["dvc", "repro", "validate"], dest)
-    return dest
+@pytest.fixture
+def repo(reproduced: tuple[Path, str], tmp_path: Path) -> Path:
+    """A private clone of the session's reproduced copy: clean data, validated, in dvc.lock."""
+    src, _ = reproduced
+    return clone(src, tmp_path / "repo")
 
 
 def test_the_clean_dataset_passes_with_data_docs_that_open_from_the_folder(repo: Path) -> None:
@@ -99,23 +100,21 @@ def test_a_blank_image_stops_the_pipeline_at_validate(repo: Path) -> None:
     with (source / "labels.csv").open("a") as fh:
         fh.write(f"blank.dcm,{label}\n")
     set_params(repo, {"data": {"source": "hospital"}})
-    try:
-        said = _stopped_at_validate(repo, single=False)
-    finally:
-        set_params(repo, {"data": {"source": "synthetic"}})
+    said = _stopped_at_validate(repo, single=False)
     assert "pixel_constant_fraction" in said or "pixel_std" in said, said
     manifest = pd.read_csv(repo / "data/ingested/manifest.csv", dtype=str)
     blank_ids = manifest.image_id[manifest.pixel_std.astype(float) == 0].tolist()
     assert len(blank_ids) == 1 and blank_ids[0] in said, (blank_ids, said)
 
 
-def _reingest_clean(repo: Path) -> pd.DataFrame:
-    run(["dvc", "repro", "validate"], repo)
+def _clean_manifest(repo: Path) -> pd.DataFrame:
+    """The clone's ingest output, as the `dvc repro` whose validate passed left it."""
+    assert json.loads((repo / "data/validation/summary.json").read_text())["success"] is True
     return pd.read_csv(repo / "data/ingested/manifest.csv", dtype=str, keep_default_na=False)
 
 
 def test_a_leaked_patient_stops_validate_naming_the_pseudonym(repo: Path) -> None:
-    manifest = _reingest_clean(repo)
+    manifest = _clean_manifest(repo)
     patient = manifest.patient_id[manifest.split == "train"].iloc[0]
     first_image = manifest.index[manifest.patient_id == patient][0]
     manifest.loc[first_image, "split"] = "test"
@@ -125,7 +124,7 @@ def test_a_leaked_patient_stops_validate_naming_the_pseudonym(repo: Path) -> Non
 
 
 def test_an_identifying_column_stops_validate_naming_it(repo: Path) -> None:
-    manifest = _reingest_clean(repo)
+    manifest = _clean_manifest(repo)
     manifest["PatientName"] = "Doe^Jane"
     manifest.to_csv(repo / "data/ingested/manifest.csv", index=False)
     said = _stopped_at_validate(repo, single=True)

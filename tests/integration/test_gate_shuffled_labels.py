@@ -10,14 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.integration.pipeline_copy import make_copy, run
+from tests.integration.pipeline_copy import make_copy, package_in_background, run
 from tests.integration.test_dvc_pipeline import ran_stages
 
 
-@pytest.fixture(scope="module")
-def refused(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    dest = make_copy(
-        tmp_path_factory.mktemp("shuffled_repo"),
+def _prepare(dest: Path) -> None:
+    make_copy(
+        dest,
         # a model no better than chance has an AUROC interval reaching down below 0.5
         {"data": {"source": "shuffled"}, "gate": {"min_auroc_ci_low": 0.5}},
     )
@@ -28,10 +27,15 @@ def refused(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     labels = pd.read_csv(labels_file)
     labels["label"] = np.random.default_rng(0).permutation(labels["label"].to_numpy())
     labels.to_csv(labels_file, index=False)
-    with pytest.MonkeyPatch.context() as mp:
-        # not the synthetic source: ingest wants a real key
-        mp.setenv("MEDFLOW_DEID_KEY", "integration-test-key-" * 3)
-        proc = run(["dvc", "repro", "package"], dest, check=False)
+
+
+SHUFFLED = package_in_background("shuffled_repo", _prepare)
+
+
+@pytest.fixture(scope="module")
+def refused(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The copy after its `dvc repro package` (started in the background by conftest.py)."""
+    dest, proc = SHUFFLED.result(tmp_path_factory)
     assert proc.returncode != 0, proc.stdout[-3000:]
     return dest, proc.stdout + proc.stderr
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.integration.pipeline_copy import make_copy, run
+from tests.integration.pipeline_copy import make_copy, package_in_background
 from tests.integration.test_dvc_pipeline import ran_stages
 
 CLASSES = ["normal", "nodule", "effusion"]
@@ -41,10 +41,9 @@ def write_archive(path: Path, seed: int = 0) -> None:
     np.savez(path, **arrays)
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    dest = make_copy(
-        tmp_path_factory.mktemp("multiclass_repo"),
+def _prepare(dest: Path) -> None:
+    make_copy(
+        dest,
         {
             "data": {"source": "three.npz", "class_names": CLASSES},
             # the synthetic site/manufacturer columns do not exist in an archive
@@ -54,9 +53,19 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     )
     (dest / "data").mkdir(exist_ok=True)
     write_archive(dest / "data/three.npz")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDFLOW_DEID_KEY", "integration-test-key-" * 3)
-        proc = run(["dvc", "repro", "package"], dest)
+
+
+REPRO = package_in_background("multiclass_repo", _prepare)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The copy after its `dvc repro package` (started in the background by conftest.py)."""
+    dest, proc = REPRO.result(tmp_path_factory)
+    assert proc.returncode == 0, (
+        f"dvc repro package exited {proc.returncode}\n--stdout--\n{proc.stdout[-4000:]}"
+        f"\n--stderr--\n{proc.stderr[-4000:]}"
+    )
     return dest, proc.stdout + proc.stderr
 
 

@@ -22,6 +22,7 @@ import pytest
 from tests.integration.pipeline_copy import make_copy, run
 
 WAIT_RUN_S = 420  # the tiny pipeline, end to end, on two busy cores
+POLL_S = 2  # how often the served runner looks for due runs
 
 
 def _free_port() -> int:
@@ -93,9 +94,12 @@ def test_new_files_start_a_training_run(server, tmp_path_factory):
 
     assert "baseline" in watch()  # first look: a baseline, no event
     serve_log = (repo / "serve.log").open("w")
+    # The runner asks the server for due runs every 10 s by default; three pick-ups (a watcher
+    # run, the one after the change, the training run) lie on this test's path.
+    serve_env = {**env, "PREFECT_RUNNER_POLL_FREQUENCY": str(POLL_S)}
     serving = subprocess.Popen(
         [sys.executable, "-m", "flows.deployments", "serve", "--root", str(repo)],
-        cwd=repo, env=env, stdout=serve_log, stderr=subprocess.STDOUT,
+        cwd=repo, env=serve_env, stdout=serve_log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         deployment = _wait(

@@ -1,25 +1,28 @@
 """The Prefect UI, in a real headless Chromium, shows a finished pipeline run and its artifacts.
 
 A real `prefect server start` (own PREFECT_HOME, default SQLite), the project's pipeline flow
-run against it on a tiny copy of the project, then the UI pages of that flow run opened in
-Debian's `chromium` over the DevTools protocol. Screenshots land in test-output/prefect-ui/.
+run against it on a clone of the session's reproduced tiny copy (conftest.py `reproduced`: DVC
+reports every stage current, so the run skips them and publishes their outputs, as
+flows/artifacts.py does on every run), then the UI pages of that flow run opened in Debian's
+`chromium` over the DevTools protocol. Screenshots land in test-output/prefect-ui/.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
 from flows.artifacts import KEYS as ARTIFACT_KEYS
 from tests.integration.headless_chromium import BINARIES, HeadlessChromium, find_chromium
-from tests.integration.pipeline_copy import ROOT, make_copy
+from tests.integration.pipeline_copy import ROOT, clone
 from tests.integration.prefect_server import client_env, running_server
 
 OUTPUT = ROOT / "test-output" / "prefect-ui"
-# what flows/artifacts.py publishes on a run where every stage runs and the gate accepts
+# what flows/artifacts.py publishes on a run whose gate accepted (run or skipped as current)
 EXPECTED_ARTIFACTS = set(ARTIFACT_KEYS)
 
 CHROMIUM = find_chromium()
@@ -34,10 +37,10 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def finished_run(reproduced: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Serve Prefect, run the pipeline against it; yield base URL, the run and its artifacts."""
     tmp = tmp_path_factory.mktemp("prefect_ui")
-    repo = make_copy(tmp / "repo")
+    repo = clone(reproduced[0], tmp / "repo")  # private: DVC keeps its lock and state in it
     with running_server(tmp / "server_home") as base:
         api = f"{base}/api"
         proc = subprocess.run(
