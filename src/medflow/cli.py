@@ -52,8 +52,8 @@ def _stage(func: F) -> F:
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from medflow.dicom import DicomError  # not via medflow.preprocess: that loads torch
         from medflow.errors import StageFailed
-        from medflow.preprocess import DicomError
 
         _setup_logging()
         try:
