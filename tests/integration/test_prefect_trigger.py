@@ -3,7 +3,8 @@ server's event services, which the ephemeral server does not run).
 
 The served deployments are the ones `python -m flows.deployments serve` registers; the served
 watcher (every 10 s) hashes the real data folder; new files make a new hash, an event, and a
-training run, with nothing else called."""
+training run, with nothing else called. A second run asked for while it trains waits for the
+deployment's concurrency slot (ENQUEUE) and starts after it ends."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -56,6 +58,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict
         PREFECT_HOME=str(home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_LOGGING_EXTRA_LOGGERS="medflow",
+        # a run waiting for the deployment's concurrency slot retries every 3 s, not 30
+        PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="3",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
     )
     log = (home / "server.log").open("w")
@@ -150,20 +154,38 @@ def test_new_files_start_a_training_run(server, tmp_path_factory):
         shutil.copy2(dicom, dicom.with_name("new_arrival.dcm"))
         expected = hash_source(incoming).digest
 
-        def finished() -> dict | None:
-            done = [
-                r
-                for r in runs_of(deployment)
-                if r["state_type"] in ("COMPLETED", "FAILED", "CRASHED")
-            ]
-            return done[0] if done else None
+        def in_state(*types: str, run_id: str | None = None):
+            def found() -> dict | None:
+                runs = [r for r in runs_of(deployment) if r["state_type"] in types]
+                runs = [r for r in runs if run_id is None or r["id"] == run_id]
+                return runs[0] if runs else None
 
-        flow_run = _wait("the triggered training run", finished, WAIT_RUN_S, [serving])
-        assert flow_run["state_type"] == "COMPLETED", (flow_run["state"], serve_log.name)
-        assert flow_run["name"] == f"train-{expected[:12]}"
-        assert flow_run["parameters"]["data_hash"] == expected
-        assert (repo / "reports" / "bento.json").is_file()
+            return found
+
+        first = _wait("the triggered run to start", in_state("RUNNING"), WAIT_RUN_S, [serving])
+        assert first["name"] == f"train-{expected[:12]}"
+        assert first["parameters"]["data_hash"] == expected
         assert len(runs_of(deployment)) == 1  # one change, one event, one training run
+
+        # A second request while it trains (another event, a cron tick, a person): with the
+        # deployment's concurrency limit 1 and ENQUEUE it waits for the slot, never runs beside.
+        second = httpx.post(
+            f"{url}/deployments/{deployment}/create_flow_run",
+            json={"parameters": {"data_hash": expected}},
+        ).json()
+        done = ("COMPLETED", "FAILED", "CRASHED")
+        first = _wait(
+            "the triggered run", in_state(*done, run_id=first["id"]), WAIT_RUN_S, [serving]
+        )
+        assert first["state_type"] == "COMPLETED", (first["state"], serve_log.name)
+        assert (repo / "reports" / "bento.json").is_file()
+        second = _wait("the queued run", in_state(*done, run_id=second["id"]), 180, [serving])
+        assert second["state_type"] == "COMPLETED", (second["state"], serve_log.name)
+        # it started once the first had ended (and found every stage current)
+        started, ended = (
+            datetime.fromisoformat(t) for t in (second["start_time"], first["end_time"])
+        )
+        assert started >= ended, (first, second)
     finally:
         serving.terminate()
         serving.wait(timeout=30)
