@@ -293,6 +293,10 @@ class ServeParams(_Section):
     # the bearer token is read from this environment variable where the Bento runs; unset or
     # empty: no authentication
     api_token_env: str = Field("MEDFLOW_API_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # OpenTelemetry spans for /predict and /predict_batch (BentoML's tracing, collected only
+    # where a BentoML config sets an exporter and a sample rate). Off, those routes skip the
+    # tracing middleware: about 0.7 ms less per request (docs/serving.md)
+    trace_predictions: bool = False
 
     @field_validator("allowed_modalities")
     @classmethod

@@ -313,6 +313,22 @@ def test_predict_dicom(server: Server, packaged: Packaged, dicoms: dict[str, Pat
     assert pre["window"]
 
 
+def test_bentoml_python_client(server: Server, packaged: Packaged, dicoms: dict[str, Path]):
+    """BentoML's own client shapes its requests from the APIs' schema; the guard answers them."""
+    import bentoml
+
+    with bentoml.SyncHTTPClient(server.url, timeout=30) as client:
+        one = client.predict(file=dicoms["ct"])
+        two = client.predict_batch(files=[dicoms["ct"], dicoms["rgb"]], gradcam=True)
+    _check_prediction(one, packaged)
+    assert one["gradcam_png"] is None
+    assert len(two) == 2
+    for body in two:
+        _check_prediction(body, packaged)
+        assert base64.b64decode(body["gradcam_png"]).startswith(b"\x89PNG")
+    assert two[0]["probabilities"] == one["probabilities"]
+
+
 @pytest.mark.parametrize(("name", "shape"), [("png", [48, 80]), ("jpeg", [60, 40])])
 def test_png_jpeg_when_allowed(
     server: Server, packaged: Packaged, dicoms: dict[str, Path], name: str, shape: list[int]
@@ -403,6 +419,19 @@ def test_malformed_requests_are_client_errors(server: Server, dicoms: dict[str, 
         assert 400 <= resp.status_code < 500, (error, resp.text)
         assert _error(resp)["error"] == error
     assert _post(server, dicoms["ct"]).status_code == 200
+
+
+def test_form_values_are_checked(server: Server, dicoms: dict[str, Path]) -> None:
+    """Two files to /predict, or a gradcam flag that is not a boolean: 400s naming the field."""
+    url, data = f"{server.url}/predict", dicoms["ct"].read_bytes()
+    cases = {
+        "two files": httpx.post(url, files=[("file", data), ("file", data)]),
+        "gradcam=maybe": httpx.post(url, files={"file": data}, data={"gradcam": "maybe"}),
+    }
+    for case, resp in cases.items():
+        assert resp.status_code == 400, (case, resp.text)
+        assert _error(resp)["error"] == "bad_field", case
+    assert _post(server, dicoms["ct"], gradcam="0").json()["gradcam_png"] is None
 
 
 def test_health_and_metrics_answer(server: Server) -> None:

@@ -1,8 +1,17 @@
-"""ASGI middleware in front of the prediction routes: bearer token, size, request shape.
+"""ASGI middleware in front of the prediction routes: bearer token, size, request shape, and
+then the answer itself.
 
 Decided before BentoML parses the request, so that an unauthorised or oversized request costs
 no parsing, and a malformed one is a 4xx naming the problem instead of BentoML's 500 (its
 form parsing fails with a 500 on broken multipart bodies or binary values in unknown fields).
+
+A request that passes is parsed here once, into a `Form` held in memory, and handed to the
+service (`answer`, medflow.serving.service), which answers it. BentoML's API layer would parse
+the body a second time, write each upload to a temporary file and dispatch through its router:
+about 1.5 ms of a request at concurrency 1 (benchmarks/README.md, serve section), and a copy
+of every patient file on disk. This middleware runs inside BentoML's metrics, tracing, access
+log, timeout and concurrency middlewares, so those still see every request. Until the
+service exists (`answer` returns None), requests go on to BentoML's own routes.
 Health (/healthz, /livez, /readyz) and /metrics are not guarded and stay open.
 """
 
@@ -11,13 +20,14 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
+from starlette.responses import Response
 
 from medflow.serving.errors import ServeError
 
@@ -36,6 +46,19 @@ class Route:
     required: frozenset[str]
 
 
+@dataclass(frozen=True)
+class Form:
+    """A checked request's form: the bytes of each upload per file field, in the order sent,
+    and the text fields (the last value of each)."""
+
+    files: dict[str, list[bytes]]
+    values: dict[str, str]
+
+
+# (path, form) -> the response; None while there is no service to answer yet
+Answer = Callable[[str, Form], Awaitable[Response | None]]
+
+
 class _Refused(Exception):
     def __init__(self, error: ServeError) -> None:
         self.error = error
@@ -45,10 +68,19 @@ class RequestGuard:
     """401 without `Authorization: Bearer <token>` when $<token_env> is set; 413 for bodies
     above max_body bytes; 415 unless multipart/form-data; 400 for a form that does not parse,
     has unknown or missing fields, or text where a file belongs. The body is held in memory (up to
-    max_body) so the app can read it after the check."""
+    max_body). A request that passes goes to `answer`, or on to the app while `answer` has
+    none (returns None)."""
 
-    def __init__(self, app: Any, routes: Mapping[str, Route], token_env: str, max_body: int):
+    def __init__(
+        self,
+        app: Any,
+        routes: Mapping[str, Route],
+        token_env: str,
+        max_body: int,
+        answer: Answer | None = None,
+    ):
         self.app = app
+        self.answer = answer
         self.routes = dict(routes)
         self.token_env = token_env
         # Read once per worker; empty means no authentication, as unset does.
@@ -72,7 +104,7 @@ class RequestGuard:
             self._check_token(headers.get(b"authorization", b""))
             self._check_headers(headers)
             messages = await self._read_body(receive, headers.get(b"content-length"))
-            await self._check_form(scope, messages, route)
+            form = await self._read_form(scope, messages, route)
         except _Refused as refused:
             logger.info("refused a request: %s (%d)", refused.error.code, refused.error.status)
             response = refused.error.response()
@@ -80,7 +112,11 @@ class RequestGuard:
                 response.headers["Connection"] = "close"  # the rest of the body is not read
             await response(scope, receive, send)
             return
-        await self.app(scope, _replay(messages, receive), send)
+        response = None if self.answer is None else await self.answer(scope["path"], form)
+        if response is None:
+            await self.app(scope, _replay(messages, receive), send)
+        else:
+            await response(scope, receive, send)
 
     def _check_token(self, header: bytes) -> None:
         if self.token is None:
@@ -124,7 +160,7 @@ class RequestGuard:
             if not message.get("more_body"):
                 return messages
 
-    async def _check_form(self, scope: Scope, messages: list[Message], route: Route) -> None:
+    async def _read_form(self, scope: Scope, messages: list[Message], route: Route) -> Form:
         request = Request(scope, _replay(list(messages), None))
         try:
             form = await request.form()
@@ -165,6 +201,14 @@ class RequestGuard:
                             HTTPStatus.BAD_REQUEST, "bad_field", f"form field {name!r}: want {want}"
                         )
                     )
+            files: dict[str, list[bytes]] = {}
+            values: dict[str, str] = {}
+            for name, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    files.setdefault(name, []).append(await value.read())
+                else:
+                    values[name] = value
+            return Form(files, values)
         finally:
             await form.close()
 

@@ -7,9 +7,9 @@ logs or returns a file name or an identifying header value.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from http import HTTPStatus
-from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -44,9 +44,10 @@ def sniff(head: bytes) -> str:
     return "dicom"
 
 
-def prepare_upload(path: Path, serve: ServeParams, params: PreprocessParams) -> Prepared:
-    """The model input for one uploaded file; raises ServeError (a 4xx) naming the problem."""
-    size = path.stat().st_size
+def prepare_upload(raw: bytes, serve: ServeParams, params: PreprocessParams) -> Prepared:
+    """The model input for one uploaded file (its bytes); raises ServeError (a 4xx) naming the
+    problem. pydicom and Pillow parse from memory: no upload is written to disk here."""
+    size = len(raw)
     if size == 0:
         raise ServeError(HTTPStatus.BAD_REQUEST, "empty_upload", "the file is empty (0 bytes)")
     if size > serve.max_upload_bytes:
@@ -56,9 +57,6 @@ def prepare_upload(path: Path, serve: ServeParams, params: PreprocessParams) -> 
             f"the file has {size:,} bytes, above the limit of {serve.max_upload_bytes:,}"
             " (package.serve.max_upload_bytes)",
         )
-    # Read in one go (the size is checked above): pydicom then parses from memory, which cost
-    # about 0.15 ms less than from the open file, per request.
-    raw = path.read_bytes()
     kind = sniff(raw[: DICM_MAGIC[0] + len(DICM_MAGIC[1])])
     if kind == "dicom":
         ds = _read_dicom(raw, serve)
@@ -72,7 +70,7 @@ def prepare_upload(path: Path, serve: ServeParams, params: PreprocessParams) -> 
                 f"this server takes DICOM files only, not {kind.upper()}"
                 " (package.serve.allow_png_jpeg is false)",
             )
-        ds = picture_dataset(path, kind, serve, params)
+        ds = picture_dataset(raw, kind, serve, params)
     try:
         image, summary = preprocess_dataset(ds, params)
     except DicomError as exc:
@@ -137,13 +135,13 @@ def _check_modality(ds: Dataset, serve: ServeParams) -> None:
         )
 
 
-def picture_dataset(path: Path, kind: str, serve: ServeParams, params: PreprocessParams) -> Dataset:
+def picture_dataset(raw: bytes, kind: str, serve: ServeParams, params: PreprocessParams) -> Dataset:
     """A PNG or JPEG as a secondary-capture DICOM data set, so that it takes the very same
     preprocessing path as a DICOM upload. The size is checked on the header, before decoding."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(raw)) as im:
             width, height = im.size
             bands = 3 if len(im.getbands()) >= 3 else 1
             if width * height * bands > min(serve.max_image_pixels, params.max_frame_pixels):

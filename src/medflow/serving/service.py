@@ -2,7 +2,9 @@
 
 `MedflowClassifier` (the Bento's entry, HTTP, async), in each worker process:
 
-- auth, body size and form shape: the guard middleware (medflow.serving.guard);
+- auth, body size and form shape: the guard middleware (medflow.serving.guard), which parses
+  the form once, in memory, and hands it to `answer` (BentoML's API layer would parse it
+  again and write each upload to a temporary file);
 - upload checks and preprocessing in a thread (medflow.serving.inputs -> medflow.preprocess,
   the code that prepared the training data), or on the event loop for a lone small image;
 - the network, loaded in the worker itself and run on one inference thread; the images of
@@ -34,7 +36,7 @@ from pathlib import Path
 import bentoml
 import numpy as np
 import torch
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.responses import Response
 
 from medflow.config import PackageParams
@@ -45,7 +47,7 @@ from medflow.serving.batcher import Overloaded
 from medflow.serving.engine import Engine
 from medflow.serving.errors import ServeError
 from medflow.serving.gradcam import GradCam, overlay, png_bytes
-from medflow.serving.guard import RequestGuard, Route
+from medflow.serving.guard import Form, RequestGuard, Route
 from medflow.serving.inputs import Prepared, prepare_upload
 from medflow.serving.settings import resolve_serve_params
 
@@ -89,6 +91,13 @@ INLINE_MAX_BYTES = 256 * 1024
 # Decorator-time values (workers, batching, timeout): resolved once, at import.
 SERVE = resolve_serve_params(getattr(bentoml.use_arguments(), SERVE_ARG, None))
 
+PREDICT_ROUTES = ("/predict", "/predict_batch")
+# BentoML's tracing middleware makes a span per request even when no trace is collected (its
+# default sample rate is 0): about 0.7 ms per prediction here. Unless package.serve asks for
+# traces of the prediction routes, they skip it. A default only: a BentoML config
+# (BENTOML_CONFIG) that sets tracing.excluded_urls wins.
+TRACING = {} if SERVE.trace_predictions else {"excluded_urls": list(PREDICT_ROUTES)}
+
 
 class Prediction(BaseModel):
     label: str
@@ -110,6 +119,7 @@ class Prediction(BaseModel):
     workers=SERVE.workers,
     resources={"cpu": "1"},
     traffic={"timeout": SERVE.timeout_s},
+    tracing=TRACING,
 )
 class MedflowClassifier:
     """DICOM (or PNG/JPEG if allowed) in, label and class probabilities out."""
@@ -133,6 +143,7 @@ class MedflowClassifier:
         self.gradcam = GradCam(net)
         self.engine = Engine(net, device, SERVE.max_batch_size, SERVE.max_latency_ms)
         self._active = 0  # prediction requests in this worker (all on its event loop)
+        _WORKER["service"] = self  # the guard now hands requests to self.answer
         logger.info(
             "serving %s (%s, classes %s) on %s; png/jpeg %s, modalities %s",
             self.model_tag,
@@ -143,45 +154,88 @@ class MedflowClassifier:
             SERVE.allowed_modalities,
         )
 
-    # async: BentoML runs a sync API one call at a time per worker (threads=1), so concurrent
-    # requests would queue and never share a forward pass. Awaiting lets them overlap; the
-    # CPU-bound parsing and preprocessing run in threads, off the event loop (but see _prepare).
+    # Over HTTP, both routes are answered by `answer` (from the guard); the API methods declare
+    # them to BentoML (OpenAPI schema, clients) and serve calls made in Python.
     @bentoml.api
     async def predict(self, file: Path, gradcam: bool = False) -> Prediction:
         """Classify one image: the multipart field `file` (DICOM; PNG/JPEG if the server allows
         them). With gradcam=true the response carries a Grad-CAM heatmap (base64 PNG)."""
-        self._active += 1
-        try:
-            prepared, probs = await self._prepare([file])
-            return _json((await self._predict(prepared, probs, gradcam))[0])  # type: ignore[return-value]
-        except ServeError as exc:
-            # Not raised: BentoML would log a traceback and answer its own error shape.
-            logger.info("refused an upload: %s (%d)", exc.code, exc.status)
-            return exc.response()  # type: ignore[return-value]
-        finally:
-            self._active -= 1
+        return await self._predict_one(file.read_bytes(), gradcam)  # type: ignore[return-value]
 
     @bentoml.api
     async def predict_batch(self, files: list[Path], gradcam: bool = False) -> list[Prediction]:
         """Classify several images (repeat the multipart field `files`); all or nothing: one
         bad file refuses the request, naming which one."""
         if not 1 <= len(files) <= SERVE.max_batch_size:
-            return ServeError(  # type: ignore[return-value]
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE if files else HTTPStatus.BAD_REQUEST,
-                "batch_size",
-                f"send 1 to {SERVE.max_batch_size} files as the form field 'files', got"
-                f" {len(files)} (package.serve.max_batch_size)",
+            return self._batch_size_error(len(files)).response()  # type: ignore[return-value]
+        uploads = [f.read_bytes() for f in files]
+        return await self._predict_many(uploads, gradcam)  # type: ignore[return-value]
+
+    async def answer(self, path: str, form: Form) -> Response:
+        """A request to one of PREDICT_ROUTES that the guard has checked; any failure that is
+        not the client's is a 500 with a generic JSON error (details in the server log)."""
+        try:
+            try:
+                gradcam = _FLAG.validate_python(form.values.get("gradcam", False))
+            except ValidationError:
+                raise ServeError(
+                    HTTPStatus.BAD_REQUEST, "bad_field", "form field 'gradcam': want true or false"
+                ) from None
+            if path == "/predict_batch":
+                uploads = form.files["files"]
+                if not 1 <= len(uploads) <= SERVE.max_batch_size:
+                    raise self._batch_size_error(len(uploads))
+                return await self._predict_many(uploads, gradcam)
+            if len(form.files["file"]) != 1:
+                raise ServeError(
+                    HTTPStatus.BAD_REQUEST,
+                    "bad_field",
+                    "form field 'file': send one file (/predict_batch takes several)",
+                )
+            return await self._predict_one(form.files["file"][0], gradcam)
+        except ServeError as exc:
+            logger.info("refused a request: %s (%d)", exc.code, exc.status)
+            return exc.response()
+        except Exception:
+            logger.exception("a prediction failed")
+            return ServeError(
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "an unexpected error; see the server log",
             ).response()
+
+    async def _predict_one(self, upload: bytes, gradcam: bool) -> Response:
         self._active += 1
         try:
-            prepared, probs = await self._prepare(files)
-            return _json(await self._predict(prepared, probs, gradcam))  # type: ignore[return-value]
+            prepared, probs = await self._prepare([upload])
+            return _json((await self._predict(prepared, probs, gradcam))[0])
         except ServeError as exc:
-            return exc.response()  # type: ignore[return-value]
+            # Not raised: BentoML would log a traceback and answer its own error shape.
+            logger.info("refused an upload: %s (%d)", exc.code, exc.status)
+            return exc.response()
         finally:
             self._active -= 1
 
-    async def _prepare(self, files: list[Path]) -> tuple[list[Prepared], np.ndarray | None]:
+    async def _predict_many(self, uploads: list[bytes], gradcam: bool) -> Response:
+        self._active += 1
+        try:
+            prepared, probs = await self._prepare(uploads)
+            return _json(await self._predict(prepared, probs, gradcam))
+        except ServeError as exc:
+            return exc.response()
+        finally:
+            self._active -= 1
+
+    @staticmethod
+    def _batch_size_error(n: int) -> ServeError:
+        return ServeError(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE if n else HTTPStatus.BAD_REQUEST,
+            "batch_size",
+            f"send 1 to {SERVE.max_batch_size} files as the form field 'files', got {n}"
+            " (package.serve.max_batch_size)",
+        )
+
+    async def _prepare(self, uploads: list[bytes]) -> tuple[list[Prepared], np.ndarray | None]:
         """_prepare_all in a thread; or, for a lone request with one small upload, right here on
         the event loop, which saves the hand-over to a thread and back (about 1.7 ms of a
         17 ms request at concurrency 1; benchmarks/README.md, serve section).
@@ -192,21 +246,21 @@ class MedflowClassifier:
         the other (measured: 70 instead of 100 req/s at concurrency 32, no batching)."""
         await asyncio.sleep(0)  # the loop runs what is ready, then polls the sockets
         await asyncio.sleep(0)  # and the requests that polling found get to start
-        if self._active == 1 and len(files) == 1 and files[0].stat().st_size <= INLINE_MAX_BYTES:
-            return self._prepare_all(files)
-        return await asyncio.to_thread(self._prepare_all, files)
+        if self._active == 1 and len(uploads) == 1 and len(uploads[0]) <= INLINE_MAX_BYTES:
+            return self._prepare_all(uploads)
+        return await asyncio.to_thread(self._prepare_all, uploads)
 
-    def _prepare_all(self, files: list[Path]) -> tuple[list[Prepared], np.ndarray | None]:
+    def _prepare_all(self, uploads: list[bytes]) -> tuple[list[Prepared], np.ndarray | None]:
         """The checked, preprocessed uploads, and their probabilities if the network was free
         to compute them right here (else None: they queue for it)."""
         prepared = []
-        for i, file in enumerate(files, 1):
+        for i, upload in enumerate(uploads, 1):
             try:
-                prepared.append(prepare_upload(file, SERVE, self.preprocess_params))
+                prepared.append(prepare_upload(upload, SERVE, self.preprocess_params))
             except ServeError as exc:
-                if len(files) > 1:  # predict_batch; predict logs its own refusals
+                if len(uploads) > 1:  # predict_batch; predict logs its own refusals
                     logger.info("refused a batch: file %d: %s (%d)", i, exc.code, exc.status)
-                    exc.detail = f"file {i} of {len(files)}: {exc.detail}"
+                    exc.detail = f"file {i} of {len(uploads)}: {exc.detail}"
                 raise
         return prepared, self.engine.try_now(np.stack([p.image for p in prepared]))
 
@@ -256,6 +310,14 @@ class MedflowClassifier:
 
 
 _PREDICTIONS = TypeAdapter(list[Prediction])
+_FLAG = TypeAdapter(bool)  # form values as BentoML reads them: true/false, 1/0, yes/no, on/off
+_WORKER: dict[str, MedflowClassifier] = {}  # this worker's service instance, once created
+
+
+async def _answer(path: str, form: Form) -> Response | None:
+    """The guard's way to the service: None (BentoML's own routes) until it exists."""
+    service = _WORKER.get("service")
+    return None if service is None else await service.answer(path, form)
 
 
 def _json(result: Prediction | list[Prediction]) -> Response:
@@ -285,4 +347,5 @@ MedflowClassifier.add_asgi_middleware(
     },
     token_env=SERVE.api_token_env,
     max_body=SERVE.max_upload_bytes,
+    answer=_answer,
 )

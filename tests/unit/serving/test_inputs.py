@@ -30,12 +30,12 @@ def _ct(tmp_path: Path, **changes: object) -> Path:
 
 def _refused(path: Path, serve: ServeParams = SERVE) -> ServeError:
     with pytest.raises(ServeError) as info:
-        prepare_upload(path, serve, PRE)
+        prepare_upload(path.read_bytes(), serve, PRE)
     return info.value
 
 
 def test_dicom_takes_the_training_path(tmp_path: Path) -> None:
-    got = prepare_upload(_ct(tmp_path), SERVE, PRE)
+    got = prepare_upload(_ct(tmp_path).read_bytes(), SERVE, PRE)
     expected, summary = preprocess_dataset(pydicom.examples.ct, PRE)
     assert np.array_equal(got.image, expected)
     assert (got.summary, got.input_format) == (summary, "dicom")
@@ -75,7 +75,7 @@ def test_no_pixels_not_dicom_empty_too_large(tmp_path: Path) -> None:
 def test_png_becomes_a_secondary_capture(tmp_path: Path, mode: str, shape: tuple) -> None:
     path = tmp_path / "image.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)).save(path)
-    got = prepare_upload(path, SERVE, PRE)
+    got = prepare_upload(path.read_bytes(), SERVE, PRE)
     assert got.input_format == "png"
     assert got.image.shape == (1, 32, 32)
     assert got.summary.photometric == ("MONOCHROME2" if mode == "L" else "RGB")
