@@ -85,6 +85,9 @@ def bare_epochs(data: TensorDataset, params: TrainParams, epochs: int) -> list[f
     torch.manual_seed(params.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = build_network(params.architecture, 1, 2, params.width, params.dropout).to(device)
+    # channels_last, as Classifier trains in one process: the comparison is of Lightning
+    # alone, not of memory formats (until 2026-11-29 only Lightning's side had it)
+    net = net.to(memory_format=torch.channels_last)
     loader = _loader(data, params)
     opt = torch.optim.AdamW(
         net.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay
@@ -100,6 +103,7 @@ def bare_epochs(data: TensorDataset, params: TrainParams, epochs: int) -> list[f
         loader.sampler.set_epoch(epoch)
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
