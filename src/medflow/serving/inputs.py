@@ -44,9 +44,23 @@ def sniff(head: bytes) -> str:
     return "dicom"
 
 
+@dataclass(frozen=True)
+class Checked:
+    """An upload that passed every check short of decoding its pixels (PNG/JPEG: decoded)."""
+
+    ds: Dataset
+    input_format: str  # dicom | png | jpeg
+    values: int  # rows x columns x frames x samples
+
+
 def prepare_upload(raw: bytes, serve: ServeParams, params: PreprocessParams) -> Prepared:
     """The model input for one uploaded file (its bytes); raises ServeError (a 4xx) naming the
     problem. pydicom and Pillow parse from memory: no upload is written to disk here."""
+    return prepare_checked(check_upload(raw, serve, params), params)
+
+
+def check_upload(raw: bytes, serve: ServeParams, params: PreprocessParams) -> Checked:
+    """The first half of prepare_upload: size, kind, header (a DICOM's pixels stay encoded)."""
     size = len(raw)
     if size == 0:
         raise ServeError(HTTPStatus.BAD_REQUEST, "empty_upload", "the file is empty (0 bytes)")
@@ -60,19 +74,24 @@ def prepare_upload(raw: bytes, serve: ServeParams, params: PreprocessParams) -> 
     kind = sniff(raw[: DICM_MAGIC[0] + len(DICM_MAGIC[1])])
     if kind == "dicom":
         ds = _read_dicom(raw, serve)
-        _check_header(ds, serve, params)
+        values = _check_header(ds, serve, params)
         _check_modality(ds, serve)
-    else:
-        if not serve.allow_png_jpeg:
-            raise ServeError(
-                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                "png_jpeg_not_allowed",
-                f"this server takes DICOM files only, not {kind.upper()}"
-                " (package.serve.allow_png_jpeg is false)",
-            )
-        ds = picture_dataset(raw, kind, serve, params)
+        return Checked(ds, kind, values)
+    if not serve.allow_png_jpeg:
+        raise ServeError(
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+            "png_jpeg_not_allowed",
+            f"this server takes DICOM files only, not {kind.upper()}"
+            " (package.serve.allow_png_jpeg is false)",
+        )
+    ds = picture_dataset(raw, kind, serve, params)
+    return Checked(ds, kind, int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel))
+
+
+def prepare_checked(checked: Checked, params: PreprocessParams) -> Prepared:
+    """The second half of prepare_upload: decoding and medflow.preprocess."""
     try:
-        image, summary = preprocess_dataset(ds, params)
+        image, summary = preprocess_dataset(checked.ds, params)
     except DicomError as exc:
         raise from_dicom_error(exc) from None
     except (ValueError, TypeError, ArithmeticError, IndexError, KeyError, AttributeError) as exc:
@@ -82,7 +101,7 @@ def prepare_upload(raw: bytes, serve: ServeParams, params: PreprocessParams) -> 
             "invalid_image",
             f"the image cannot be preprocessed: {type(exc).__name__}",
         ) from None
-    return Prepared(image=image, summary=summary, input_format=kind)
+    return Prepared(image=image, summary=summary, input_format=checked.input_format)
 
 
 def _read_dicom(raw: bytes, serve: ServeParams) -> Dataset:
@@ -104,8 +123,9 @@ def _read_dicom(raw: bytes, serve: ServeParams) -> Dataset:
         ) from None
 
 
-def _check_header(ds: Dataset, serve: ServeParams, params: PreprocessParams) -> None:
-    """Pixel data present, an image, and not a decompression bomb, from the header alone."""
+def _check_header(ds: Dataset, serve: ServeParams, params: PreprocessParams) -> int:
+    """Pixel data present, an image, and not a decompression bomb, from the header alone;
+    returns the number of values the header claims."""
     try:
         check_image(ds, params.max_frame_pixels)  # per frame: the one frame decoded
     except DicomError as exc:
@@ -121,6 +141,7 @@ def _check_header(ds: Dataset, serve: ServeParams, params: PreprocessParams) -> 
             f" sample(s) = {total:,} values, above the limit of {serve.max_image_pixels:,}"
             " (package.serve.max_image_pixels); refused before decoding",
         )
+    return total
 
 
 def _check_modality(ds: Dataset, serve: ServeParams) -> None:

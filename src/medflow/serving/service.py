@@ -30,6 +30,7 @@ import asyncio
 import base64
 import logging
 import os
+from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
 
@@ -48,7 +49,7 @@ from medflow.serving.engine import Engine
 from medflow.serving.errors import ServeError
 from medflow.serving.gradcam import GradCam, overlay, png_bytes
 from medflow.serving.guard import Form, RequestGuard, Route
-from medflow.serving.inputs import Prepared, prepare_upload
+from medflow.serving.inputs import Checked, Prepared, check_upload, prepare_checked, sniff
 from medflow.serving.settings import resolve_serve_params
 
 logger = logging.getLogger(__name__)
@@ -80,13 +81,15 @@ def decide(probabilities: list[float], threshold: float) -> int:
     return max(range(len(probabilities)), key=probabilities.__getitem__)
 
 
-# A single upload up to this size may be prepared on the event loop when its request is alone:
-# about 3 ms of checks and preprocessing for a 96x96 file. Larger ones always go to a thread,
-# so that a big image cannot hold up the loop (health probes, new requests) for long. A small
-# but highly compressed file (JPEG 2000 of a large image) can still hold it for its decode,
-# a few hundred ms at worst; since no other request is in flight then, only a request arriving
-# meanwhile waits that long.
+# A single DICOM upload up to this size may be checked on the event loop when its request is
+# alone, and then decoded and preprocessed there too if its header claims at most
+# INLINE_MAX_VALUES values: about 3 ms for a 96x96 file. Anything bigger goes to a thread, so
+# that a big image cannot hold up the loop (health probes, new requests) for long; the second
+# bound is for a small but highly compressed file (a JPEG 2000 of a 4k x 4k image fits in
+# 256 KiB and takes hundreds of ms to decode). PNG/JPEG uploads always go to a thread: Pillow
+# decodes them while they are checked.
 INLINE_MAX_BYTES = 256 * 1024
+INLINE_MAX_VALUES = 512 * 512
 
 # Decorator-time values (workers, batching, timeout): resolved once, at import.
 SERVE = resolve_serve_params(getattr(bentoml.use_arguments(), SERVE_ARG, None))
@@ -236,9 +239,10 @@ class MedflowClassifier:
         )
 
     async def _prepare(self, uploads: list[bytes]) -> tuple[list[Prepared], np.ndarray | None]:
-        """_prepare_all in a thread; or, for a lone request with one small upload, right here on
-        the event loop, which saves the hand-over to a thread and back (about 1.7 ms of a
-        17 ms request at concurrency 1; benchmarks/README.md, serve section).
+        """Checks, preprocessing and (if the network is free) the forward pass, in a thread; or,
+        for a lone request with one small DICOM upload (INLINE_MAX_BYTES, INLINE_MAX_VALUES),
+        right here on the event loop, which saves the hand-over to a thread and back (about
+        1.7 ms of a 17 ms request at concurrency 1; benchmarks/README.md, serve section).
 
         "Lone" is decided after yielding twice to the loop: requests already received (their
         bytes read from the sockets) start and count themselves in `_active` first. Without
@@ -246,22 +250,25 @@ class MedflowClassifier:
         the other (measured: 70 instead of 100 req/s at concurrency 32, no batching)."""
         await asyncio.sleep(0)  # the loop runs what is ready, then polls the sockets
         await asyncio.sleep(0)  # and the requests that polling found get to start
-        if self._active == 1 and len(uploads) == 1 and len(uploads[0]) <= INLINE_MAX_BYTES:
-            return self._prepare_all(uploads)
-        return await asyncio.to_thread(self._prepare_all, uploads)
+        if (
+            self._active == 1
+            and len(uploads) == 1
+            and len(uploads[0]) <= INLINE_MAX_BYTES
+            and sniff(uploads[0]) == "dicom"
+        ):
+            checked = self._check_all(uploads)  # the header only: cheap
+            if checked[0].values <= INLINE_MAX_VALUES:
+                return self._finish(checked)
+            return await asyncio.to_thread(self._finish, checked)
+        return await asyncio.to_thread(lambda: self._finish(self._check_all(uploads)))
 
-    def _prepare_all(self, uploads: list[bytes]) -> tuple[list[Prepared], np.ndarray | None]:
-        """The checked, preprocessed uploads, and their probabilities if the network was free
-        to compute them right here (else None: they queue for it)."""
-        prepared = []
-        for i, upload in enumerate(uploads, 1):
-            try:
-                prepared.append(prepare_upload(upload, SERVE, self.preprocess_params))
-            except ServeError as exc:
-                if len(uploads) > 1:  # predict_batch; predict logs its own refusals
-                    logger.info("refused a batch: file %d: %s (%d)", i, exc.code, exc.status)
-                    exc.detail = f"file {i} of {len(uploads)}: {exc.detail}"
-                raise
+    def _check_all(self, uploads: list[bytes]) -> list[Checked]:
+        return _each(uploads, lambda raw: check_upload(raw, SERVE, self.preprocess_params))
+
+    def _finish(self, checked: list[Checked]) -> tuple[list[Prepared], np.ndarray | None]:
+        """The preprocessed uploads, and their probabilities if the network was free to compute
+        them right here (else None: they queue for it)."""
+        prepared = _each(checked, lambda c: prepare_checked(c, self.preprocess_params))
         return prepared, self.engine.try_now(np.stack([p.image for p in prepared]))
 
     async def _predict(
@@ -310,6 +317,22 @@ class MedflowClassifier:
 
 
 _PREDICTIONS = TypeAdapter(list[Prediction])
+
+
+def _each(items: list, step: Callable) -> list:
+    """step(item) for each item; a refusal of one of several names which file it was."""
+    out = []
+    for i, item in enumerate(items, 1):
+        try:
+            out.append(step(item))
+        except ServeError as exc:
+            if len(items) > 1:  # predict_batch; predict logs its own refusals
+                logger.info("refused a batch: file %d: %s (%d)", i, exc.code, exc.status)
+                exc.detail = f"file {i} of {len(items)}: {exc.detail}"
+            raise
+    return out
+
+
 _FLAG = TypeAdapter(bool)  # form values as BentoML reads them: true/false, 1/0, yes/no, on/off
 _WORKER: dict[str, MedflowClassifier] = {}  # this worker's service instance, once created
 

@@ -13,7 +13,7 @@ from PIL import Image
 from medflow.config import PreprocessParams, ServeParams
 from medflow.preprocess import preprocess_dataset
 from medflow.serving.errors import ServeError
-from medflow.serving.inputs import prepare_upload
+from medflow.serving.inputs import check_upload, prepare_checked, prepare_upload
 
 PRE = PreprocessParams(image_size=32)
 SERVE = ServeParams(allow_png_jpeg=True, max_upload_bytes=200_000)
@@ -39,6 +39,25 @@ def test_dicom_takes_the_training_path(tmp_path: Path) -> None:
     expected, summary = preprocess_dataset(pydicom.examples.ct, PRE)
     assert np.array_equal(got.image, expected)
     assert (got.summary, got.input_format) == (summary, "dicom")
+
+
+def test_checked_then_prepared_is_prepare_upload(tmp_path: Path) -> None:
+    raw = _ct(tmp_path).read_bytes()
+    checked = check_upload(raw, SERVE, PRE)
+    assert (checked.input_format, checked.values) == ("dicom", 128 * 128)
+    whole = prepare_upload(raw, SERVE, PRE)
+    assert np.array_equal(prepare_checked(checked, PRE).image, whole.image)
+
+
+def test_values_come_from_the_header_of_a_compressed_file(tmp_path: Path) -> None:
+    """What the service's event-loop path looks at: a 150 kB JPEG 2000 of 480 x 640 x 3
+    values is small on the wire but not to decode."""
+    ds = pydicom.examples.jpeg2k
+    ds.save_as(tmp_path / "j2k.dcm")
+    raw = (tmp_path / "j2k.dcm").read_bytes()
+    checked = check_upload(raw, ServeParams(max_upload_bytes=1_000_000), PRE)
+    assert len(raw) < 256 * 1024
+    assert checked.values == 480 * 640 * int(ds.SamplesPerPixel) > 512 * 512
 
 
 @pytest.mark.parametrize(
