@@ -20,13 +20,14 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartParser
 from starlette.responses import Response
 
 from medflow.serving.errors import ServeError
@@ -57,6 +58,14 @@ class Form:
 
 # (path, form) -> the response; None while there is no service to answer yet
 Answer = Callable[[str, Form], Awaitable[Response | None]]
+
+
+class _InMemoryParser(MultiPartParser):
+    """Starlette's multipart parser, keeping every upload in memory. Starlette's own spools a
+    file part above 1 MiB to a temporary file on disk: a copy of a patient's file. The body is
+    in memory already, at most max_body bytes."""
+
+    spool_max_size = sys.maxsize
 
 
 class _Refused(Exception):
@@ -161,9 +170,12 @@ class RequestGuard:
                 return messages
 
     async def _read_form(self, scope: Scope, messages: list[Message], route: Route) -> Form:
-        request = Request(scope, _replay(list(messages), None))
+        async def chunks() -> AsyncIterator[bytes]:
+            for message in messages:
+                yield message.get("body", b"")
+
         try:
-            form = await request.form()
+            form = await _InMemoryParser(Headers(scope=scope), chunks()).parse()
         except Exception as exc:  # starlette raises several kinds for broken bodies
             raise _Refused(
                 ServeError(

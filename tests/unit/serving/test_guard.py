@@ -1,0 +1,87 @@
+"""The guard middleware over ASGI: what it refuses, what it hands to the service, and that an
+upload never touches the disk on the way."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+
+import httpx
+import pytest
+from starlette.responses import JSONResponse, Response
+
+from medflow.serving.guard import Form, RequestGuard, Route
+
+ROUTE = Route(
+    fields=frozenset({"file", "gradcam"}), files=frozenset({"file"}), required=frozenset({"file"})
+)
+
+
+async def _downstream(scope: dict, receive, send) -> None:
+    """Stands for BentoML's app: says that the request reached it."""
+    await JSONResponse({"reached": "app"})(scope, receive, send)
+
+
+def _post(guard: RequestGuard, **kwargs: object) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=guard)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.post("/predict", **kwargs)
+
+    return asyncio.run(go())
+
+
+def _guard(answer=None, max_body: int = 8 * 2**20, token_env: str = "MEDFLOW_TEST_TOKEN"):
+    return RequestGuard(_downstream, {"/predict": ROUTE}, token_env, max_body, answer)
+
+
+def test_a_checked_form_goes_to_answer_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """3 MiB is past the 1 MiB at which Starlette's parser spools a part to a temporary file."""
+
+    def no_disk(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an upload was spooled to a temporary file")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", no_disk)
+    seen: list[Form] = []
+
+    async def answer(path: str, form: Form) -> Response:
+        seen.append(form)
+        return JSONResponse({"path": path})
+
+    upload = bytes(range(256)) * (3 * 2**12)
+    resp = _post(_guard(answer), files={"file": ("x.dcm", upload)}, data={"gradcam": "true"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"path": "/predict"}
+    assert seen[0].files == {"file": [upload]}
+    assert seen[0].values == {"gradcam": "true"}
+
+
+def test_without_a_service_the_request_goes_on_to_the_app() -> None:
+    async def not_yet(path: str, form: Form) -> None:
+        return None
+
+    for guard in (_guard(None), _guard(not_yet)):
+        resp = _post(guard, files={"file": ("x.dcm", b"DICM")})
+        assert resp.json() == {"reached": "app"}
+
+
+def test_refusals_never_reach_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def answer(path: str, form: Form) -> Response:
+        raise AssertionError("a refused request reached the service")
+
+    monkeypatch.setenv("MEDFLOW_TEST_TOKEN", "s3cret")
+    guard = _guard(answer, max_body=4096)
+    cases = {
+        "unauthorized": _post(guard, files={"file": ("x.dcm", b"DICM")}),
+        "upload_too_large": _post(
+            guard,
+            files={"file": ("x.dcm", bytes(8192))},
+            headers={"Authorization": "Bearer s3cret"},
+        ),
+        "unknown_field": _post(
+            guard, files={"image": ("x.dcm", b"DICM")}, headers={"Authorization": "Bearer s3cret"}
+        ),
+    }
+    for code, resp in cases.items():
+        assert 400 <= resp.status_code < 500, (code, resp.text)
+        assert resp.json()["error"] == code
