@@ -6,12 +6,12 @@ no parsing, and a malformed one is a 4xx naming the problem instead of BentoML's
 form parsing fails with a 500 on broken multipart bodies or binary values in unknown fields).
 
 A request that passes is parsed here once, into a `Form` held in memory, and handed to the
-service (`answer`, medflow.serving.service), which answers it. BentoML's API layer would parse
+service (`answerer`, medflow.serving.service), which answers it. BentoML's API layer would parse
 the body a second time, write each upload to a temporary file and dispatch through its router:
 about 1.5 ms of a request at concurrency 1 (benchmarks/README.md, serve section), and a copy
 of every patient file on disk. This middleware runs inside BentoML's metrics, tracing, access
 log, timeout and concurrency middlewares, so those still see every request. Until the
-service exists (`answer` returns None), requests go on to BentoML's own routes.
+service exists (`answerer` returns None), requests go on to BentoML's own routes.
 Health (/healthz, /livez, /readyz) and /metrics are not guarded and stay open.
 """
 
@@ -56,8 +56,8 @@ class Form:
     values: dict[str, str]
 
 
-# (path, form) -> the response; None while there is no service to answer yet
-Answer = Callable[[str, Form], Awaitable[Response | None]]
+# (path, form) -> the response
+Answer = Callable[[str, Form], Awaitable[Response]]
 
 
 class _InMemoryParser(MultiPartParser):
@@ -77,8 +77,8 @@ class RequestGuard:
     """401 without `Authorization: Bearer <token>` when $<token_env> is set; 413 for bodies
     above max_body bytes; 415 unless multipart/form-data; 400 for a form that does not parse,
     has unknown or missing fields, or text where a file belongs. The body is held in memory (up to
-    max_body). A request that passes goes to `answer`, or on to the app while `answer` has
-    none (returns None)."""
+    max_body). A request that passes goes to the Answer that `answerer` returns, or on to the
+    app while it returns None."""
 
     def __init__(
         self,
@@ -86,10 +86,10 @@ class RequestGuard:
         routes: Mapping[str, Route],
         token_env: str,
         max_body: int,
-        answer: Answer | None = None,
+        answerer: Callable[[], Answer | None] | None = None,
     ):
         self.app = app
-        self.answer = answer
+        self.answerer = answerer
         self.routes = dict(routes)
         self.token_env = token_env
         # Read once per worker; empty means no authentication, as unset does.
@@ -121,11 +121,13 @@ class RequestGuard:
                 response.headers["Connection"] = "close"  # the rest of the body is not read
             await response(scope, receive, send)
             return
-        response = None if self.answer is None else await self.answer(scope["path"], form)
-        if response is None:
+        answer = None if self.answerer is None else self.answerer()
+        if answer is None:
             await self.app(scope, _replay(messages, receive), send)
-        else:
-            await response(scope, receive, send)
+            return
+        del messages  # the form holds the uploads: one copy of a big body in memory, not two
+        response = await answer(scope["path"], form)
+        await response(scope, receive, send)
 
     def _check_token(self, header: bytes) -> None:
         if self.token is None:

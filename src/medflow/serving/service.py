@@ -48,7 +48,7 @@ from medflow.serving.batcher import Overloaded
 from medflow.serving.engine import Engine
 from medflow.serving.errors import ServeError
 from medflow.serving.gradcam import GradCam, overlay, png_bytes
-from medflow.serving.guard import Form, RequestGuard, Route
+from medflow.serving.guard import Answer, Form, RequestGuard, Route
 from medflow.serving.inputs import Checked, Prepared, check_upload, prepare_checked, sniff
 from medflow.serving.settings import resolve_serve_params
 
@@ -337,10 +337,10 @@ _FLAG = TypeAdapter(bool)  # form values as BentoML reads them: true/false, 1/0,
 _WORKER: dict[str, MedflowClassifier] = {}  # this worker's service instance, once created
 
 
-async def _answer(path: str, form: Form) -> Response | None:
-    """The guard's way to the service: None (BentoML's own routes) until it exists."""
+def _answerer() -> Answer | None:
+    """The guard's way to the service: its `answer` once it exists (None: BentoML's routes)."""
     service = _WORKER.get("service")
-    return None if service is None else await service.answer(path, form)
+    return None if service is None else service.answer
 
 
 def _json(result: Prediction | list[Prediction]) -> Response:
@@ -370,5 +370,5 @@ MedflowClassifier.add_asgi_middleware(
     },
     token_env=SERVE.api_token_env,
     max_body=SERVE.max_upload_bytes,
-    answer=_answer,
+    answerer=_answerer,
 )

@@ -32,7 +32,8 @@ def _post(guard: RequestGuard, **kwargs: object) -> httpx.Response:
 
 
 def _guard(answer=None, max_body: int = 8 * 2**20, token_env: str = "MEDFLOW_TEST_TOKEN"):
-    return RequestGuard(_downstream, {"/predict": ROUTE}, token_env, max_body, answer)
+    answerer = None if answer is None else lambda: answer
+    return RequestGuard(_downstream, {"/predict": ROUTE}, token_env, max_body, answerer)
 
 
 def test_a_checked_form_goes_to_answer_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,10 +58,10 @@ def test_a_checked_form_goes_to_answer_in_memory(monkeypatch: pytest.MonkeyPatch
 
 
 def test_without_a_service_the_request_goes_on_to_the_app() -> None:
-    async def not_yet(path: str, form: Form) -> None:
-        return None
-
-    for guard in (_guard(None), _guard(not_yet)):
+    not_yet = RequestGuard(
+        _downstream, {"/predict": ROUTE}, "MEDFLOW_TEST_TOKEN", 2**20, lambda: None
+    )
+    for guard in (_guard(None), not_yet):
         resp = _post(guard, files={"file": ("x.dcm", b"DICM")})
         assert resp.json() == {"reached": "app"}
 
