@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.prefect_server import client_env, free_port, running_server
+from medflow.infra_validation import free_port
+from tests.integration.prefect_server import client_env, running_server
 
 pytestmark = pytest.mark.timeout(300)
 

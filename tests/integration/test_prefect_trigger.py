@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from medflow.infra_validation import free_port
 from tests.integration.pipeline_copy import make_copy, run
 
 WAIT_RUN_S = 420  # the tiny pipeline, end to end, on two busy cores
 POLL_S = 2  # how often the served runner looks for due runs
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(what: str, check, timeout: float, procs: list[subprocess.Popen]) -> object:
@@ -52,7 +46,7 @@ def _wait(what: str, check, timeout: float, procs: list[subprocess.Popen]) -> ob
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     home = tmp_path_factory.mktemp("prefect_server_home")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
         PREFECT_HOME=str(home),
