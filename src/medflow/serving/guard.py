@@ -241,8 +241,6 @@ def _replay(messages: list[Message], receive: Any) -> Any:
     async def replayed() -> Message:
         if messages:
             return messages.pop(0)
-        if receive is None:
-            return {"type": "http.request", "body": b"", "more_body": False}
         return await receive()
 
     return replayed

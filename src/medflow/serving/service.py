@@ -163,16 +163,14 @@ class MedflowClassifier:
     async def predict(self, file: Path, gradcam: bool = False) -> Prediction:
         """Classify one image: the multipart field `file` (DICOM; PNG/JPEG if the server allows
         them). With gradcam=true the response carries a Grad-CAM heatmap (base64 PNG)."""
-        return await self._predict_one(file.read_bytes(), gradcam)  # type: ignore[return-value]
+        return await self._classify([file.read_bytes()], gradcam, batch=False)  # type: ignore[return-value]
 
     @bentoml.api
     async def predict_batch(self, files: list[Path], gradcam: bool = False) -> list[Prediction]:
         """Classify several images (repeat the multipart field `files`); all or nothing: one
         bad file refuses the request, naming which one."""
-        if not 1 <= len(files) <= SERVE.max_batch_size:
-            return self._batch_size_error(len(files)).response()  # type: ignore[return-value]
         uploads = [f.read_bytes() for f in files]
-        return await self._predict_many(uploads, gradcam)  # type: ignore[return-value]
+        return await self._classify(uploads, gradcam, batch=True)  # type: ignore[return-value]
 
     async def answer(self, path: str, form: Form) -> Response:
         """A request to one of PREDICT_ROUTES that the guard has checked; any failure that is
@@ -185,17 +183,14 @@ class MedflowClassifier:
                     HTTPStatus.BAD_REQUEST, "bad_field", "form field 'gradcam': want true or false"
                 ) from None
             if path == "/predict_batch":
-                uploads = form.files["files"]
-                if not 1 <= len(uploads) <= SERVE.max_batch_size:
-                    raise self._batch_size_error(len(uploads))
-                return await self._predict_many(uploads, gradcam)
+                return await self._classify(form.files["files"], gradcam, batch=True)
             if len(form.files["file"]) != 1:
                 raise ServeError(
                     HTTPStatus.BAD_REQUEST,
                     "bad_field",
                     "form field 'file': send one file (/predict_batch takes several)",
                 )
-            return await self._predict_one(form.files["file"][0], gradcam)
+            return await self._classify(form.files["file"], gradcam, batch=False)
         except ServeError as exc:
             logger.info("refused a request: %s (%d)", exc.code, exc.status)
             return exc.response()
@@ -207,36 +202,27 @@ class MedflowClassifier:
                 "an unexpected error; see the server log",
             ).response()
 
-    async def _predict_one(self, upload: bytes, gradcam: bool) -> Response:
-        self._active += 1
+    async def _classify(self, uploads: list[bytes], gradcam: bool, *, batch: bool) -> Response:
+        """The response of /predict (one upload) or /predict_batch; a refusal is a 4xx
+        response, not raised: BentoML would log a traceback and answer its own error shape."""
         try:
-            prepared, probs = await self._prepare([upload])
-            return _json((await self._predict(prepared, probs, gradcam))[0])
+            if batch and not 1 <= len(uploads) <= SERVE.max_batch_size:
+                raise ServeError(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE if uploads else HTTPStatus.BAD_REQUEST,
+                    "batch_size",
+                    f"send 1 to {SERVE.max_batch_size} files as the form field 'files', got"
+                    f" {len(uploads)} (package.serve.max_batch_size)",
+                )
+            self._active += 1
+            try:
+                prepared, probs = await self._prepare(uploads)
+                predictions = await self._predict(prepared, probs, gradcam)
+            finally:
+                self._active -= 1
+            return _json(predictions if batch else predictions[0])
         except ServeError as exc:
-            # Not raised: BentoML would log a traceback and answer its own error shape.
-            logger.info("refused an upload: %s (%d)", exc.code, exc.status)
+            logger.info("refused a request: %s (%d)", exc.code, exc.status)
             return exc.response()
-        finally:
-            self._active -= 1
-
-    async def _predict_many(self, uploads: list[bytes], gradcam: bool) -> Response:
-        self._active += 1
-        try:
-            prepared, probs = await self._prepare(uploads)
-            return _json(await self._predict(prepared, probs, gradcam))
-        except ServeError as exc:
-            return exc.response()
-        finally:
-            self._active -= 1
-
-    @staticmethod
-    def _batch_size_error(n: int) -> ServeError:
-        return ServeError(
-            HTTPStatus.REQUEST_ENTITY_TOO_LARGE if n else HTTPStatus.BAD_REQUEST,
-            "batch_size",
-            f"send 1 to {SERVE.max_batch_size} files as the form field 'files', got {n}"
-            " (package.serve.max_batch_size)",
-        )
 
     async def _prepare(self, uploads: list[bytes]) -> tuple[list[Prepared], np.ndarray | None]:
         """Checks, preprocessing and (if the network is free) the forward pass, in a thread; or,
@@ -326,8 +312,7 @@ def _each(items: list, step: Callable) -> list:
         try:
             out.append(step(item))
         except ServeError as exc:
-            if len(items) > 1:  # predict_batch; predict logs its own refusals
-                logger.info("refused a batch: file %d: %s (%d)", i, exc.code, exc.status)
+            if len(items) > 1:  # /predict_batch
                 exc.detail = f"file {i} of {len(items)}: {exc.detail}"
             raise
     return out
