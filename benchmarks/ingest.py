@@ -3,14 +3,17 @@
 Measures, on a synthetic PACS-like CT corpus (benchmarks/_dicom_corpus.py):
 
 1. files/s of a bare `pydicom.dcmread(f).pixel_array` loop (the floor any ingest pays);
-2. files/s of `run_ingest` with ingest.workers = 1, and its ratio to the bare loop;
-3. files/s with ingest.workers = 2, and its ratio to 1 worker;
-4. peak RSS of `run_ingest` (1 worker) on --files vs --large-files files, each in a fresh
+2. files/s of the loop a user would write by hand on the same files: `dcmread`,
+   `pixel_array`, `dicognito.Anonymizer().anonymize`, `save_as` (one Anonymizer for the run,
+   as a user keeping one mapping would; no labels, splits, audit, quarantine or manifest);
+3. files/s of `run_ingest` with ingest.workers = 1, and its ratio to both loops;
+4. files/s with ingest.workers = 2, and its ratio to 1 worker;
+5. peak RSS of `run_ingest` (1 worker) on --files vs --large-files files, each in a fresh
    process, and their ratio: a streaming ingest stays flat as the file count grows.
 
-Targets (issue "benchmark the ingest"): 1 worker >= 0.8x the bare loop, 2 workers >= 1.7x
-1 worker, peak memory at 10k files <= 1.5x that at 1k. It reports, it does not gate: the exit
-code is 0 whether targets are met or missed.
+Targets (issues "benchmark the ingest" and 16): 1 worker >= 0.8x the hand-written loop,
+2 workers >= 1.7x 1 worker, peak memory at 10k files <= 1.3x that at 1k. It reports, it
+does not gate: the exit code is 0 whether targets are met or missed.
 
     .venv/bin/python benchmarks/ingest.py                 # 1k / 10k files of 512 x 512
     .venv/bin/python benchmarks/ingest.py --quick         # a smoke run in well under a minute
@@ -42,9 +45,9 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 KEY = b"medflow-benchmark-key-not-a-secret"
 
-TARGET_ONE_WORKER = 0.8  # x the bare loop, at least
+TARGET_ONE_WORKER = 0.8  # x the hand-written de-identification loop, at least
 TARGET_TWO_WORKERS = 1.7  # x one worker, at least
-TARGET_MEMORY = 1.5  # peak RSS at --large-files over --files, at most
+TARGET_MEMORY = 1.3  # peak RSS at --large-files over --files, at most
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,25 @@ def bare_loop(files: list[Path], repeat: int) -> Timing:
         for f in files:
             pydicom.dcmread(f).pixel_array  # noqa: B018 (decoding is the point)
         best = min(best, time.perf_counter() - start)
+    return Timing(len(files), best)
+
+
+def hand_loop(files: list[Path], repeat: int, scratch: Path) -> Timing:
+    """What a user writes by hand: read, decode, de-identify with dicognito, write (best of
+    `repeat`). The bar the ingest is held to (it also audits, labels, splits, quarantines)."""
+    from dicognito.anonymizer import Anonymizer
+
+    best = float("inf")
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory(prefix="hand-loop-", dir=scratch) as out:
+            start = time.perf_counter()
+            anonymizer = Anonymizer()
+            for i, f in enumerate(files):
+                ds = pydicom.dcmread(f)
+                ds.pixel_array  # noqa: B018 (decoding is part of the work)
+                anonymizer.anonymize(ds)
+                ds.save_as(Path(out) / f"{i}.dcm")
+            best = min(best, time.perf_counter() - start)
     return Timing(len(files), best)
 
 
@@ -196,14 +218,19 @@ def profile_ingest(source: Path, params_file: Path, scratch: Path, out: Path) ->
 
 
 def ratios(results: dict) -> dict[str, float]:
-    bare, one = results["bare_loop"]["files_per_s"], results["ingest_1_worker"]["files_per_s"]
-    small, large = results["memory_small"], results["memory_large"]
-    return {
-        "one_worker_vs_bare": one / bare,
-        "two_workers_vs_one": results["ingest_2_workers"]["files_per_s"] / one,
-        "bare_2_processes_vs_1": results["bare_loop_2_processes"]["files_per_s"] / bare,
-        "memory_large_vs_small": large["peak_rss_mib"] / small["peak_rss_mib"],
+    """The ratios the targets are about (those whose figures were measured)."""
+    speed = {k: v["files_per_s"] for k, v in results.items() if "files_per_s" in v}
+    out = {
+        "one_worker_vs_hand_loop": speed["ingest_1_worker"] / speed["hand_loop"],
+        "one_worker_vs_bare": speed["ingest_1_worker"] / speed["bare_loop"],
     }
+    if "ingest_2_workers" in results:
+        out["two_workers_vs_one"] = speed["ingest_2_workers"] / speed["ingest_1_worker"]
+        out["bare_2_processes_vs_1"] = speed["bare_loop_2_processes"] / speed["bare_loop"]
+    if "memory_large" in results:
+        small, large = results["memory_small"], results["memory_large"]
+        out["memory_large_vs_small"] = large["peak_rss_mib"] / small["peak_rss_mib"]
+    return out
 
 
 def _verdict(value: float, target: float, at_least: bool) -> str:
@@ -213,7 +240,6 @@ def _verdict(value: float, target: float, at_least: bool) -> str:
 def report(results: dict) -> str:
     """The figures as a table: value, ratio, target, PASS/MISS."""
     setup, r = results["setup"], results["ratios"]
-    small, large = results["memory_small"], results["memory_large"]
 
     def speed(name: str) -> str:
         return f"{results[name]['files_per_s']:.1f} files/s"
@@ -222,21 +248,41 @@ def report(results: dict) -> str:
         grown = m["peak_rss_mib"] - m["rss_after_imports_mib"]
         return f"{m['peak_rss_mib']:.0f} MiB (+{grown:.0f} over imports)"
 
-    one, two, mem = r["one_worker_vs_bare"], r["two_workers_vs_one"], r["memory_large_vs_small"]
+    one = r["one_worker_vs_hand_loop"]
     rows = [
         ("", "measured", "ratio", "target", ""),
         ("bare loop: dcmread(f).pixel_array", speed("bare_loop"), "", "", ""),
-        ("run_ingest, workers=1", speed("ingest_1_worker"), f"{one:.2f}x bare",
+        ("hand loop: dcmread, pixel_array, dicognito, save_as", speed("hand_loop"), "", "", ""),
+        ("run_ingest, workers=1", speed("ingest_1_worker"), f"{one:.2f}x hand loop",
          f">= {TARGET_ONE_WORKER}x", _verdict(one, TARGET_ONE_WORKER, True)),
-        ("run_ingest, workers=2", speed("ingest_2_workers"), f"{two:.2f}x workers=1",
-         f">= {TARGET_TWO_WORKERS}x", _verdict(two, TARGET_TWO_WORKERS, True)),
-        ("  (bare loop in 2 processes)", speed("bare_loop_2_processes"),
-         f"{r['bare_2_processes_vs_1']:.2f}x bare", "machine ceiling", ""),
-        (f"peak RSS, {small['files']} files, workers=1", rss(small), "", "", ""),
-        (f"peak RSS, {large['files']} files, workers=1", rss(large),
-         f"{mem:.2f}x {small['files']} files", f"<= {TARGET_MEMORY}x",
-         _verdict(mem, TARGET_MEMORY, False)),
+        ("", "", f"{r['one_worker_vs_bare']:.2f}x bare loop", "", ""),
     ]  # fmt: skip
+    if "two_workers_vs_one" in r:
+        two = r["two_workers_vs_one"]
+        rows += [
+            ("run_ingest, workers=2", speed("ingest_2_workers"), f"{two:.2f}x workers=1",
+             f">= {TARGET_TWO_WORKERS}x", _verdict(two, TARGET_TWO_WORKERS, True)),
+            ("  (bare loop in 2 processes)", speed("bare_loop_2_processes"),
+             f"{r['bare_2_processes_vs_1']:.2f}x bare", "machine ceiling", ""),
+        ]  # fmt: skip
+    tail = []
+    if "memory_large_vs_small" in r:
+        small, large, mem = (
+            results["memory_small"],
+            results["memory_large"],
+            r["memory_large_vs_small"],
+        )
+        rows += [
+            (f"peak RSS, {small['files']} files, workers=1", rss(small), "", "", ""),
+            (f"peak RSS, {large['files']} files, workers=1", rss(large),
+             f"{mem:.2f}x {small['files']} files", f"<= {TARGET_MEMORY}x",
+             _verdict(mem, TARGET_MEMORY, False)),
+        ]  # fmt: skip
+        tail = [
+            "",
+            f"the {large['files']}-file ingest (workers=1) ran at"
+            f" {large['files_per_s']:.1f} files/s",
+        ]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = [
         f"medflow ingest benchmark: {setup['files']} files of {setup['size']}x{setup['size']}"
@@ -244,8 +290,7 @@ def report(results: dict) -> str:
         f" pydicom {setup['pydicom']}",
         "",
         *("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows),
-        "",
-        f"the {large['files']}-file ingest (workers=1) ran at {large['files_per_s']:.1f} files/s",
+        *tail,
     ]
     return "\n".join(line.rstrip() for line in lines)
 
@@ -260,6 +305,9 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--profile", type=Path, help="write a cProfile of a 1-worker ingest here")
+    parser.add_argument(
+        "--speed-only", action="store_true", help="skip the workers=2 and memory figures"
+    )
     parser.add_argument("--scratch", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -290,6 +338,7 @@ def main() -> None:
         _warm(_corpus_files(large))
         steps = [
             ("bare_loop", lambda: bare_loop(files, args.repeat)),
+            ("hand_loop", lambda: hand_loop(files, args.repeat, scratch)),
             ("bare_loop_2_processes", lambda: bare_loop_parallel(files, 2)),
             ("ingest_1_worker", lambda: ingest_timing(small, 1, args.params, scratch, args.repeat)),
             (
@@ -298,11 +347,17 @@ def main() -> None:
             ),
         ]
         results: dict = {}
+        if args.speed_only:
+            steps = [
+                step for step in steps if step[0] in ("bare_loop", "hand_loop", "ingest_1_worker")
+            ]
         for name, step in steps:
             print(f"measuring {name} ...", file=sys.stderr)
             timing = step()
             results[name] = {**asdict(timing), "files_per_s": timing.files_per_s}
-        for name, source in (("memory_small", small), ("memory_large", large)):
+        for name, source in (("memory_small", small), ("memory_large", large))[
+            : 0 if args.speed_only else 2
+        ]:
             print(f"measuring {name} (fresh process) ...", file=sys.stderr)
             results[name] = peak_memory(source, args.params, scratch)
         if args.profile:
