@@ -48,9 +48,11 @@ server: install
 deployments: install
 	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api medflow orchestrate serve --root .
 
-# the champion's Bento (reports/champion/): what `medflow models promote` / `rollback` chose
+# the champion's Bento of params.yaml's dataset (reports/champion/<dataset key>/): what
+# `medflow models promote` / `rollback` chose; another dataset's: make serve DATASET=<key>
+# (keys: medflow models datasets)
 serve: install
-	tag=$$(medflow models served-bento) && bentoml serve $$tag
+	tag=$$(medflow models served-bento $(if $(DATASET),--dataset $(DATASET))) && bentoml serve $$tag
 
 # System packages the tests drive: Debian's chromium (tests/integration/test_prefect_ui.py
 # opens the Prefect UI headless; no browser download at run time; fonts-liberation, which

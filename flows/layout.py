@@ -31,9 +31,10 @@ class Layout:
         return self.data / "validation"
 
     @property
-    def reference(self) -> Path:
-        """The drift reference: the profile of the last dataset that passed validation."""
-        return self.data / "reference" / "profile.json"
+    def references(self) -> Path:
+        """The drift references, one per dataset (medflow.dataset.reference_profile): the
+        profile of the last dataset of that source and class names that passed validation."""
+        return self.data / "reference"
 
     @property
     def preprocessed(self) -> Path:
@@ -77,14 +78,16 @@ class Layout:
         return self.reports / "model_card.md"
 
     @property
-    def champion(self) -> Path:
-        """The champion, the last model packaged or promoted: the gate's change rules compare
-        against its metrics. Registry state, in the commands of dvc.yaml but no stage's output."""
-        return self.reports / "champion"
+    def baseline(self) -> Path:
+        """The dataset's champion scored on the same test split: the gate's change rules."""
+        return self.reports / "baseline.json"
 
     @property
-    def champion_metrics(self) -> Path:
-        return self.champion / "metrics.json"
+    def champion(self) -> Path:
+        """The champions, one per dataset (medflow.dataset.champion_folder): the last model
+        packaged or promoted on it. Registry state, in the commands of dvc.yaml but no stage's
+        output or dependency."""
+        return self.reports / "champion"
 
     @property
     def bento(self) -> Path:

@@ -56,10 +56,13 @@ def _ingest(layout: Layout, p: Params) -> Any:
 
 
 def _validate(layout: Layout, p: Params) -> Any:
+    from medflow.dataset import Dataset, reference_profile
     from medflow.validation.stage import run_validate
 
+    dataset = Dataset.of(p.data)
+    reference = reference_profile(layout.references, dataset.key)
     return run_validate(
-        p.validate_, p.data.class_names, layout.ingested, layout.validation, layout.reference
+        p.validate_, p.data.class_names, layout.ingested, layout.validation, reference, dataset
     )
 
 
@@ -75,11 +78,25 @@ def _train(layout: Layout, p: Params) -> Any:
     return run_train(p.train, p.data.class_names, layout.preprocessed, layout.models)
 
 
+def _dataset_champion(layout: Layout, p: Params) -> dict[str, Any]:
+    """champion_dir and dataset, as the CLI's --champions gives them: the champion folder of
+    the dataset of data.source and data.class_names (medflow.dataset)."""
+    from medflow.dataset import Dataset, champion_folder
+
+    dataset = Dataset.of(p.data)
+    return {"champion_dir": champion_folder(layout.champion, dataset.key), "dataset": dataset}
+
+
 def _evaluate(layout: Layout, p: Params) -> Any:
     from medflow.evaluate import run_evaluate
 
     return run_evaluate(
-        p.evaluate, layout.models, layout.preprocessed, layout.manifest, layout.reports
+        p.evaluate,
+        layout.models,
+        layout.preprocessed,
+        layout.manifest,
+        layout.reports,
+        **_dataset_champion(layout, p),
     )
 
 
@@ -91,7 +108,7 @@ def _gate(layout: Layout, p: Params) -> Any:
         layout.metrics,
         layout.gate,
         subgroups_file=layout.subgroups,
-        champion_file=layout.champion_metrics,
+        baseline_file=layout.baseline,
         context_file=layout.evaluation,
         card_file=layout.model_card,
     )
@@ -107,7 +124,7 @@ def _package(layout: Layout, p: Params) -> Any:
         layout.gate,
         layout.root,
         layout.bento,
-        champion_dir=layout.champion,
+        **_dataset_champion(layout, p),
     )
 
 

@@ -1,9 +1,12 @@
 """The champion: the model the gate compares candidates with and the Bento `make serve` serves.
 
-One folder (reports/champion/ in the pipeline) holds
+Each dataset has its own champion (medflow.dataset: reports/champion/<key>/ in the pipeline);
+one such folder holds
 
-    metrics.json   the champion's evaluation metrics, what the gate's change rules read
-    champion.json  which model and Bento it is, its data hash, when and by what it was promoted
+    metrics.json   the champion's metrics as evaluated when it was packaged (on its own test
+                   split; the gate re-scores the champion on each candidate's test split)
+    champion.json  which model and Bento it is, its dataset, data hash, when and by what it was
+                   promoted
     history.json   every change of champion, oldest first: package, promote and rollback
 
 The package stage and `medflow models promote/rollback` all write it through
@@ -83,8 +86,12 @@ def record_champion(
     git_revision: str | None,
     promoted_by: str,
     weights_sha256: str | None = None,
+    dataset: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Make `model_tag` (served by `bento_tag`) the champion and append it to the history.
+
+    `dataset` (medflow.dataset.Dataset.as_dict()) names the dataset the folder belongs to;
+    without it the previous champion's is kept.
 
     `promoted_by` says what did it: "package", "promote" or "rollback". `weights_sha256`
     (of model.pt) tells the same network apart from a new one under another tag (each package
@@ -103,6 +110,7 @@ def record_champion(
             "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "promoted_by": promoted_by,
             "weights_sha256": weights_sha256,
+            "dataset": dataset if dataset is not None else (previous or {}).get("dataset"),
         }
         event = {
             "model_tag": model_tag,

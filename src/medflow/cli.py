@@ -139,6 +139,14 @@ ReferenceOpt = Annotated[
         help="drift reference profile: compared with if present, replaced when the run passes",
     ),
 ]
+ReferencesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--references",
+        help="folder of drift references, one per dataset: uses <folder>/<dataset key>/"
+        "profile.json for the dataset of params data.source and data.class_names",
+    ),
+]
 
 
 @app.command()
@@ -147,13 +155,20 @@ def validate(
     ingest_dir: Path,
     out: Path,
     reference: ReferenceOpt = None,
+    references: ReferencesOpt = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Validate the manifest in INGEST_DIR with Great Expectations; report into OUT."""
+    from medflow.dataset import Dataset, reference_profile
     from medflow.validation.stage import run_validate
 
     p = _params(params)
-    result = run_validate(p.validate_, p.data.class_names, ingest_dir, out, reference)
+    dataset = Dataset.of(p.data)
+    if references is not None:
+        if reference is not None:
+            raise ValueError("give --reference (one profile) or --references (a folder), not both")
+        reference = reference_profile(references, dataset.key)
+    result = run_validate(p.validate_, p.data.class_names, ingest_dir, out, reference, dataset)
     log.info("validation passed (%s); Data Docs: %s", result.statistics, result.docs_index)
 
 
@@ -185,6 +200,16 @@ def train(
     run_train(p.train, p.data.class_names, arrays_dir, out, checkpoint_dir=checkpoints)
 
 
+ChampionsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--champions",
+        help="folder of champions, one per dataset (<folder>/<dataset key>/); the dataset is"
+        " that of params data.source and data.class_names",
+    ),
+]
+
+
 @app.command()
 @_stage
 def evaluate(
@@ -193,13 +218,21 @@ def evaluate(
     manifest: Path,
     out: Path,
     params: ParamsOpt = Path("params.yaml"),
+    champions: ChampionsOpt = None,
 ) -> None:
     """Choose the operating threshold on val, score the test split overall and per subgroup
     of MANIFEST (the ingest's manifest.csv); write metrics, subgroups, plots and predictions
-    into OUT."""
+    into OUT. With --champions, score the dataset's champion on the same test split too
+    (OUT/baseline.json, what the gate's change rules compare with)."""
+    from medflow.dataset import Dataset, champion_folder
     from medflow.evaluate import run_evaluate
 
-    run_evaluate(_params(params).evaluate, model_dir, arrays_dir, manifest, out)
+    p = _params(params)
+    dataset = Dataset.of(p.data)
+    folder = champion_folder(champions, dataset.key) if champions is not None else None
+    run_evaluate(
+        p.evaluate, model_dir, arrays_dir, manifest, out, champion_dir=folder, dataset=dataset
+    )
 
 
 @app.command()
@@ -212,8 +245,12 @@ def gate(
     context: Annotated[
         Path | None, typer.Option(help="the evaluate stage's evaluation.json (model card)")
     ] = None,
-    champion: Annotated[
-        Path | None, typer.Option(help="the champion's metrics; absent: no champion yet")
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            help="the evaluate stage's baseline.json (the champion on the same test split);"
+            " absent: value rules only"
+        ),
     ] = None,
     card: Annotated[Path | None, typer.Option(help="write the model card here")] = None,
 ) -> None:
@@ -226,7 +263,7 @@ def gate(
         metrics,
         out,
         subgroups_file=subgroups,
-        champion_file=champion,
+        baseline_file=baseline,
         context_file=context,
         card_file=card,
     )
@@ -241,26 +278,28 @@ def package(
     out: Path,
     params: ParamsOpt = Path("params.yaml"),
     project_root: Annotated[Path, typer.Option(help="where deploy/ and src/ are")] = Path("."),
-    champion: Annotated[
-        Path | None,
-        typer.Option(help="folder to record the packaged model in as the new champion"),
-    ] = None,
+    champions: ChampionsOpt = None,
 ) -> None:
     """Save the model to the BentoML store and build the Bento; write its tag to OUT and,
-    with --champion, make it the champion the next gate compares against."""
+    with --champions, make it the champion of its dataset, the one the next gate on that
+    dataset compares against."""
+    from medflow.dataset import Dataset, champion_folder
     from medflow.package import run_package
 
+    p = _params(params)
+    dataset = Dataset.of(p.data)
     result = run_package(
-        _params(params).package,
+        p.package,
         model_dir,
         metrics,
         gate_report,
         project_root,
         out,
-        champion_dir=champion,
+        champion_dir=champion_folder(champions, dataset.key) if champions is not None else None,
+        dataset=dataset,
     )
     typer.echo(f"Bento built: {result.bento_tag}\nServe it with:  bentoml serve {result.bento_tag}")
-    if champion is not None and not result.champion:
+    if champions is not None and not result.champion:
         typer.echo(
             f"Not made the champion: the same network was replaced by hand (promote/rollback);"
             f" to serve it anyway: medflow models promote {result.model_tag}"
@@ -295,19 +334,46 @@ models_app = typer.Typer(
     help="The model registry: list packaged models, promote one to champion, roll back.",
 )
 app.add_typer(models_app, name="models")
-ChampionDirOpt = Annotated[
-    Path, typer.Option("--champion", help="the champion folder the gate and `make serve` read")
+ChampionRootOpt = Annotated[
+    Path,
+    typer.Option(
+        "--champions", help="the folder of champions, one per dataset (<folder>/<dataset key>/)"
+    ),
 ]
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset",
+        help="dataset key (medflow models datasets); default: the dataset of params.yaml's"
+        " data.source and data.class_names",
+    ),
+]
+CHAMPIONS = Path("reports/champion")
+
+
+def _champion_of(params: Path, champions: Path, key: str | None) -> tuple[Path, dict[str, Any]]:
+    """The champion folder of the selected dataset and the dataset's description."""
+    from medflow.champion import read_champion
+    from medflow.dataset import Dataset, champion_folder, check_key
+
+    current = Dataset.of(_params(params).data)
+    if key is None or key == current.key:
+        return champion_folder(champions, current.key), current.as_dict()
+    folder = champion_folder(champions, check_key(key))
+    recorded = (read_champion(folder) or {}).get("dataset")
+    return folder, recorded or {"key": key}
 
 
 @models_app.command("list")
 @_stage
 def models_list(
     params: ParamsOpt = Path("params.yaml"),
-    champion: ChampionDirOpt = Path("reports/champion"),
+    champions: ChampionRootOpt = CHAMPIONS,
+    dataset: DatasetOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
-    """Every packaged model: tag, metrics, gate decision, data hash, date, Bento; * = champion."""
+    """Every packaged model: tag, metrics, gate decision, data hash, dataset, date, Bento;
+    * = the champion of the selected dataset."""
     import json
 
     from rich.console import Console
@@ -315,13 +381,15 @@ def models_list(
 
     from medflow.registry import list_models
 
+    champion, _ = _champion_of(params, champions, dataset)
     entries = list_models(_params(params).package.model_name, champion)
     if as_json:
         rows = [{**e.__dict__, "created": e.created.isoformat()} for e in entries]
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
     table = Table(title=f"{len(entries)} models ({champion}: * = champion)")
-    for column in ("", "tag", "auroc", "sens", "spec", "ece", "gate", "data hash", "created"):
+    columns = ("", "tag", "auroc", "sens", "spec", "ece", "gate", "data hash", "dataset", "created")
+    for column in columns:
         table.add_column(column, no_wrap=True)
     table.add_column("bento", no_wrap=True)
 
@@ -336,6 +404,7 @@ def models_list(
             *(num(m.get(k)) for k in ("auroc", "sensitivity", "specificity", "ece")),
             e.gate,
             (e.data_hash or "-")[:12],
+            e.dataset or "-",
             e.created.strftime("%Y-%m-%d %H:%M"),
             ", ".join(e.bentos) or "(none)",
         )
@@ -348,19 +417,26 @@ def models_list(
 def models_promote(
     tag: Annotated[str, typer.Argument(help="model tag (name:version or version) or Bento tag")],
     params: ParamsOpt = Path("params.yaml"),
-    champion: ChampionDirOpt = Path("reports/champion"),
+    champions: ChampionRootOpt = CHAMPIONS,
+    dataset: DatasetOpt = None,
     samples: Annotated[
         Path | None, typer.Option(help="folder of DICOM files to send (default: generated)")
     ] = None,
     timeout: Annotated[float, typer.Option(help="seconds the Bento may take to start")] = 120,
 ) -> None:
     """Infra-validate TAG's Bento (serve it, send DICOM files, check the answers); if it
-    passes, make it the champion. A failure changes nothing."""
+    passes, make it the champion of the dataset. A failure changes nothing."""
     from medflow.registry import promote
 
     files = sorted(p for p in samples.rglob("*") if p.is_file()) if samples else None
+    champion, described = _champion_of(params, champions, dataset)
     result = promote(
-        tag, _params(params).package.model_name, champion, samples=files, timeout=timeout
+        tag,
+        _params(params).package.model_name,
+        champion,
+        described,
+        samples=files,
+        timeout=timeout,
     )
     typer.echo(
         f"champion: {result.model_tag} (was {result.previous or 'none'})\n"
@@ -372,13 +448,15 @@ def models_promote(
 @_stage
 def models_rollback(
     params: ParamsOpt = Path("params.yaml"),
-    champion: ChampionDirOpt = Path("reports/champion"),
+    champions: ChampionRootOpt = CHAMPIONS,
+    dataset: DatasetOpt = None,
     timeout: Annotated[float, typer.Option(help="seconds the Bento may take to start")] = 120,
 ) -> None:
-    """Make the previous champion the champion again (infra-validated first)."""
+    """Make the dataset's previous champion its champion again (infra-validated first)."""
     from medflow.registry import rollback
 
-    result = rollback(_params(params).package.model_name, champion, timeout=timeout)
+    champion, described = _champion_of(params, champions, dataset)
+    result = rollback(_params(params).package.model_name, champion, described, timeout=timeout)
     typer.echo(
         f"rolled back: {result.model_tag} is the champion again (was {result.previous})\n"
         f"serving:     {result.bento_tag}"
@@ -387,11 +465,39 @@ def models_rollback(
 
 @models_app.command("served-bento")
 @_stage
-def models_served_bento(champion: ChampionDirOpt = Path("reports/champion")) -> None:
-    """Print the champion's Bento tag (what `make serve` serves)."""
+def models_served_bento(
+    params: ParamsOpt = Path("params.yaml"),
+    champions: ChampionRootOpt = CHAMPIONS,
+    dataset: DatasetOpt = None,
+) -> None:
+    """Print the dataset's champion's Bento tag (what `make serve` serves)."""
     from medflow.registry import served_bento
 
+    champion, _ = _champion_of(params, champions, dataset)
     typer.echo(served_bento(champion))
+
+
+@models_app.command("datasets")
+@_stage
+def models_datasets(
+    params: ParamsOpt = Path("params.yaml"),
+    champions: ChampionRootOpt = CHAMPIONS,
+) -> None:
+    """Every dataset with a champion: key, source, class names, champion; * = params.yaml's."""
+    from medflow.champion import read_champion
+    from medflow.dataset import Dataset, known_keys
+
+    current = Dataset.of(_params(params).data).key
+    for key in known_keys(champions):
+        champion = read_champion(champions / key) or {}
+        described = champion.get("dataset") or {}
+        typer.echo(
+            f"{'*' if key == current else ' '} {key}  source={described.get('source', '?')}"
+            f"  classes={','.join(described.get('class_names') or []) or '?'}"
+            f"  champion={champion.get('model_tag') or '-'}"
+        )
+    if current not in known_keys(champions):
+        typer.echo(f"* {current}  (params.yaml's dataset: no champion yet)")
 
 
 orchestrate_app = typer.Typer(

@@ -8,27 +8,33 @@ Writes into the reports folder (docs/evaluation.md):
     predictions.csv   per test image: probabilities, actual and predicted class (DVC
                       confusion plot)
     plots/            roc, pr, calibration CSVs (DVC plots) and PNGs (model card)
+    baseline.json     the champion of the dataset scored on the same test split with its own
+                      preprocessing and threshold (medflow.baseline), or why there is none:
+                      what the gate's change rules compare with
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from medflow.config import EvaluateParams
+from medflow.baseline import BASELINE_FILE, COMPARED, Baseline, ChampionModel, find_baseline
+from medflow.config import EvaluateParams, PreprocessParams
 from medflow.data.manifest import MANIFEST_FILE, read_manifest
+from medflow.dataset import Dataset
 from medflow.evaluation.metrics import choose_threshold, metrics_with_ci, point_metrics, predict
 from medflow.evaluation.plots import write_plots
 from medflow.evaluation.subgroups import subgroup_metrics
 from medflow.io import write_json_atomic, write_text_atomic
 from medflow.models.artifact import load_model
 from medflow.models.lightning import load_split
+from medflow.preprocess_stage import META_FILE, preprocess_rows
 from medflow.provenance import git_revision, library_versions
 
 log = logging.getLogger(__name__)
@@ -70,14 +76,69 @@ def _test_rows(manifest: pd.DataFrame, ids: np.ndarray) -> pd.DataFrame:
     return rows.loc[list(ids)].reset_index()
 
 
+def score_champion(
+    found: ChampionModel,
+    params: EvaluateParams,
+    test: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+    rows: pd.DataFrame,
+    ingest_dir: Path,
+    meta: dict,
+) -> Baseline:
+    """The champion's metrics on the candidate's test split `test` (x, y, patient groups):
+    its own preprocessing (the test arrays when its preprocess params are the candidate's,
+    else the split's DICOM files through medflow.preprocess with its params), its own
+    threshold, the same metrics code and bootstrap as the candidate."""
+    x, y, groups = test
+    own = found.spec.preprocess_params
+    made = meta.get("preprocess")
+    if made is not None and PreprocessParams.model_validate(made) == own:
+        inputs, how = x, "the test arrays (its preprocess params are the candidate's)"
+    else:
+        inputs = preprocess_rows(own, ingest_dir, rows)
+        how = "the test split's DICOM files, preprocessed with its own params"
+    probs = predict_proba(found.net, inputs)
+    threshold = found.spec.threshold
+    metrics = metrics_with_ci(y, probs, threshold, params, groups)
+    metrics.update({"threshold": threshold, "n_test": int(len(y))})
+    tag = found.champion.get("model_tag")
+    log.info(
+        "champion %s on this test split (%d images, threshold %.4g): %s",
+        tag,
+        len(y),
+        threshold,
+        ", ".join(f"{m}={metrics[m]:.3f}" for m in ("auroc", "sensitivity", "specificity", "ece")),
+    )
+    return Baseline(
+        COMPARED,
+        f"champion {tag} scored on this run's test split ({len(y)} images) with its own"
+        f" preprocessing and threshold {threshold:.4g}",
+        champion=found.champion,
+        metrics=metrics,
+        evaluated_on={
+            "split": "test",
+            "n_test": int(len(y)),
+            "data_hash": meta.get("data_hash"),
+            "inputs": how,
+            "preprocess": own.model_dump(),
+        },
+    )
+
+
 def run_evaluate(
     params: EvaluateParams,
     model_dir: Path,
     arrays_dir: Path,
     manifest_file: Path,
     out_dir: Path,
+    *,
+    champion_dir: Path | None = None,
+    dataset: Dataset | None = None,
 ) -> EvaluateResult:
-    """Choose the operating threshold on val, score the test split, write the reports."""
+    """Choose the operating threshold on val, score the test split, write the reports.
+
+    With champion_dir (the dataset's champion folder), the champion is scored on the same
+    test split too (score_champion); baseline.json says what the gate compares with.
+    """
     arrays_dir, out_dir = Path(arrays_dir), Path(out_dir)
     net, spec = load_model(model_dir)
     x, y = load_split(arrays_dir, "test")
@@ -124,8 +185,15 @@ def run_evaluate(
         out_dir / PLOTS_DIR, y, probs, pred, spec.class_names, params.n_bins, metrics
     )
 
-    meta_file = arrays_dir / "meta.json"
+    meta_file = arrays_dir / META_FILE
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    found = find_baseline(champion_dir, dataset, list(spec.class_names))
+    if isinstance(found, ChampionModel):
+        test = (x, y, groups)
+        baseline = score_champion(found, params, test, rows, manifest_file.parent, meta)
+    else:
+        baseline = found
+    baseline = replace(baseline, dataset=dataset.as_dict() if dataset is not None else None)
     class_counts = {}
     for split in ("train", "val", "test"):
         y_path = arrays_dir / f"{split}_y.npy"
@@ -169,6 +237,7 @@ def run_evaluate(
     write_text_atomic(out_dir / PREDICTIONS_FILE, preds.to_csv(index=False))
     write_json_atomic(out_dir / SUBGROUPS_FILE, subgroups)
     write_json_atomic(out_dir / CONTEXT_FILE, context)
+    write_json_atomic(out_dir / BASELINE_FILE, baseline.as_dict())
     write_json_atomic(out_dir / METRICS_FILE, metrics)
     log.info(
         "test metrics at threshold %.4g (%s): %s",

@@ -3,9 +3,13 @@
 Two kinds of rules (docs/evaluation.md), TFX-style:
   value rules   the candidate's own numbers: AUROC, the lower end of its interval, ECE,
                 sensitivity, specificity, AUROC of every subgroup not flagged small;
-  change rules  against the current champion (the last model packaged or promoted,
-                reports/champion/metrics.json): no metric worse by more than its allowed delta.
-The first model, with no champion, is judged by the value rules alone ("no champion").
+  change rules  against the champion of the dataset (the last model packaged or promoted
+                on it), scored by the evaluate stage on the candidate's own test split
+                (reports/baseline.json, medflow.baseline): no metric worse by more than its
+                allowed delta.
+Without a champion to compare with (the first model on a dataset, a champion of other class
+names, a champion whose model is gone from the store) the value rules alone judge, and the
+report says which of these it was.
 The decision, every rule with its observed value and threshold, and the model card are
 written whether the model passes or not; a refusal then raises GateFailed.
 """
@@ -19,12 +23,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from medflow.baseline import COMPARED
+from medflow.baseline import NO_CHAMPION as NO_CHAMPION
 from medflow.config import HIGHER_IS_BETTER, GateParams
 from medflow.errors import GateFailed
 from medflow.io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
-NO_CHAMPION = "no champion"
 
 # metric -> (GateParams field, ">=" for a lower bound or "<=" for an upper bound)
 _VALUE_RULES = {
@@ -154,21 +159,47 @@ def _read_json(path: Path | None) -> dict[str, Any] | None:
     return json.loads(Path(path).read_text())
 
 
+def champion_report(baseline: dict[str, Any] | None, baseline_file: Path | None) -> dict[str, Any]:
+    """gate.json's `champion`: what the change rules compared with, or why they did not run."""
+    if baseline is None:
+        where = str(baseline_file) if baseline_file else None
+        return {"status": NO_CHAMPION, "reason": f"no baseline ({where})", "file": where}
+    champion = baseline.get("champion") or {}
+    return {
+        "status": baseline.get("status", NO_CHAMPION),
+        "reason": baseline.get("reason", ""),
+        "same_split": baseline.get("status") == COMPARED,
+        "dataset": (baseline.get("dataset") or {}).get("key"),
+        "model_tag": champion.get("model_tag"),
+        "evaluated_on": baseline.get("evaluated_on") or {},
+        "metrics": baseline.get("metrics"),
+        "file": str(baseline_file) if baseline_file else None,
+    }
+
+
 def run_gate(
     params: GateParams,
     metrics_file: Path,
     out_file: Path,
     *,
     subgroups_file: Path | None = None,
-    champion_file: Path | None = None,
+    baseline_file: Path | None = None,
     context_file: Path | None = None,
     card_file: Path | None = None,
 ) -> GateResult:
     """Judge the evaluation, write the decision to out_file (and the model card to card_file);
-    raise GateFailed with every reason when it fails."""
+    raise GateFailed with every reason when it fails.
+
+    baseline_file: the evaluate stage's baseline.json; the change rules apply only when its
+    status is `compared` (the champion scored on this test split).
+    """
     metrics = json.loads(Path(metrics_file).read_text())
     subgroups = _read_json(subgroups_file) or {}
-    champion = _read_json(champion_file)
+    baseline = _read_json(baseline_file)
+    report_champion = champion_report(baseline, baseline_file)
+    champion = report_champion["metrics"] if report_champion["status"] == COMPARED else None
+    if champion is None and report_champion["status"] == COMPARED:
+        raise ValueError(f"{baseline_file} says compared but holds no metrics: re-run evaluate")
     rules = all_rules(params, metrics, subgroups, champion)
     failures = [r.message for r in rules if not r.passed]
     passed = not failures
@@ -177,11 +208,7 @@ def run_gate(
         "decision": "accepted" if passed else "refused",
         "failures": failures,
         "rules": [asdict(r) for r in rules],
-        "champion": (
-            {"status": "compared", "file": str(champion_file), "metrics": champion}
-            if champion is not None
-            else {"status": NO_CHAMPION, "file": str(champion_file) if champion_file else None}
-        ),
+        "champion": report_champion,
         "thresholds": params.model_dump(),
         "metrics": metrics,
     }
@@ -192,7 +219,13 @@ def run_gate(
         context = _read_json(context_file) or {}
         write_text_atomic(card_file, render_model_card(metrics, subgroups, context, report))
     if champion is None:
-        log.info("gate: %s, judged by the value rules alone", NO_CHAMPION)
+        log.info(
+            "gate: %s (%s), judged by the value rules alone",
+            report_champion["status"],
+            report_champion["reason"],
+        )
+    else:
+        log.info("gate: change rules against %s", report_champion["reason"])
     if not passed:
         raise GateFailed("model refused by the evaluation gate:\n  - " + "\n  - ".join(failures))
     log.info("gate passed %d rules: %s", len(rules), ", ".join(f"{r.metric}" for r in rules))

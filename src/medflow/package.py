@@ -26,6 +26,7 @@ from medflow.champion import (  # noqa: F401
     replaced_by_hand,
 )
 from medflow.config import PackageParams
+from medflow.dataset import Dataset
 from medflow.errors import GateFailed
 from medflow.io import write_json_atomic
 from medflow.models.artifact import CARD_FILE, WEIGHTS_FILE, ModelSpec, load_spec
@@ -113,7 +114,7 @@ def store_safe(value: Any) -> Any:
     return str(value)
 
 
-def model_labels(spec: ModelSpec) -> dict[str, str]:
+def model_labels(spec: ModelSpec, dataset: Dataset | None = None) -> dict[str, str]:
     """Short, filterable labels (`bentoml models list -l ...`); details go in the metadata."""
     labels = {
         "project": "medflow",
@@ -121,6 +122,8 @@ def model_labels(spec: ModelSpec) -> dict[str, str]:
         "classes": ",".join(spec.class_names),
         "gate": "passed",
     }
+    if dataset is not None:
+        labels["dataset"] = dataset.key
     data_hash = spec.provenance.get("data_hash")
     if data_hash:
         labels["data_hash"] = str(data_hash)
@@ -142,6 +145,7 @@ def save_to_store(
     metrics: dict[str, float],
     gate: dict[str, Any],
     weights_sha256: str | None = None,
+    dataset: Dataset | None = None,
 ) -> str:
     """A new model store entry holding model.pt and `spec` as model.json; returns `name:version`."""
     import bentoml
@@ -151,11 +155,13 @@ def save_to_store(
             "metrics": metrics,
             "spec": asdict(spec),
             "data_hash": spec.provenance.get("data_hash"),
+            "dataset": dataset.as_dict() if dataset is not None else None,
             "gate": gate,
             "weights_sha256": weights_sha256 or _sha256(model_dir / WEIGHTS_FILE),
         }
     )
-    with bentoml.models.create(name=name, labels=model_labels(spec), metadata=metadata) as m:
+    labels = model_labels(spec, dataset)
+    with bentoml.models.create(name=name, labels=labels, metadata=metadata) as m:
         shutil.copy2(model_dir / WEIGHTS_FILE, m.path_of(WEIGHTS_FILE))
         # save_model's format, so that load_model reads it; differs from model_dir's copy
         # only when served_spec changed the threshold.
@@ -204,11 +210,13 @@ def run_package(
     project_root: Path,
     out_file: Path,
     champion_dir: Path | None = None,
+    dataset: Dataset | None = None,
 ) -> PackageResult:
     """Save a gated model to the model store, build its Bento and record both tags in out_file.
 
     Raises GateFailed (and builds nothing) unless gate_file says the model passed. With
-    champion_dir, the packaged model becomes the champion the next gate compares against.
+    champion_dir (the dataset's champion folder, medflow.dataset.champion_folder), the packaged
+    model becomes the champion the next gate on `dataset` compares against.
     """
     model_dir, project_root = Path(model_dir), Path(project_root)
     gate = read_gate(gate_file)
@@ -221,7 +229,9 @@ def run_package(
         raise FileNotFoundError(f"no bentofile at {bentofile}: is {project_root} the project root?")
 
     weights = _sha256(model_dir / WEIGHTS_FILE)
-    model_tag = save_to_store(params.model_name, model_dir, spec, metrics, gate, weights)
+    model_tag = save_to_store(
+        params.model_name, model_dir, spec, metrics, gate, weights, dataset=dataset
+    )
     logger.info("saved model %s to the BentoML model store", model_tag)
     try:
         bento_tag = build_bento(bentofile, build_ctx, model_tag, params.serve.model_dump())
@@ -262,7 +272,7 @@ def run_package(
         },
     )
     if result.champion:
-        write_champion(Path(champion_dir), result, metrics, spec, weights)
+        write_champion(Path(champion_dir), result, metrics, spec, weights, dataset)
     return result
 
 
@@ -272,9 +282,11 @@ def write_champion(
     metrics: dict[str, float],
     spec: ModelSpec,
     weights_sha256: str | None = None,
+    dataset: Dataset | None = None,
 ) -> None:
-    """Record the packaged model as the champion: its metrics (what the gate's change rules
-    compare with) and which model and Bento it is. Written last, once the Bento exists."""
+    """Record the packaged model as the champion of its dataset: which model and Bento it is
+    (the next evaluate scores that model on its own test split) and its metrics. Written
+    last, once the Bento exists."""
     record_champion(
         folder,
         model_tag=result.model_tag,
@@ -284,4 +296,5 @@ def write_champion(
         git_revision=spec.provenance.get("git_revision"),
         promoted_by="package",
         weights_sha256=weights_sha256,
+        dataset=dataset.as_dict() if dataset is not None else None,
     )

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from medflow.config import PreprocessParams
 from medflow.data.manifest import SPLITS, read_manifest
@@ -37,6 +39,21 @@ def dataset_hash(manifest) -> str:  # noqa: ANN001 (a pandas DataFrame)
     return digest.hexdigest()
 
 
+def _inputs(params: PreprocessParams, ingest_dir: Path, rows: pd.DataFrame) -> Iterator[np.ndarray]:
+    for rel, frame in zip(rows["file"], rows["frame"], strict=True):
+        yield preprocess_dataset(read_dicom(Path(ingest_dir) / rel), params, frame=int(frame))[0]
+
+
+def preprocess_rows(params: PreprocessParams, ingest_dir: Path, rows: pd.DataFrame) -> np.ndarray:
+    """Model inputs (N, C, S, S) for the manifest rows, in their order, by `params`: the test
+    split as another model (the champion) preprocesses it."""
+    shape = (len(rows), params.channels, params.image_size, params.image_size)
+    x = np.empty(shape, dtype=np.float32)
+    for i, image in enumerate(_inputs(params, ingest_dir, rows)):
+        x[i] = image
+    return x
+
+
 def run_preprocess(params: PreprocessParams, ingest_dir: Path, out_dir: Path) -> PreprocessResult:
     """Write `<split>_x.npy` (N, C, S, S float32 in [0, 1]), `<split>_y.npy` (int64) and
     `<split>_ids.npy` (pseudonymous image ids) for train, val and test, plus meta.json."""
@@ -50,9 +67,8 @@ def run_preprocess(params: PreprocessParams, ingest_dir: Path, out_dir: Path) ->
             x = np.lib.format.open_memmap(
                 tmp / f"{split}_x.npy", mode="w+", dtype=np.float32, shape=(len(rows), *shape)
             )
-            for i, (rel, frame) in enumerate(zip(rows["file"], rows["frame"], strict=True)):
-                ds = read_dicom(ingest_dir / rel)
-                x[i] = preprocess_dataset(ds, params, frame=int(frame))[0]
+            for i, image in enumerate(_inputs(params, ingest_dir, rows)):
+                x[i] = image
             x.flush()
             del x
             np.save(tmp / f"{split}_y.npy", rows["label"].to_numpy(dtype=np.int64))

@@ -1,10 +1,11 @@
 """The model registry: the BentoML model store, the Bentos built for it, and the champion.
 
 `medflow models list` shows every packaged model with its metrics, gate decision, data hash,
-date and Bento; `promote TAG` infra-validates the model's Bento and, only if it passes, makes
-it the champion (reports/champion/, medflow.champion); `rollback` makes the champion before it
-champion again, validated the same way. The champion's Bento is what `make serve` serves
-(`medflow models served-bento`) and its metrics are what the next gate compares with.
+dataset, date and Bento; `promote TAG` infra-validates the model's Bento and, only if it
+passes, makes it the champion of a dataset (reports/champion/<key>/, medflow.champion);
+`rollback` makes the dataset's champion before it champion again, validated the same way. The
+champion's Bento is what `make serve` serves (`medflow models served-bento`) and its model is
+what the next evaluate scores beside the candidate for the gate (medflow.baseline).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from medflow.champion import read_champion, record_champion, rollback_target
+from medflow.dataset import known_keys
 from medflow.infra_validation import InfraReport, infra_validate
 from medflow.serving import MODEL_TAG_ARG
 
@@ -34,6 +36,7 @@ class ModelEntry:
     class_names: list[str]
     bentos: list[str] = field(default_factory=list)
     champion: bool = False
+    dataset: str | None = None  # the key of the dataset it was packaged on (medflow.dataset)
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ def list_models(model_name: str, champion_dir: Path | None = None) -> list[Model
                 class_names=list((meta.get("spec") or {}).get("class_names") or []),
                 bentos=served.get(tag, []),
                 champion=bool(champion and champion.get("model_tag") == tag),
+                dataset=(meta.get("dataset") or {}).get("key") or m.info.labels.get("dataset"),
             )
         )
     return sorted(entries, key=lambda e: e.created, reverse=True)
@@ -124,9 +128,22 @@ def resolve(tag: str, model_name: str) -> ModelEntry:
     )
 
 
-def _promote(entry: ModelEntry, champion_dir: Path, action: str, **infra: Any) -> Promotion:
+def _promote(
+    entry: ModelEntry,
+    champion_dir: Path,
+    action: str,
+    dataset: dict[str, Any] | None = None,
+    **infra: Any,
+) -> Promotion:
     import bentoml
 
+    key = (dataset or {}).get("key")
+    if key and entry.dataset and entry.dataset != key:
+        raise ValueError(
+            f"{entry.tag} was packaged on dataset {entry.dataset}, not {key}: a champion"
+            " belongs to its dataset (select it with --dataset, or set data.source and"
+            " data.class_names in params.yaml to that dataset's)"
+        )
     if not entry.bentos:
         raise ValueError(
             f"no Bento serves {entry.tag}: package it first (medflow package ...) or build one"
@@ -151,6 +168,7 @@ def _promote(entry: ModelEntry, champion_dir: Path, action: str, **infra: Any) -
         git_revision=(spec.get("provenance") or {}).get("git_revision"),
         promoted_by=action,
         weights_sha256=metadata.get("weights_sha256"),
+        dataset=dataset,
     )
     return Promotion(
         model_tag=entry.tag,
@@ -160,24 +178,37 @@ def _promote(entry: ModelEntry, champion_dir: Path, action: str, **infra: Any) -
     )
 
 
-def promote(tag: str, model_name: str, champion_dir: Path, **infra: Any) -> Promotion:
-    """Infra-validate the Bento of `tag` and make it the champion; on any failure the
-    champion is left as it was. `infra` goes to infra_validate (samples, timeout)."""
-    return _promote(resolve(tag, model_name), Path(champion_dir), "promote", **infra)
+def promote(
+    tag: str,
+    model_name: str,
+    champion_dir: Path,
+    dataset: dict[str, Any] | None = None,
+    **infra: Any,
+) -> Promotion:
+    """Infra-validate the Bento of `tag` and make it the champion in champion_dir (the folder
+    of `dataset`, medflow.dataset.Dataset.as_dict(); a model packaged on another dataset is
+    refused); on any failure the champion is left as it was. `infra` goes to infra_validate
+    (samples, timeout)."""
+    entry = resolve(tag, model_name)
+    return _promote(entry, Path(champion_dir), "promote", dataset, **infra)
 
 
-def rollback(model_name: str, champion_dir: Path, **infra: Any) -> Promotion:
+def rollback(
+    model_name: str, champion_dir: Path, dataset: dict[str, Any] | None = None, **infra: Any
+) -> Promotion:
     """Make the champion before the current one champion again (infra-validated first)."""
     target = rollback_target(Path(champion_dir))
-    return _promote(resolve(target, model_name), Path(champion_dir), "rollback", **infra)
+    return _promote(resolve(target, model_name), Path(champion_dir), "rollback", dataset, **infra)
 
 
 def served_bento(champion_dir: Path) -> str:
     """The champion's Bento tag: what `make serve` serves."""
     champion = read_champion(Path(champion_dir))
     if champion is None:
+        others = [k for k in known_keys(Path(champion_dir).parent) if k != Path(champion_dir).name]
         raise FileNotFoundError(
             f"no champion in {champion_dir}: run the pipeline (make run) or promote a model"
             " (medflow models promote TAG)"
+            + (f"; datasets with a champion: {', '.join(others)} (--dataset KEY)" if others else "")
         )
     return str(champion["bento_tag"])

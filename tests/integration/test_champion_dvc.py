@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from medflow.champion import CHAMPION_METRICS, read_champion, record_champion
+from medflow.config import load_params
+from medflow.dataset import Dataset, champion_folder
 from tests.integration.pipeline_copy import clone, run
 from tests.integration.test_dvc_pipeline import ran_stages
 
@@ -21,22 +23,29 @@ def repo(reproduced: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory)
     return clone(src, tmp_path_factory.mktemp("champion_repo") / "repo")
 
 
+def _champion_dir(repo: Path) -> Path:
+    """The champion folder of the copy's dataset (the synthetic demo)."""
+    key = Dataset.of(load_params(repo / "params.yaml").data).key
+    return champion_folder(repo / "reports/champion", key)
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
 def test_the_packaged_model_is_champion_and_not_in_git(repo: Path) -> None:
     bento = json.loads((repo / "reports/bento.json").read_text())
-    champion = read_champion(repo / "reports/champion")
+    champion = read_champion(_champion_dir(repo))
     assert champion is not None, "the package stage recorded no champion"
     assert (champion["model_tag"], champion["promoted_by"]) == (bento["model_tag"], "package")
     # ignored by the project's .gitignore, not by a reports/.gitignore DVC writes for outputs
-    ignored = run(["git", "check-ignore", "-v", "reports/champion/champion.json"], repo).stdout
+    rel = _champion_dir(repo).relative_to(repo) / "champion.json"
+    ignored = run(["git", "check-ignore", "-v", str(rel)], repo).stdout
     assert ignored.startswith(".gitignore:"), ignored
 
 
 def test_a_rollback_by_hand_survives_dvc_status_and_repro(repo: Path) -> None:
-    champ = repo / "reports/champion"
+    champ = _champion_dir(repo)
     packaged = read_champion(champ)
     metrics = json.loads((champ / CHAMPION_METRICS).read_text())
     # What `medflow models rollback` records after infra-validating the Bento
@@ -64,7 +73,7 @@ def test_a_package_rebuild_of_the_same_network_does_not_undo_the_rollback(repo: 
     """A package run that only rebuilds the Bento (here forced; in practice serving code, the
     bentofile or package params changed) of the network the operator rolled back from builds
     the Bento but leaves the champion alone (medflow.champion.replaced_by_hand)."""
-    champ = repo / "reports/champion"
+    champ = _champion_dir(repo)
     by_hand = _files(champ)
     out = run(["dvc", "repro", "--force", "--single-item", "package"], repo)
     assert ran_stages(out.stdout) == {"package"}, out.stdout

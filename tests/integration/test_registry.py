@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from medflow.champion import CHAMPION_METRICS, CHAMPION_MODEL, HISTORY_FILE, record_champion
 from medflow.cli import app
-from medflow.config import PackageParams, PreprocessParams
+from medflow.config import DataParams, PackageParams, PreprocessParams
+from medflow.dataset import Dataset, champion_folder
 from medflow.infra_validation import InfraValidationFailed, sample_dicoms
 from medflow.models.artifact import WEIGHTS_FILE, ModelSpec, save_model
 from medflow.models.net import SmallCNN
@@ -27,6 +28,8 @@ from medflow.registry import list_models, promote, rollback, served_bento
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = PackageParams().model_name
 CLASSES = ["normal", "lesion"]
+# the dataset of the project's params.yaml (the CLI's default --dataset): the synthetic demo
+KEY = Dataset.of(DataParams()).key
 
 
 @dataclass(frozen=True)
@@ -99,14 +102,15 @@ def test_list_shows_models_with_metrics_gate_and_bento(store: Store, tmp_path: P
     assert a.metrics["auroc"] == 0.91 and a.gate == "passed"
     assert a.data_hash == f"{1:064d}" and a.class_names == CLASSES
 
-    out = CliRunner().invoke(app, ["models", "list", "--champion", str(tmp_path), "--json"])
+    out = CliRunner().invoke(app, ["models", "list", "--champions", str(tmp_path), "--json"])
     assert out.exit_code == 0, out.output
     listed = {row["tag"]: row for row in json.loads(out.output)}
     assert listed[store.b.model_tag]["bentos"] == [store.b.bento_tag]
 
 
 def test_promote_and_rollback_change_what_is_served(store: Store, tmp_path: Path) -> None:
-    champ = tmp_path / "champion"
+    champ = champion_folder(tmp_path, KEY)
+    select = ["--champions", str(tmp_path), "--dataset", KEY]
     runner = CliRunner()
 
     first = promote(store.a.model_tag, MODEL_NAME, champ, samples=store.samples)
@@ -120,7 +124,7 @@ def test_promote_and_rollback_change_what_is_served(store: Store, tmp_path: Path
     # by Bento tag this time: the registry finds the model it serves
     second = promote(store.b.bento_tag, MODEL_NAME, champ, samples=store.samples)
     assert (second.model_tag, second.previous) == (store.b.model_tag, store.a.model_tag)
-    out = runner.invoke(app, ["models", "served-bento", "--champion", str(champ)])
+    out = runner.invoke(app, ["models", "served-bento", *select])
     assert out.exit_code == 0, out.output
     assert out.output.strip() == store.b.bento_tag
     assert _champion(champ)[1]["auroc"] == 0.93
@@ -138,7 +142,7 @@ def test_promote_and_rollback_change_what_is_served(store: Store, tmp_path: Path
         ("rollback", store.a.model_tag),
     ]
     # A before A: nothing left to roll back to, and saying so changes nothing.
-    out = runner.invoke(app, ["models", "rollback", "--champion", str(champ)])
+    out = runner.invoke(app, ["models", "rollback", *select])
     assert out.exit_code == 1 and "no previous champion" in out.output
     assert len(json.loads((champ / HISTORY_FILE).read_text())) == 3
 

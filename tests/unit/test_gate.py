@@ -90,20 +90,30 @@ def test_no_champion_is_judged_by_value_rules_alone(tmp_path):
     rules = all_rules(params, GOOD, champion=None)
     assert not any("champion" in r.rule for r in rules)
     m = _write(tmp_path, "m.json", GOOD)
-    run_gate(params, m, tmp_path / "gate.json", champion_file=tmp_path / "none/metrics.json")
+    run_gate(params, m, tmp_path / "gate.json", baseline_file=tmp_path / "none/baseline.json")
     report = json.loads((tmp_path / "gate.json").read_text())
     assert report["champion"]["status"] == "no champion" and report["passed"]
 
 
-def test_champion_file_is_read_and_reported(tmp_path):
+def test_baseline_file_is_read_and_reported(tmp_path):
     m = _write(tmp_path, "m.json", GOOD)
-    champ = _write(tmp_path, "champion.json", {**GOOD, "auroc": 0.99})
+    baseline = {
+        "status": "compared",
+        "reason": "champion m:1 scored on this run's test split (40 images)",
+        "dataset": {"key": "synthetic-0123abcd"},
+        "champion": {"model_tag": "m:1"},
+        "metrics": {**GOOD, "auroc": 0.99},
+        "evaluated_on": {"split": "test", "n_test": 40},
+    }
+    champ = _write(tmp_path, "baseline.json", baseline)
     params = GateParams(max_worse_than_champion={"auroc": 0.01})
     with pytest.raises(GateFailed, match="below the champion's 0.9900"):
-        run_gate(params, m, tmp_path / "gate.json", champion_file=champ)
+        run_gate(params, m, tmp_path / "gate.json", baseline_file=champ)
     report = json.loads((tmp_path / "gate.json").read_text())
-    assert report["champion"]["status"] == "compared"
+    assert report["champion"]["status"] == "compared" and report["champion"]["same_split"]
     assert report["champion"]["metrics"]["auroc"] == 0.99
+    assert report["champion"]["dataset"] == "synthetic-0123abcd"
+    assert report["champion"]["model_tag"] == "m:1"
 
 
 def test_unknown_champion_metric_is_a_config_error():

@@ -25,10 +25,10 @@ def test_layout_matches_dvc_outs():
     expected = {
         "synth": {layout.synthetic},
         "ingest": {layout.ingested},
-        "validate": {layout.validation, layout.reference},
+        "validate": {layout.validation, layout.references},
         "preprocess": {layout.preprocessed},
         "train": {layout.models},
-        "evaluate": {layout.metrics, layout.subgroups, layout.evaluation},
+        "evaluate": {layout.metrics, layout.subgroups, layout.evaluation, layout.baseline},
         "gate": {layout.gate, layout.model_card},
         "package": {layout.bento},
     }
@@ -37,9 +37,15 @@ def test_layout_matches_dvc_outs():
     plots = {p for p in _outs(stages["evaluate"]) if p.startswith(str(layout.plots) + "/")}
     assert len(plots) == 7, plots
     assert str(layout.manifest) in stages["evaluate"]["deps"]
-    assert str(layout.champion_metrics).startswith(str(layout.champion) + "/")
-    assert f"--champion {layout.champion_metrics}" in stages["gate"]["cmd"]
-    assert f"--champion {layout.champion}" in stages["package"]["cmd"]
+    assert str(layout.ingested) in stages["evaluate"]["deps"]  # the champion's preprocessing
+    assert f"--references {layout.references}" in stages["validate"]["cmd"]
+    assert f"--champions {layout.champion}" in stages["evaluate"]["cmd"]
+    assert f"--baseline {layout.baseline}" in stages["gate"]["cmd"]
+    assert str(layout.baseline) in stages["gate"]["deps"]
+    assert f"--champions {layout.champion}" in stages["package"]["cmd"]
+    # the stages that derive the dataset key (medflow.dataset) declare what it is made of
+    for name in ("validate", "evaluate", "package"):
+        assert {"data.source", "data.class_names"} <= set(stages[name]["params"]), name
 
 
 def test_champion_is_no_stage_output_or_dependency():

@@ -159,10 +159,21 @@ def render_model_card(
 
     lines += ["", f"## Gate decision: {decision}", ""]
     champion = gate.get("champion", {})
-    if champion.get("status") == "compared":
-        lines.append(f"Compared with the current champion ({champion.get('file')}).")
+    status, reason = champion.get("status", "no champion"), champion.get("reason") or ""
+    dataset = f" of dataset `{champion['dataset']}`" if champion.get("dataset") else ""
+    if status == "compared":
+        lines.append(
+            f"Compared with the current champion{dataset}, `{champion.get('model_tag')}`,"
+            f" scored on this model's test split: {reason}. The change rules"
+            " (`max_worse_than_champion`) apply."
+        )
+    elif status == "no champion":
+        lines.append(f"No champion{dataset}: judged by the value rules alone. {reason}".strip())
     else:
-        lines.append("No champion: judged by the value rules alone.")
+        lines.append(
+            f"Champion{dataset} not compared ({status}): judged by the value rules alone,"
+            f" the change rules were not applied. {reason}".strip()
+        )
     failures = gate.get("failures") or []
     if failures:
         lines += ["", "Failed rules:", "", *(f"- {f}" for f in failures)]

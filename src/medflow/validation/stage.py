@@ -3,7 +3,8 @@
     out_dir/summary.json      verdict, statistics, every failed expectation with offending
                               values, warnings, and whether drift was checked
     out_dir/docs/index.html   Great Expectations Data Docs for this run
-    reference                 the profile of the last dataset that passed (drift reference)
+    reference                 the profile of the last dataset that passed (drift reference),
+                              one per dataset (medflow.dataset: data/reference/<key>/)
 
 summary.json and the docs are written whether the data pass or not, so a failed run can be
 read; then a failure raises ValidationFailed and the pipeline stops. The reference is replaced
@@ -20,6 +21,7 @@ from typing import Any
 
 from medflow.config import ValidateParams
 from medflow.data.manifest import MANIFEST_FILE, read_manifest
+from medflow.dataset import Dataset
 from medflow.errors import ValidationFailed
 from medflow.io import atomic_dir, write_json_atomic
 from medflow.validation import drift, report, tables
@@ -53,12 +55,15 @@ def run_validate(
     ingest_dir: Path,
     out_dir: Path,
     reference: Path | None = None,
+    dataset: Dataset | None = None,
 ) -> ValidationResult:
     """Validate ingest_dir/manifest.csv; write summary.json and Data Docs into out_dir.
 
     With a reference path: compare with the profile stored there (if any) and, when the run
-    passes, replace it with this manifest's profile. Raises ValidationFailed (after writing
-    summary and docs) when any expectation fails or cannot run, fail-level drift included.
+    passes, replace it with this manifest's profile. `dataset` (whose reference it is) is
+    named in the summary and the log; the first run on a dataset says it starts its reference.
+    Raises ValidationFailed (after writing summary and docs) when any expectation fails or
+    cannot run, fail-level drift included.
     """
     if len(class_names) < 2:
         raise ValueError(f"class_names needs at least 2 classes, got {list(class_names)}")
@@ -82,7 +87,7 @@ def run_validate(
         "label_pairs": tables.label_pairs(manifest),
     }
     current = _profile(manifest, class_names)
-    drift_info = _compare(reference, ref_profile, current, derived)
+    drift_info = _compare(reference, ref_profile, current, derived, dataset)
     # Importing Great Expectations takes ~6 s; only this stage should pay for it.
     from medflow.validation.suite import build_drift_suites, build_suites, run_suites
 
@@ -112,13 +117,21 @@ def run_validate(
                 "drift": drift_info,
                 "manifest": {"rows": len(manifest), "columns": list(map(str, manifest.columns))},
                 "class_names": list(class_names),
+                "dataset": dataset.as_dict() if dataset is not None else None,
                 "params": params.model_dump(),
                 "docs_index": f"{DOCS_DIR}/index.html",
             },
         )
     if drift_info["reference_updated"]:
         write_json_atomic(reference, current)  # type: ignore[arg-type]
-        log.info("drift reference updated: %s", reference)
+        if drift_info.get("first_run"):
+            log.warning(
+                "first run on dataset %s: its drift reference starts here, %s",
+                drift_info.get("dataset", {}).get("key", "?"),
+                reference,
+            )
+        else:
+            log.info("drift reference updated: %s", reference)
 
     result = ValidationResult(
         success=success,
@@ -158,12 +171,22 @@ def _compare(
     ref_profile: dict[str, Any] | None,
     current: dict[str, Any] | None,
     derived: dict[str, Any],
+    dataset: Dataset | None = None,
 ) -> dict[str, Any]:
     """Put the drift table into `derived` when there is something to compare; say what."""
     info: dict[str, Any] = {"reference": str(reference) if reference else None, "checked": False}
+    if dataset is not None:
+        info["dataset"] = dataset.as_dict()
     if reference is None:
         info["note"] = f"{NO_REFERENCE} (no reference path given)"
+    elif ref_profile is None and dataset is not None:
+        info["first_run"] = True
+        info["note"] = (
+            f"{NO_REFERENCE} (first run on dataset {dataset.key}, source {dataset.source}:"
+            f" a passing run starts its reference {reference})"
+        )
     elif ref_profile is None:
+        info["first_run"] = True
         info["note"] = f"{NO_REFERENCE} ({reference} absent; a passing run writes it)"
     elif current is None:
         info["note"] = "drift not checked: the manifest lacks columns the profile needs"
@@ -176,7 +199,9 @@ def _compare(
             compared=len(comparison.table),
             not_compared=comparison.not_compared,
             table=report.plain(comparison.table.to_dict(orient="records")),
-            note=f"drift checked against {reference}: {len(comparison.table)} quantities"
+            note=f"drift checked against {reference}"
+            + (f" (dataset {dataset.key})" if dataset is not None else "")
+            + f": {len(comparison.table)} quantities"
             + (f"; not compared: {skipped}" if skipped else ""),
         )
     return info
@@ -186,7 +211,8 @@ def _drift_hint(failed: Sequence[dict[str, Any]], reference: Path | None) -> str
     if not any(f["suite"] == "drift" for f in failed):
         return ""
     return (
-        " If the drift is deliberate (new data source or population), set the check's action"
-        f" to warn in validate.drift for one run, or delete {reference}: the next run that"
-        " passes becomes the new reference."
+        " If the drift is deliberate (a new population on the same source), set the check's"
+        f" action to warn in validate.drift for one run, or delete {reference}: the next run"
+        " that passes becomes the new reference. A new data.source (or class_names) has a"
+        " reference of its own (docs/validation.md)."
     )

@@ -1,0 +1,112 @@
+"""The champion as baseline: scored on the candidate's own test split, as TFX's Evaluator
+scores its baseline model, so that the gate's change rules compare like with like.
+
+The evaluate stage asks `find_baseline` for the champion of the run's dataset
+(reports/champion/<key>/, medflow.champion), loads its model from the BentoML model store
+(the model.pt and model.json the package stage stored), and scores the test split with the
+champion's own preprocessing and threshold (medflow.evaluate). What it found is written to
+reports/baseline.json, which the gate reads:
+
+    compared                    change rules apply (metrics measured on this test split)
+    no champion                 none for this dataset yet: value rules only
+    class names differ          the champion classifies other classes: value rules only
+    champion model unavailable  its model is not in the store (pruned) or cannot be loaded:
+                                value rules only, and the gate and model card say so
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medflow.champion import read_champion
+from medflow.dataset import Dataset
+
+if TYPE_CHECKING:  # the gate imports this module for its statuses: no torch at import
+    import torch
+
+    from medflow.models.artifact import ModelSpec
+
+log = logging.getLogger(__name__)
+
+BASELINE_FILE = "baseline.json"
+COMPARED = "compared"
+NO_CHAMPION = "no champion"
+CLASSES_DIFFER = "class names differ"
+UNAVAILABLE = "champion model unavailable"
+# what the champion.json entry of the baseline keeps (no local paths)
+_CHAMPION_KEYS = ("model_tag", "bento_tag", "data_hash", "promoted_at", "promoted_by")
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What the gate's change rules compare with; `metrics` only when status is compared."""
+
+    status: str
+    reason: str
+    dataset: dict[str, Any] | None = None
+    champion: dict[str, Any] | None = None
+    metrics: dict[str, float] | None = None
+    evaluated_on: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "same_split": self.status == COMPARED}
+
+
+@dataclass(frozen=True)
+class ChampionModel:
+    """A champion whose network could be loaded: ready to score."""
+
+    net: torch.nn.Module
+    spec: ModelSpec
+    champion: dict[str, Any]
+
+
+def load_store_model(model_tag: str) -> tuple[torch.nn.Module, ModelSpec]:
+    """The network and spec the package stage stored under `model_tag` in the BentoML store."""
+    import bentoml
+
+    from medflow.models.artifact import load_model
+
+    return load_model(Path(bentoml.models.get(model_tag).path))
+
+
+def find_baseline(
+    champion_dir: Path | None, dataset: Dataset | None, class_names: list[str]
+) -> ChampionModel | Baseline:
+    """The champion of the dataset loaded for scoring, or the Baseline saying why there is
+    none to compare with (never raises for a missing or unloadable champion: it says so)."""
+    ds = dataset.as_dict() if dataset is not None else None
+    if champion_dir is None:
+        return Baseline(NO_CHAMPION, "no champion folder given", ds)
+    champion = read_champion(champion_dir)
+    if champion is None:
+        key = dataset.key if dataset is not None else Path(champion_dir).name
+        return Baseline(
+            NO_CHAMPION,
+            f"no champion for dataset {key} yet ({champion_dir}): the first model packaged on"
+            " it becomes its champion",
+            ds,
+        )
+    kept = {k: champion.get(k) for k in _CHAMPION_KEYS}
+    tag = str(champion.get("model_tag"))
+    try:
+        net, spec = load_store_model(tag)
+    except Exception as exc:  # noqa: BLE001 - any failure is reported as the baseline status
+        reason = (
+            f"champion {tag} of {champion_dir} could not be loaded from the BentoML model store"
+            f" ({type(exc).__name__}: {exc}); the change rules are not applied. Promote a model"
+            " that is in the store (medflow models list / promote) to compare with it again"
+        )
+        log.warning("%s", reason)
+        return Baseline(UNAVAILABLE, reason, ds, kept)
+    if list(spec.class_names) != list(class_names):
+        reason = (
+            f"champion {tag} classifies {list(spec.class_names)}, this model {list(class_names)}:"
+            " their metrics do not compare, so only the value rules apply"
+        )
+        log.warning("%s", reason)
+        return Baseline(CLASSES_DIFFER, reason, ds, kept)
+    return ChampionModel(net, spec, kept)

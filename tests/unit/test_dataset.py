@@ -1,0 +1,121 @@
+"""The dataset key, and the reference and champion folders looked up by it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medflow.champion import read_champion, record_champion
+from medflow.config import DataParams, ValidateParams
+from medflow.dataset import (
+    Dataset,
+    champion_folder,
+    check_key,
+    dataset_key,
+    known_keys,
+    reference_profile,
+)
+from medflow.validation.stage import NO_REFERENCE, run_validate
+from tests.quality.manifest_factory import valid_manifest, write_manifest
+
+DEMO = DataParams()  # synthetic, [normal, lesion]
+PNEUMONIA = DataParams(source="pneumoniamnist.npz", class_names=["normal", "pneumonia"])
+
+
+def test_key_is_a_readable_slug_and_a_short_hash() -> None:
+    assert Dataset.of(DEMO).key.startswith("synthetic-")
+    assert Dataset.of(PNEUMONIA).key.startswith("pneumoniamnist-")
+    key = dataset_key("/mnt/exports/Hospital A (2024)/", ["normal", "lesion"])
+    assert key.startswith("hospital-a-2024-") and len(key.rsplit("-", 1)[1]) == 8
+    assert check_key(key) == key
+
+
+def test_key_is_stable_and_tells_sources_and_class_names_apart() -> None:
+    demo = Dataset.of(DEMO).key
+    assert Dataset.of(DataParams()).key == demo  # the same params: the same key, every run
+    assert dataset_key("synthetic/", ["normal", "lesion"]) == demo  # one folder, one key
+    others = {
+        Dataset.of(PNEUMONIA).key,
+        dataset_key("synthetic", ["normal", "pneumonia"]),  # other class names
+        dataset_key("synthetic", ["lesion", "normal"]),  # other class order: other indices
+        dataset_key("other/synthetic", ["normal", "lesion"]),  # same name, other folder
+    }
+    assert demo not in others and len(others) == 4
+
+
+@pytest.mark.parametrize("bad", ["", "..", "../x-0123abcd", "a/b-0123abcd", "synthetic"])
+def test_a_key_that_is_not_a_folder_name_is_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="not of the form"):
+        check_key(bad)
+
+
+def test_references_and_champions_live_per_dataset(tmp_path: Path) -> None:
+    demo, pneu = Dataset.of(DEMO), Dataset.of(PNEUMONIA)
+    ref = reference_profile(tmp_path / "reference", demo.key)
+    assert ref == tmp_path / "reference" / demo.key / "profile.json"
+    for ds, tag in ((demo, "m:demo"), (pneu, "m:pneu")):
+        record_champion(
+            champion_folder(tmp_path / "champion", ds.key),
+            model_tag=tag,
+            bento_tag=f"b:{tag[2:]}",
+            metrics={"auroc": 0.9},
+            data_hash=None,
+            git_revision=None,
+            promoted_by="package",
+            dataset=ds.as_dict(),
+        )
+    assert known_keys(tmp_path / "champion") == sorted([demo.key, pneu.key])
+    demo_champion = read_champion(champion_folder(tmp_path / "champion", demo.key))
+    assert demo_champion["model_tag"] == "m:demo"
+    assert demo_champion["dataset"] == {
+        "key": demo.key,
+        "source": "synthetic",
+        "class_names": ["normal", "lesion"],
+    }
+    # a promote that does not say the dataset keeps the folder's
+    folder = champion_folder(tmp_path / "champion", pneu.key)
+    record_champion(
+        folder,
+        model_tag="m:pneu2",
+        bento_tag="b:pneu2",
+        metrics={},
+        data_hash=None,
+        git_revision=None,
+        promoted_by="promote",
+    )
+    assert read_champion(folder)["dataset"]["key"] == pneu.key
+
+
+def test_validate_keeps_one_reference_per_dataset(tmp_path: Path) -> None:
+    """A first run on a new dataset starts its reference and says so; going back to the
+    first dataset compares with its own reference again."""
+    ingest = tmp_path / "ingested"
+    write_manifest(valid_manifest(), ingest)
+    demo = Dataset.of(DEMO)
+    other = Dataset(source="hospital", class_names=demo.class_names)
+    refs = tmp_path / "reference"
+    classes = list(demo.class_names)
+
+    def validate(ds: Dataset):
+        ref = reference_profile(refs, ds.key)
+        return run_validate(ValidateParams(), classes, ingest, tmp_path / "v", ref, ds), ref
+
+    first, ref_demo = validate(demo)
+    assert not first.drift["checked"] and first.drift["first_run"]
+    assert (
+        NO_REFERENCE in first.drift["note"]
+        and f"first run on dataset {demo.key}" in (first.drift["note"])
+    )
+    assert ref_demo.is_file()
+    summary = json.loads((tmp_path / "v/summary.json").read_text())
+    assert summary["dataset"]["key"] == demo.key and "first run on dataset" in str(summary)
+
+    new, ref_other = validate(other)  # another source: its own reference, not the demo's
+    assert not new.drift["checked"] and ref_other.is_file() and ref_other != ref_demo
+
+    back, _ = validate(demo)
+    assert back.drift["checked"] and back.drift["reference"] == str(ref_demo)
+    assert demo.key in back.drift["note"]
+    assert sorted(p.name for p in refs.iterdir()) == sorted([demo.key, other.key])
