@@ -62,11 +62,65 @@ class SynthParams(_Section):
     seed: int = 7
 
 
+class SafePrivateTagParams(_Section):
+    """One private element kept by the Retain Safe Private Option (deid.safe_private_tags)."""
+
+    group: int = Field(ge=0x0009, le=0xFFFF, description="its (odd) group, e.g. 0x0019")
+    creator: str = Field(
+        min_length=1, description="the private creator that reserves its block, e.g. GEMS_ACQU_01"
+    )
+    element: int = Field(
+        ge=0, le=0xFF, description="its element within the block: 0x18 for (0019,xx18)"
+    )
+
+    @field_validator("group")
+    @classmethod
+    def _odd_group(cls, group: int) -> int:
+        if group % 2 == 0:
+            raise ValueError(f"group {group:#06x} is even: private groups are odd")
+        return group
+
+
 class DeidParams(_Section):
+    """De-identification: DICOM PS3.15 Annex E Basic Application Level Confidentiality
+    Profile, and which of its options apply (docs/ingest.md, "De-identification")."""
+
     allow_demo_key_for_synthetic: bool = True
     # Pixels with burned-in text (BurnedInAnnotation YES) may show a name: quarantined unless
     # the source is known to be clean (e.g. the annotation was masked upstream).
     allow_burned_in_annotation: bool = False
+    retain_modified_dates: bool = Field(
+        True,
+        description="Retain Longitudinal Temporal Information with Modified Dates Option:"
+        " dates move back by a per-patient number of days derived from the key (intervals"
+        " within a patient kept, times of day kept); off: dates are removed or emptied",
+    )
+    retain_patient_characteristics: bool = Field(
+        True,
+        description="Retain Patient Characteristics Option: PatientSex, PatientAge,"
+        " PatientSize, PatientWeight, EthnicGroup, PregnancyStatus, SmokingStatus and"
+        " PatientSexNeutered are kept (subgroup analysis by sex and age needs them)",
+    )
+    retain_device_identity: bool = Field(
+        False,
+        description="Retain Device Identity Option: StationName, DeviceSerialNumber,"
+        " DetectorID, DeviceUID and other device identifiers are kept. Off by default:"
+        " Manufacturer and ManufacturerModelName (drift, subgroups) are kept anyway, and a"
+        " station name often names the hospital",
+    )
+    clean_descriptors: bool = Field(
+        False,
+        description="Clean Descriptors Option: StudyDescription, SeriesDescription,"
+        " ProtocolName, ImageComments, PatientComments, RequestAttributesSequence and other"
+        " descriptions and comments are kept when clean (no value the profile removed from"
+        " the file, no title before a name, phone number, e-mail, date, digit run of 5 or"
+        " more, street address or postcode), else removed. Off: always removed",
+    )
+    safe_private_tags: list[SafePrivateTagParams] = Field(
+        default_factory=list,
+        description="Retain Safe Private Option: private elements kept (every other private"
+        " element is removed); list only elements known to hold no identifying value",
+    )
 
 
 class IngestParams(_Section):

@@ -1,32 +1,47 @@
-"""De-identification: keyed pseudonyms, dicognito, and an audit of every output byte.
+"""De-identification by DICOM PS3.15 Annex E, the Basic Application Level Confidentiality
+Profile, with keyed pseudonyms.
 
 `resolve_deid_key` is the only reader of the key's environment variables and is called by
-the entry points (CLI, Prefect flow), never by a stage. `Deidentifier` turns one key into
-stable pseudonyms: the same key gives the same patient pseudonyms, UIDs and date shifts on
-every run, so re-ingesting a dataset reproduces it. `PhiAudit` remembers the original
-identifying values and searches output files for them; it reports which *kind* of
-identifier leaked and where, never the value.
+the entry points (CLI, Prefect flow), never by a stage. `Deidentifier` applies the action of
+every attribute of Table E.1-1 (the table dicom-anonymizer maintains) and the profile options
+of a `Profile`; what it replaces it derives from the key, so the same key gives the same
+pseudonyms, UIDs and date shifts on every run and in every process. `PhiAudit`
+(medflow.data.phi_audit) checks the result.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import logging
 import re
-import struct
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from functools import cache
 from pathlib import Path
 
-import pydicom
-from dicognito.anonymizer import Anonymizer
+from dicomanonymizer.dicom_anonymization_databases import dicomfields_2026c as table_e11
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
 
+from medflow.data.phi_audit import AUDITED_KEYWORDS, PhiAudit, element_vr, text_values
 from medflow.errors import IngestFailed
+
+__all__ = [
+    "AUDITED_KEYWORDS",
+    "DEMO_KEY",
+    "KEY_ENV",
+    "KEY_FILE_ENV",
+    "METHOD_CODES",
+    "Deidentifier",
+    "PhiAudit",
+    "Profile",
+    "add_method_code",
+    "resolve_deid_key",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +50,8 @@ KEY_FILE_ENV = "MEDFLOW_DEID_KEY_FILE"
 MIN_KEY_BYTES = 16
 # Public on purpose: it protects nothing and is only accepted for synthetic data.
 DEMO_KEY = b"medflow-public-demo-key-for-synthetic-data-only"
-METHOD = "MEDFLOW KEYED HMAC-SHA256 PSEUDONYMS"
+TABLE = "DICOM PS3.15 Table E.1-1 2026c (dicom-anonymizer 2.1.0)"
+METHOD = "MEDFLOW KEYED HMAC-SHA256 PSEUDONYMS AND UIDS"
 
 _HOW_TO_SET = (
     f"set {KEY_ENV} to a secret of at least {MIN_KEY_BYTES} characters"
@@ -44,41 +60,120 @@ _HOW_TO_SET = (
     " and store it safely: the same key is needed to reproduce the same pseudonyms"
 )
 
-# Attributes whose original values the audit looks for in every output file.
-AUDITED_KEYWORDS = (
-    "PatientName",
-    "PatientID",
-    "OtherPatientIDs",
-    "OtherPatientNames",
-    "PatientBirthName",
-    "PatientMotherBirthName",
-    "PatientBirthDate",
-    "PatientAddress",
-    "PatientTelephoneNumbers",
-    "AccessionNumber",
-    "InstitutionName",
-    "InstitutionAddress",
-    "ReferringPhysicianName",
-    "PerformingPhysicianName",
-    "OperatorsName",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SOPInstanceUID",
-    "FrameOfReferenceUID",
+# PS3.16 CID 7050 De-identification Method: the codes DeidentificationMethodCodeSequence holds.
+BASIC_PROFILE = "113100"
+CLEAN_PIXEL_DATA = "113101"
+METHOD_CODES = {
+    BASIC_PROFILE: "Basic Application Confidentiality Profile",
+    CLEAN_PIXEL_DATA: "Clean Pixel Data Option",
+    "113105": "Clean Descriptors Option",
+    "113107": "Retain Longitudinal Temporal Information Modified Dates Option",
+    "113108": "Retain Patient Characteristics Option",
+    "113109": "Retain Device Identity Option",
+    "113111": "Retain Safe Private Option",
+}
+
+# ------------------------------------------------------------------------ the profile
+
+# The actions medflow applies. Table E.1-1's combined codes leave a choice: X/Z, X/D and
+# X/Z/D are applied as X (removed), Z/D as Z (emptied), X/Z/U* (a sequence of references)
+# keeps the sequence, whose UIDs are then replaced as any U.
+REMOVE, EMPTY, DUMMY, UID, KEEP, CLEAN, SHIFT = "X", "Z", "D", "U", "K", "C", "shift"
+_TABLE_LISTS = {
+    "X_TAGS": REMOVE,
+    "Z_TAGS": EMPTY,
+    "D_TAGS": DUMMY,
+    "U_TAGS": UID,
+    "Z_D_TAGS": EMPTY,
+    "X_Z_TAGS": REMOVE,
+    "X_D_TAGS": REMOVE,
+    "X_Z_D_TAGS": REMOVE,
+    "X_Z_U_STAR_TAGS": KEEP,
+}
+
+# The option columns of Table E.1-1, which dicom-anonymizer does not ship (idiscore does, but
+# under the GPL). Each lists the attributes an option lets medflow keep (K) or clean (C), by
+# keyword; a subset of the standard's column, which the standard allows (an attribute not
+# listed keeps its basic action: removing more is always conformant).
+# Retain Patient Characteristics Option (113108): K.
+_PATIENT_CHARACTERISTICS = (
+    "PatientAge",
+    "PatientSex",
+    "PatientSexNeutered",
+    "PatientSize",
+    "PatientWeight",
+    "EthnicGroup",
+    "PregnancyStatus",
+    "SmokingStatus",
 )
-# Removed after dicognito: not needed for modelling, and dicognito would only replace them
-# with realistic-looking values that could coincide with someone's real data.
-_REMOVED_KEYWORDS = (
-    "OtherPatientIDs",
-    "OtherPatientIDsSequence",
-    "OtherPatientNames",
-    "PatientBirthName",
-    "PatientMotherBirthName",
-    "PatientAddress",
-    "PatientTelephoneNumbers",
-    "InstitutionAddress",
-    "InstitutionalDepartmentName",
+# Retain Device Identity Option (113109): K. Calibration dates are left out (they stay dates).
+_DEVICE_IDENTITY = (
+    "DeviceSerialNumber",
+    "DeviceUID",
+    "DeviceDescription",
+    "DeviceLabel",
+    "DetectorID",
+    "StationName",
+    "GantryID",
+    "GeneratorID",
+    "PlateID",
+    "CassetteID",
+    "XRayDetectorID",
+    "XRayDetectorLabel",
+    "XRaySourceID",
+    "UniqueDeviceIdentifier",
+    "UDISequence",
+    "TransducerIdentificationSequence",
+    "ManufacturerDeviceClassUID",
+    "ManufacturerDeviceIdentifier",
+    "SourceSerialNumber",
+    "TreatmentMachineName",
+    "LensMake",
+    "LensModel",
+    "LensSerialNumber",
+    "LensSpecification",
 )
+# Clean Descriptors Option (113105): C, the descriptors and comments of image IODs. A cleaned
+# value is kept only when `_is_clean`; a sequence here keeps its items, whose attributes get
+# their own actions.
+_DESCRIPTORS = (
+    "StudyDescription",
+    "SeriesDescription",
+    "ProtocolName",
+    "ImageComments",
+    "FrameComments",
+    "PatientComments",
+    "AdditionalPatientHistory",
+    "MedicalAlerts",
+    "StudyComments",
+    "AcquisitionComments",
+    "AcquisitionDeviceProcessingDescription",
+    "AcquisitionProtocolDescription",
+    "ContrastBolusAgent",
+    "DerivationDescription",
+    "IdentifyingComments",
+    "AdmittingDiagnosesDescription",
+    "PerformedProcedureStepDescription",
+    "CommentsOnThePerformedProcedureStep",
+    "CommentsOnRadiationDose",
+    "ScheduledProcedureStepDescription",
+    "RequestAttributesSequence",
+    "RequestedProcedureDescription",
+    "RequestedProcedureComments",
+    "RequestedSeriesDescription",
+    "RequestedContrastAgent",
+    "ReasonForStudy",
+    "ReasonForVisit",
+    "ReasonForTheRequestedProcedure",
+    "ReasonForTheImagingServiceRequest",
+    "ImagingServiceRequestComments",
+    "VisitComments",
+)
+# Retain Longitudinal Temporal Information with Modified Dates Option (113107): every date
+# and date-time of the table is shifted (times of day are kept), except the patient's birth
+# (its column is empty there) and GPS time stamps.
+_NOT_SHIFTED = ("PatientBirthDate", "PatientBirthTime", "GPSTimeStamp")
+# Besides Table E.1-1: file meta attributes naming the sending systems.
 _REMOVED_META_KEYWORDS = (
     "SourceApplicationEntityTitle",
     "SendingApplicationEntityTitle",
@@ -86,6 +181,120 @@ _REMOVED_META_KEYWORDS = (
     "PrivateInformationCreatorUID",
     "PrivateInformation",
 )
+_PSEUDONYMISED = {tag_for_keyword(k): k for k in ("PatientID", "PatientName", "InstitutionName")}
+_DUMMY_TEXT = "ANONYMIZED"
+_DUMMIES = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "AS": "000Y"}
+_NUMERIC_VRS = frozenset({"DS", "IS", "FL", "FD", "SL", "SS", "UL", "US", "SV", "UV"})
+_TEXT_VRS = frozenset({"AE", "LO", "LT", "PN", "SH", "ST", "UC", "UT"})
+_DATE_VRS = frozenset({"DA", "DT", "TM"})
+
+
+@dataclass(frozen=True)
+class SafePrivateTag:
+    """A private element kept by the Retain Safe Private Option: its group, the private
+    creator that reserved its block, and its element within the block (0x00-0xFF)."""
+
+    group: int
+    creator: str
+    element: int
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The Basic Profile's options (see DeidParams in medflow.config for their meaning)."""
+
+    retain_modified_dates: bool = True
+    retain_patient_characteristics: bool = True
+    retain_device_identity: bool = False
+    clean_descriptors: bool = False
+    safe_private_tags: tuple[SafePrivateTag, ...] = ()
+
+    def method_codes(self) -> list[str]:
+        """The CID 7050 codes of this profile and its options in use."""
+        flags = (
+            ("113107", self.retain_modified_dates),
+            ("113108", self.retain_patient_characteristics),
+            ("113109", self.retain_device_identity),
+            ("113105", self.clean_descriptors),
+            ("113111", bool(self.safe_private_tags)),
+        )
+        return [BASIC_PROFILE] + [code for code, on in flags if on]
+
+
+def table_actions() -> dict[int, str]:
+    """Table E.1-1's action per tag (its combined codes resolved, see above), from
+    dicom-anonymizer; repeating groups (curves, overlays) are in `masked_actions`."""
+    actions: dict[int, str] = {}
+    for name, action in _TABLE_LISTS.items():
+        for entry in getattr(table_e11, name):
+            if len(entry) == 2:
+                actions[(entry[0] << 16) | entry[1]] = action
+    return actions
+
+
+def masked_actions() -> list[tuple[int, int, int, int, str]]:
+    """Table entries of repeating groups: (group, element, group mask, element mask, action)."""
+    return [
+        (*entry, action)
+        for name, action in _TABLE_LISTS.items()
+        for entry in getattr(table_e11, name)
+        if len(entry) == 4
+    ]
+
+
+@cache
+def _actions(profile: Profile) -> dict[int, str]:
+    """Tag -> action for this profile: the table, then its options."""
+    actions = table_actions()
+    if profile.retain_modified_dates:
+        not_shifted = {tag_for_keyword(k) for k in _NOT_SHIFTED}
+        for tag in actions:
+            if tag not in not_shifted and _dictionary_vr(tag) in _DATE_VRS:
+                actions[tag] = SHIFT
+    options = (
+        (profile.retain_patient_characteristics, _PATIENT_CHARACTERISTICS, KEEP),
+        (profile.retain_device_identity, _DEVICE_IDENTITY, KEEP),
+        (profile.clean_descriptors, _DESCRIPTORS, CLEAN),
+    )
+    for on, keywords, action in options:
+        if on:
+            actions.update({_tag(k): action for k in keywords})
+    return actions
+
+
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(f"{keyword} is not a DICOM keyword pydicom knows")
+    return tag
+
+
+@cache
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+
+
+def add_method_code(ds: Dataset, code: str) -> None:
+    """Record one more de-identification method (a METHOD_CODES key, e.g. CLEAN_PIXEL_DATA
+    after pixels were cleaned) in ds's DeidentificationMethodCodeSequence, once."""
+    if code not in METHOD_CODES:
+        raise ValueError(f"unknown de-identification method code {code!r}: {list(METHOD_CODES)}")
+    if "DeidentificationMethodCodeSequence" not in ds:
+        ds.DeidentificationMethodCodeSequence = Sequence()
+    items = ds.DeidentificationMethodCodeSequence
+    if any(str(item.get("CodeValue", "")) == code for item in items):
+        return
+    item = Dataset()
+    item.CodeValue = code
+    item.CodingSchemeDesignator = "DCM"
+    item.CodeMeaning = METHOD_CODES[code]
+    items.append(item)
+
+
+# ------------------------------------------------------------------------------ the key
 
 
 def resolve_deid_key(environ: Mapping[str, str], *, synthetic: bool, allow_demo: bool) -> bytes:
@@ -129,289 +338,102 @@ def resolve_deid_key(environ: Mapping[str, str], *, synthetic: bool, allow_demo:
     return key
 
 
-def _hmac_hex(key: bytes, message: str) -> str:
-    return hmac.new(key, message.encode("utf-8"), hashlib.sha256).hexdigest()
+def _hmac(key: bytes, message: str) -> bytes:
+    return hmac.new(key, message.encode("utf-8"), hashlib.sha256).digest()
 
 
-def _text_values(elem: DataElement) -> list[str]:
-    value = elem.value
-    values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
-    return [str(v).strip() for v in values if v is not None and str(v).strip()]
+# ------------------------------------------------------------------- clean descriptors
+
+# Text a cleaned descriptor may not hold: e-mail addresses, phone numbers, dates, ID-like digit
+# runs, a title before a name ("Dr Smith"), a person-name delimiter, a street address, a postcode.
+_DIRTY = re.compile(
+    r"""[\w.+-]+@[\w-]+\.\w
+    | \+?\d[\d\s()./-]{5,}\d
+    | \b\d{1,4}[./-]\d{1,2}[./-]\d{1,4}\b
+    | \d{5,}
+    | \b(?:DR|DOCTOR|MR|MRS|MS|MISS|PROF|PROFESSOR|NURSE|SISTER)\b\.?\s*[A-Z]
+    | \^
+    | \b\d+[A-Z]?\s+(?:[A-Z]+\s+){0,3}(?:STREET|ROAD|RD|AVENUE|AVE|LANE|DRIVE|BOULEVARD|BLVD
+        |PLACE|COURT|SQUARE|CLOSE|CRESCENT|TERRACE|HIGHWAY|STRASSE|WEG|PLATZ|GASSE|RUE)\b
+    | \b[A-Z]{1,2}\d[A-Z\d]?\s*\d[A-Z]{2}\b
+    """,
+    re.IGNORECASE | re.VERBOSE,
+)
+_WORDS = re.compile(r"[^\W_]{3,}")
 
 
-# ---------------------------------------------------------------------------------- audit
-
-# A value is found only as a whole "word": not directly preceded or followed by a letter,
-# digit, dot or underscore. Otherwise short IDs would be "found" inside every UID or number.
-_WORD = rb"[A-Z0-9._]+"
-_RUN = re.compile(_WORD)
-_WORD_BYTE = re.compile(rb"[A-Z0-9._]")
-_SIMPLE = re.compile(rb"^" + _WORD + rb"$")
-_MIN_LEN = 3  # shorter values cannot be told from ordinary header content
-_MIN_DIGITS = 5  # purely numeric values: shorter ones coincide with sizes, counts, ...
-_MIN_LEN_IN_PIXELS = 8  # pixel bytes are noise-like: only long values are meaningful there
-_PART = " component"  # the kind of a part of a person name: "PatientName component"
+def _is_clean(text: str, identifying_words: set[str]) -> bool:
+    """Whether a descriptor may be kept: nothing that looks identifying (_DIRTY), and no word
+    of a value the profile removed or replaced in this file (names of anyone, IDs, places)."""
+    if _DIRTY.search(text):
+        return False
+    return not any(word in identifying_words for word in _WORDS.findall(text.upper()))
 
 
-_NONE: frozenset[str] = frozenset()
-_KINDS: dict[frozenset[str], frozenset[str]] = {}
+# -------------------------------------------------------------------- de-identification
 
 
-def _kinds(kinds: frozenset[str]) -> frozenset[str]:
-    """One shared frozenset per distinct set of kinds (there are few)."""
-    return _KINDS.setdefault(kinds, kinds)
+@dataclass
+class _Pass:
+    """The state of one dataset's de-identification."""
 
-
-@dataclass(frozen=True)
-class Finding:
-    """An identifier of `kind` (a DICOM keyword) found in `file`. The value is never kept."""
-
-    file: Path
-    kind: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: original {self.kind} value"
-
-
-def _pixel_data_span(data: bytes) -> tuple[int, int] | None:
-    """Byte range of the Pixel Data value in a Part-10 file, or None."""
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), defer_size=256)
-        raw = ds.get_item(0x7FE00010, keep_deferred=True)
-    except Exception:
-        return None
-    start = getattr(raw, "value_tell", None)
-    if raw is None or start is None:
-        return None
-    if raw.length != 0xFFFFFFFF:
-        return start, start + raw.length
-    # Encapsulated: walk the items up to the sequence delimiter (little endian only).
-    pos = start
-    while pos + 8 <= len(data):
-        group, element, length = struct.unpack_from("<HHI", data, pos)
-        pos += 8
-        if (group, element) == (0xFFFE, 0xE0DD):
-            break
-        pos += length
-    return start, min(pos, len(data))
-
-
-class PhiAudit:
-    """Original identifying values, and a search for them in output files."""
-
-    def __init__(self) -> None:
-        # Kinds are shared frozensets (_kinds): a set per value would cost more memory than
-        # the value itself, and an ingest holds the values of every file.
-        self._simple: dict[bytes, frozenset[str]] = {}  # value that is one whole word -> kinds
-        self._complex: dict[bytes, frozenset[str]] = {}  # value with spaces, ^, ... -> kinds
-        # Complex values by their longest word: a file is searched only for the values
-        # whose longest word it contains, so the scan stays fast with many patients.
-        self._complex_by_word: dict[bytes, set[bytes]] = {}
-        # Manufacturer names: vendor test data often name the vendor as the institution,
-        # and a vendor's name in the manifest's manufacturer column is not a place.
-        self._vendors: set[bytes] = set()
-        self._vocabulary: set[bytes] = set()  # words the outputs hold by design
-        self.n_unscannable = 0  # values too short to search for reliably
-
-    def __len__(self) -> int:
-        return len(self._simple) + len(self._complex)
-
-    def merge(self, other: PhiAudit) -> None:
-        """Add the values another audit remembered (e.g. a worker's, for one shard)."""
-        for mine, theirs in ((self._simple, other._simple), (self._complex, other._complex)):
-            for token, kinds in theirs.items():
-                mine[token] = _kinds(mine.get(token, _NONE) | kinds)
-        for word, tokens in other._complex_by_word.items():
-            self._complex_by_word.setdefault(word, set()).update(tokens)
-        self._vendors |= other._vendors
-        self.n_unscannable += other.n_unscannable
-
-    def add(self, kind: str, value: str) -> None:
-        """Remember one original value of the identifier `kind`."""
-        value = value.strip().strip("^=").strip()
-        if len(value) < _MIN_LEN or (value.isdigit() and len(value) < _MIN_DIGITS):
-            if value:
-                self.n_unscannable += 1
-            return
-        # Files are compared after an ASCII upper-casing; non-ASCII letters keep their case.
-        tokens = set()
-        for variant in (value, value.upper()):
-            for encoding in ("utf-8", "latin-1"):
-                try:
-                    tokens.add(variant.encode(encoding).upper())
-                except UnicodeEncodeError:
-                    continue
-        for token in tokens:
-            if _SIMPLE.match(token):
-                self._simple[token] = _kinds(self._simple.get(token, _NONE) | {kind})
-            else:
-                self._complex[token] = _kinds(self._complex.get(token, _NONE) | {kind})
-                words = _RUN.findall(token)
-                anchor = max(words, key=len) if words else b""
-                self._complex_by_word.setdefault(anchor, set()).add(token)
-
-    def collect(self, ds: Dataset) -> None:
-        """Remember the identifying values of one original dataset."""
-        manufacturer = str(ds.get("Manufacturer", "") or "").strip().upper()
-        if len(manufacturer) >= _MIN_LEN:
-            for encoding in ("utf-8", "latin-1"):
-                try:
-                    self._vendors.add(manufacturer.encode(encoding))
-                except UnicodeEncodeError:
-                    continue
-        for keyword in AUDITED_KEYWORDS:
-            elem = ds.data_element(keyword) if keyword in ds else None
-            if elem is None:
-                continue
-            for value in _text_values(elem):
-                if keyword == "InstitutionName" and value.upper() in manufacturer:
-                    continue  # vendor test data name the vendor as institution: not a place
-                self.add(keyword, value)
-                if elem.VR == "PN":
-                    for part in re.split(r"[\^=]", value):
-                        self.add(keyword + _PART, part)
-
-        def visit(_: Dataset, elem: DataElement) -> None:
-            # Person names anywhere, including inside sequences.
-            if elem.VR == "PN" and elem.keyword not in AUDITED_KEYWORDS:
-                for value in _text_values(elem):
-                    self.add(elem.keyword or "person name", value)
-
-        ds.walk(visit)
-
-    def allow_vocabulary(self, words: Iterable[str]) -> int:
-        """Words the scanned outputs contain by design (split and class names, column
-        headers...): a patient called "Test" cannot be told from the split "test", so such
-        values are not searched for. Returns how many remembered values this excludes."""
-        self._vocabulary = {w.strip().upper().encode("utf-8") for w in words if w.strip()}
-        return sum(1 for t in [*self._simple, *self._complex] if t in self._vocabulary)
-
-    def _kinds_of(self, table: dict[bytes, frozenset[str]], token: bytes) -> frozenset[str]:
-        if token in self._vocabulary:
-            return _NONE
-        kinds = table[token]
-        if token in self._vendors and "InstitutionName" in kinds:
-            return kinds - {"InstitutionName"}
-        return kinds
-
-    def _kinds_in(self, text: bytes, pixels: bytes = b"") -> set[str]:
-        text = text.upper()
-        words = set(_RUN.findall(text))
-        kinds: set[str] = set()
-        for word in words & self._simple.keys():
-            kinds |= self._kinds_of(self._simple, word)
-        candidates = set(self._complex_by_word.get(b"", ()))
-        for word in words & self._complex_by_word.keys():
-            candidates |= self._complex_by_word[word]
-        for token in candidates:
-            if _contains_word(text, token):
-                kinds |= self._kinds_of(self._complex, token)
-        if pixels:
-            long_tokens = [t for t in self._simple if len(t) >= _MIN_LEN_IN_PIXELS]
-            if long_tokens:
-                upper = pixels.upper()
-                for token in long_tokens:
-                    if _contains_word(upper, token):
-                        kinds |= self._kinds_of(self._simple, token)
-        return kinds
-
-    def kinds_in_text(self, text: str, *, whole_values_only: bool = False) -> set[str]:
-        """Kinds of identifier present in a string (e.g. a source path before it is written).
-
-        whole_values_only leaves out the parts of person names ("First", "Test"): across
-        many patients, one of them is bound to share a part with an ordinary word.
-        """
-        kinds = self._kinds_in(text.encode("utf-8"))
-        if whole_values_only:
-            return {k for k in kinds if not k.endswith(_PART)}
-        return kinds
-
-    def kinds_in_dicom(self, header: bytes, pixels: bytes) -> set[str]:
-        """Kinds of identifier in a DICOM file, given as its bytes without the pixel data
-        (searched for every value) and its pixel data (searched for long values only)."""
-        return self._kinds_in(header, pixels)
-
-    def scan(self, paths: Iterable[Path], *, whole_values_only: bool = False) -> list[Finding]:
-        """Search every file's bytes for the remembered values (see kinds_in_text).
-
-        In DICOM files the pixel data is searched for long values only (short ones occur by
-        chance in pixel bytes); text burned into the image itself is not detected.
-        """
-        findings: list[Finding] = []
-        for path in paths:
-            with open(path, "rb") as fh:
-                is_dicom = fh.read(132)[128:132] == b"DICM"
-            kinds: set[str] = set()
-            if is_dicom:
-                data = Path(path).read_bytes()
-                pixels = b""
-                span = _pixel_data_span(data)
-                if span is not None:
-                    pixels = data[span[0] : span[1]]
-                    data = data[: span[0]] + b"\x00" + data[span[1] :]
-                kinds = self._kinds_in(data, pixels)
-            else:  # text (manifest, reports, logs): in blocks of whole lines, memory flat
-                with open(path, "rb") as fh:
-                    for lines in iter(lambda fh=fh: fh.readlines(1 << 20), []):
-                        kinds |= self._kinds_in(b"".join(lines))
-            if whole_values_only:
-                kinds = {k for k in kinds if not k.endswith(_PART)}
-            findings += [Finding(Path(path), kind) for kind in sorted(kinds)]
-        return findings
-
-
-def _contains_word(text: bytes, token: bytes) -> bool:
-    """Whether token occurs in text as a whole word (see _WORD); both upper-cased."""
-    start = text.find(token)
-    while start >= 0:
-        end = start + len(token)
-        before = text[start - 1 : start] if start else b""
-        after = text[end : end + 1]
-        if not (before and _WORD_BYTE.match(before)) and not (after and _WORD_BYTE.match(after)):
-            return True
-        start = text.find(token, start + 1)
-    return False
-
-
-# ----------------------------------------------------------------------- de-identification
+    shift_days: int
+    written: set[str] = field(default_factory=set)  # values medflow wrote (not audited)
+    identifying_words: set[str] = field(default_factory=set)  # for cleaning descriptors
+    to_clean: list[tuple[Dataset, int]] = field(default_factory=list)
 
 
 class Deidentifier:
     """Keyed, reproducible de-identification of DICOM datasets (in place).
 
-    Pseudonyms are HMAC-SHA256 of the original values under the key; dicognito, seeded from
-    the key, replaces UIDs, IDs, names, addresses and shifts dates consistently. Every
-    original identifying value is remembered in `audit` for the output scan.
+    Every attribute of Table E.1-1 gets its action, also inside sequences and in the file
+    meta; private elements are removed unless `profile.safe_private_tags` names them.
+    PatientID and PatientName become the patient's keyed pseudonym, InstitutionName a
+    site pseudonym, UIDs `2.25.<HMAC of the UID>` (the same UID maps to the same new UID
+    in every file, run and process: references between files still match), dates move
+    back by a per-patient number of days from the key (intervals within a patient kept).
     """
 
-    def __init__(self, key: bytes, audit: PhiAudit | None = None) -> None:
+    def __init__(
+        self, key: bytes, audit: PhiAudit | None = None, profile: Profile | None = None
+    ) -> None:
         if len(key) < MIN_KEY_BYTES:
             raise ValueError(f"key has {len(key)} bytes, expected at least {MIN_KEY_BYTES}")
         self._key = bytes(key)
         self.audit = audit if audit is not None else PhiAudit()
-        self._anonymizers: dict[str, Anonymizer] = {}
-
-    def _anonymizer_for(self, patient_key: str) -> Anonymizer:
-        """dicognito seeded per patient: each patient's dates move by their own offset.
-
-        A single offset for everyone would let one known date (a birthday, a scan the
-        patient remembers) undo the shift of every patient's dates.
-        """
-        anonymizer = self._anonymizers.get(patient_key)
-        if anonymizer is None:
-            if len(self._anonymizers) >= 4096:  # bounded: sources can hold millions of patients
-                self._anonymizers.clear()
-            seed = _hmac_hex(self._key, "medflow/dicognito-seed/" + patient_key)
-            anonymizer = self._anonymizers[patient_key] = Anonymizer(seed=seed)
-        return anonymizer
+        self.profile = profile or Profile()
+        self._actions = _actions(self.profile)
+        self._masked = masked_actions()
+        self._safe = {
+            (t.group, t.creator.strip().upper(), t.element) for t in self.profile.safe_private_tags
+        }
+        self._uids: dict[str, str] = {}
+        # What the last deidentify() wrote itself: the audit does not search these values.
+        self.written: frozenset[str] = frozenset()
 
     def patient_pseudonym(self, patient_id: str) -> str:
         """Stable pseudonym of an original PatientID: same key and ID, same pseudonym."""
-        return "PSN-" + _hmac_hex(self._key, "patient/" + patient_id.strip())[:16]
+        return "PSN-" + _hmac(self._key, "patient/" + patient_id.strip()).hex()[:16]
 
     def site_pseudonym(self, institution: str) -> str:
         """Stable pseudonym of an institution: keeps "which site" without naming it."""
-        return "SITE-" + _hmac_hex(self._key, "site/" + institution.strip())[:8]
+        return "SITE-" + _hmac(self._key, "site/" + institution.strip()).hex()[:8]
+
+    def uid(self, original: str) -> str:
+        """The new UID of an original one: 2.25 (a UUID-derived root) and 128 bits of HMAC."""
+        original = original.strip()
+        new = self._uids.get(original)
+        if new is None:
+            if len(self._uids) >= 65536:  # bounded: a source can hold millions of UIDs
+                self._uids.clear()
+            digest = _hmac(self._key, "uid/" + original)[:16]
+            new = self._uids[original] = f"2.25.{int.from_bytes(digest, 'big')}"
+        return new
+
+    def shift_days(self, patient_key: str) -> int:
+        """Days this patient's dates move back: 1 to 10 years, from the key and the patient."""
+        digest = _hmac(self._key, "date-shift/" + patient_key)
+        return 365 + int.from_bytes(digest[:4], "big") % 3288
 
     def patient_key(self, ds: Dataset) -> str:
         """The original value a patient pseudonym is derived from.
@@ -427,7 +449,7 @@ class Deidentifier:
         return "unknown"
 
     def deidentify(self, ds: Dataset, *, collect: bool = True) -> Dataset:
-        """Remove or replace identifying attributes of ds in place and return it.
+        """De-identify ds in place by the profile and return it.
 
         The original values go to `audit` first, unless the caller collected them already
         (collect=False).
@@ -435,38 +457,193 @@ class Deidentifier:
         if collect:
             self.audit.collect(ds)
         patient_key = self.patient_key(ds)
+        run = _Pass(self.shift_days(patient_key) if self.profile.retain_modified_dates else 0)
         pseudonym = self.patient_pseudonym(patient_key)
         institution = str(ds.get("InstitutionName", "") or "").strip()
+        pseudonyms = {"PatientID": pseudonym, "PatientName": pseudonym}
+        if institution:
+            pseudonyms["InstitutionName"] = self.site_pseudonym(institution)
 
-        ds.remove_private_tags()
-        self._anonymizer_for(patient_key).anonymize(ds)
-
-        def clear_names(_: Dataset, elem: DataElement) -> None:
-            # dicognito swaps names for realistic fake ones; nobody's name is needed at all.
-            if elem.VR == "PN" and elem.value:
-                elem.value = ""
-
-        ds.walk(clear_names)
-        for keyword in _REMOVED_KEYWORDS:
-            if keyword in ds:
-                delattr(ds, keyword)
+        self._apply(ds, run, pseudonyms)
+        for keyword in ("PatientID", "PatientName"):  # also when the file has none
+            if keyword not in ds:
+                setattr(ds, keyword, pseudonym)
+        run.written.add(pseudonym)
         file_meta = getattr(ds, "file_meta", None)
         if file_meta is not None:
+            self._apply(file_meta, run, {})
             for keyword in _REMOVED_META_KEYWORDS:
                 if keyword in file_meta:
                     delattr(file_meta, keyword)
-        ds.PatientID = pseudonym
-        ds.PatientName = pseudonym
-        if "PatientBirthDate" in ds:
-            ds.PatientBirthDate = ""  # shifted dates stay; a birth date is not needed
-        if institution:
-            ds.InstitutionName = self.site_pseudonym(institution)
-        elif "InstitutionName" in ds:
-            ds.InstitutionName = ""  # dicognito invents a clinic name; none is better
+        for parent, tag in run.to_clean:
+            elem = parent[tag]
+            if not all(_is_clean(v, run.identifying_words) for v in text_values(elem)):
+                del parent[tag]
+        if hasattr(ds, "preamble"):
+            ds.preamble = None  # written as 128 zero bytes; the original's may hold anything
+        self._record(ds, run)
+        self.written = frozenset(run.written)
+        return ds
+
+    def _record(self, ds: Dataset, run: _Pass) -> None:
+        """What was done, in the attributes PS3.15 E.1.1 names for it."""
         ds.PatientIdentityRemoved = "YES"
         existing = (
             ds.data_element("DeidentificationMethod") if "DeidentificationMethod" in ds else None
         )
-        methods = _text_values(existing) if existing is not None else []
-        ds.DeidentificationMethod = [*dict.fromkeys([*methods, METHOD])]
-        return ds
+        methods = text_values(existing) if existing is not None else []
+        ds.DeidentificationMethod = [
+            *dict.fromkeys([*methods, METHOD_CODES[BASIC_PROFILE], METHOD])
+        ]
+        for code in self.profile.method_codes():
+            add_method_code(ds, code)
+        modified = "MODIFIED" if self.profile.retain_modified_dates else "REMOVED"
+        ds.LongitudinalTemporalInformationModified = modified
+        run.written.update(text_values(ds.data_element("DeidentificationMethod")))
+        run.written.update(METHOD_CODES.values())
+
+    def _apply(self, ds: Dataset, run: _Pass, pseudonyms: dict[str, str]) -> None:
+        """One walk over ds and its sequence items, each element getting its action."""
+        creators: dict[tuple[int, int], str] | None = None
+        for tag in list(ds.keys()):
+            elem = ds.get_item(tag)
+            if elem is None:
+                continue
+            if tag.is_private:
+                if creators is None:
+                    creators = _private_creators(ds)
+                if not self._is_safe_private(tag, creators):
+                    del ds[tag]
+                continue
+            action = self._actions.get(tag)
+            if action is None and ((tag >> 16) & 0xFF00) in (0x5000, 0x6000):
+                action = _masked_action(self._masked, tag)
+            vr = element_vr(elem)
+            if action is None or action == KEEP:
+                if vr == "SQ":
+                    self._items(ds, tag, run)
+                continue
+            keyword = _PSEUDONYMISED.get(tag)
+            if keyword is not None and keyword in pseudonyms:
+                self._remember_words(ds, tag, vr, run)
+                ds[tag] = DataElement(tag, vr, pseudonyms[keyword])
+                run.written.add(pseudonyms[keyword])
+                continue
+            if action == CLEAN:
+                if vr == "SQ":
+                    self._items(ds, tag, run)
+                else:
+                    run.to_clean.append((ds, tag))
+                continue
+            if vr in _TEXT_VRS:
+                self._remember_words(ds, tag, vr, run)
+            if action == REMOVE:
+                del ds[tag]
+            elif action == EMPTY or (action == DUMMY and vr == "SQ"):
+                # A dummy sequence would need dummy items: an empty one says as much.
+                ds[tag] = DataElement(tag, vr, Sequence() if vr == "SQ" else _empty(vr))
+            elif action == UID:
+                self._replace_uids(ds, tag, vr, run)
+            elif action == SHIFT:
+                self._shift(ds, tag, vr, run)
+            else:  # DUMMY
+                dummy = _dummy(vr)
+                ds[tag] = DataElement(tag, vr, dummy)
+                run.written.add(str(dummy))
+
+    def _items(self, ds: Dataset, tag: int, run: _Pass) -> None:
+        value = ds[tag].value
+        for item in value if isinstance(value, Sequence | list) else ():
+            self._apply(item, run, {})
+
+    def _is_safe_private(self, tag: int, creators: dict[tuple[int, int], str]) -> bool:
+        if not self._safe:
+            return False
+        group, element = tag >> 16, tag & 0xFFFF
+        if 0x0010 <= element <= 0x00FF:  # a private creator: kept when its block holds one
+            creator = creators.get((group, element), "")
+            return any(g == group and c == creator for g, c, _ in self._safe)
+        creator = creators.get((group, element >> 8), "")
+        return (group, creator, element & 0xFF) in self._safe
+
+    def _remember_words(self, ds: Dataset, tag: int, vr: str, run: _Pass) -> None:
+        """Words of a value the profile removes or replaces: a cleaned descriptor may not
+        repeat them. Only needed when descriptors are cleaned."""
+        if not self.profile.clean_descriptors or vr not in _TEXT_VRS:
+            return
+        for value in text_values(ds[tag]):
+            run.identifying_words.update(_WORDS.findall(value.upper()))
+
+    def _replace_uids(self, ds: Dataset, tag: int, vr: str, run: _Pass) -> None:
+        elem = ds[tag]
+        if vr != "UI":  # a sequence of references (U*): its UIDs get their own actions
+            if vr == "SQ":
+                self._items(ds, tag, run)
+            else:
+                del ds[tag]
+            return
+        new = [self.uid(v) for v in text_values(elem)]
+        run.written.update(new)
+        elem.value = new if len(new) > 1 else (new[0] if new else "")
+
+    def _shift(self, ds: Dataset, tag: int, vr: str, run: _Pass) -> None:
+        elem = ds[tag]
+        if vr == "TM":
+            return  # whole days move: times of day stay, and so do intervals
+        shifted = [_shift_date(v, vr, run.shift_days) for v in text_values(elem)]
+        values = [v for v in shifted if v]
+        run.written.update(values)
+        elem.value = values if len(values) > 1 else (values[0] if values else "")
+
+
+def _masked_action(masked: list[tuple[int, int, int, int, str]], tag: int) -> str | None:
+    group, element = tag >> 16, tag & 0xFFFF
+    return next((a for g, e, gm, em, a in masked if group & gm == g and element & em == e), None)
+
+
+def _private_creators(ds: Dataset) -> dict[tuple[int, int], str]:
+    """(group, block) -> private creator, upper-cased, of ds's private blocks."""
+    creators = {}
+    for tag in ds.keys():
+        if tag.is_private and 0x0010 <= tag.element <= 0x00FF:
+            value = ds[tag].value
+            creators[(tag.group, tag.element)] = str(value or "").strip().upper()
+    return creators
+
+
+def _shift_date(value: str, vr: str, days: int) -> str:
+    """A DA or DT value `days` earlier; "" when it is not a full date (then it is removed)."""
+    text = value.strip()
+    if vr == "DA" and len(text) == 10 and text[4] == text[7] == ".":  # ACR-NEMA dates
+        text = text.replace(".", "")
+    digits = text[:8]
+    if len(digits) < 8 or not digits.isdigit() or (vr == "DA" and len(text) != 8):
+        return ""
+    try:
+        day = date(int(digits[:4]), int(digits[4:6]), int(digits[6:8])) - timedelta(days=days)
+    except (ValueError, OverflowError):
+        return ""
+    return f"{day.year:04d}{day.month:02d}{day.day:02d}" + text[8:]
+
+
+def _empty(vr: str) -> object:
+    return (
+        b""
+        if vr in ("OB", "OW", "OD", "OF", "OL", "OV", "UN")
+        else None
+        if vr in _NUMERIC_VRS
+        else ""
+    )
+
+
+def _dummy(vr: str) -> object:
+    """A non-empty value of the VR that means nothing (the D action)."""
+    if vr in _DUMMIES:
+        return _DUMMIES[vr]
+    if vr in _NUMERIC_VRS:
+        return "0" if vr in ("DS", "IS") else 0
+    if vr in ("OB", "OW", "OD", "OF", "OL", "OV", "UN"):
+        return b"\x00\x00"
+    if vr == "UI":
+        return "2.25.0"
+    return _DUMMY_TEXT

@@ -34,7 +34,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from medflow.data.deid import Deidentifier, PhiAudit
+from medflow.data.deid import Deidentifier, PhiAudit, Profile
 from medflow.dicom import DicomError, NotAnImage, check_image, read_dicom
 from medflow.pixels import decode_frame, frame_indices, luminance, n_frames, photometric
 
@@ -42,6 +42,7 @@ IMAGES_DIR = "images"
 NO_LABEL = "no label"
 
 QUARANTINED, SKIPPED, DUPLICATE = "quarantined", "skipped", "duplicate"
+PHI_AUDIT = "PHI audit"  # the reason's prefix and category of files the audit quarantined
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class ShardSettings:
     frames: str
     max_frame_pixels: int
     allow_burned_in_annotation: bool
+    deid: Profile = Profile()  # the confidentiality profile's options
 
 
 @dataclass(frozen=True)
@@ -84,16 +86,13 @@ class ShardResult:
     hashes: dict[str, str] = field(default_factory=dict)  # path -> sha256 of its bytes
     audit: PhiAudit = field(default_factory=PhiAudit)
     files_scanned: int = 0
-    findings: list[tuple[str, str]] = field(default_factory=list)  # (output image, kind)
     without_patient_id: int = 0
 
 
 @dataclass(frozen=True)
 class _Ingested:
     rows: list[dict[str, object]]
-    image: str  # path of the de-identified copy, relative to the output folder
     had_patient_id: bool
-    leaked: set[str]  # kinds of original identifier found in the copy (then not written)
 
 
 @contextmanager
@@ -116,7 +115,7 @@ def quiet_pydicom() -> Iterator[None]:
 
 def ingest_shard(task: ShardTask) -> ShardResult:
     """Ingest the files of one shard; never raises for a bad file (it becomes an Outcome)."""
-    deid = Deidentifier(task.key)
+    deid = Deidentifier(task.key, profile=task.settings.deid)
     result = ShardResult(audit=deid.audit)
     source, out_dir = Path(task.source), Path(task.out_dir)
     (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
@@ -138,7 +137,6 @@ def ingest_shard(task: ShardTask) -> ShardResult:
                 result.without_patient_id += not done.had_patient_id
                 result.rows += done.rows
                 result.files_scanned += 1
-                result.findings += [(done.image, kind) for kind in sorted(done.leaked)]
             except NotAnImage as exc:
                 result.outcomes.append(Outcome(rel, sha, SKIPPED, str(exc), "not an image"))
             except DicomError as exc:
@@ -168,8 +166,9 @@ def _ingest_file(
 ) -> _Ingested:
     """Rows of one file, whose de-identified copy is written to out_dir/images/<sha>.dcm.
 
-    The copy is searched for the file's original identifiers first, and is not written
-    if any is found (the caller fails the run, naming the kinds).
+    The de-identified dataset is searched for the file's original identifiers first; if
+    any is left, the file is quarantined (PHI_AUDIT, naming the kinds and attributes, never
+    the values) and nothing is written.
     """
     ds = read_dicom(data)
     # Remember the originals first: if the file fails below, its path and reason are
@@ -189,39 +188,20 @@ def _ingest_file(
     deid.deidentify(ds, collect=False)
     _to_explicit_little_endian(ds)
     _drop_trailing_elements(ds)
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    # The audit reads the header (everything but the pixel data) and the pixel bytes apart:
-    # short values occur by chance in pixel bytes, so only long ones are searched there.
-    header, pixels = _split_pixel_data(ds, buf.getbuffer())
-    leaked = originals.kinds_in_dicom(header, pixels)
-    image = f"{IMAGES_DIR}/{sha}.dcm"
-    if not leaked:
-        (out_dir / image).write_bytes(buf.getbuffer())
+    leaked = originals.kinds_in_dataset(ds, deid.written)
+    if leaked:
+        kinds = sorted({kind for found in leaked.values() for kind in found})
+        raise DicomError(
+            f"{PHI_AUDIT}: original {', '.join(kinds)} still present after de-identification"
+            f" (in {', '.join(sorted(leaked))}); the image was not written"
+        )
+    pydicom.dcmwrite(out_dir / f"{IMAGES_DIR}/{sha}.dcm", ds, enforce_file_format=True)
     rows = []
     for frame, frame_stats in zip(frames, stats, strict=True):
         row = _row(ds, frame, len(frames) > 1, sha, label, settings.class_names)
         row.update(frame_stats)
         rows.append(row)
-    return _Ingested(rows, image, had_patient_id, leaked)
-
-
-def _split_pixel_data(ds: Dataset, data: memoryview) -> tuple[bytes, bytes]:
-    """(everything but the Pixel Data value, that value) of ds written as `data`.
-
-    Pixel Data is the last element (see _drop_trailing_elements), written in explicit VR
-    little endian: tag, VR, 2 reserved bytes, 4-byte length, value padded to even length,
-    and a sequence delimiter after an encapsulated value.
-    """
-    elem = ds["PixelData"] if "PixelData" in ds else None
-    if elem is None or not elem.value:
-        return bytes(data), b""
-    value = bytes(elem.value)
-    delimiter = 8 if elem.is_undefined_length else 0
-    start = len(data) - delimiter - len(value) - len(value) % 2
-    if start < 12 or bytes(data[start - 12 : start - 8]) != b"\xe0\x7f\x10\x00":
-        raise DicomError("internal: Pixel Data not where expected in the written file")
-    return bytes(data[: start - 12]) + bytes(data[start + len(value) :]), value
+    return _Ingested(rows, had_patient_id)
 
 
 def _drop_trailing_elements(ds: Dataset) -> None:
@@ -293,6 +273,12 @@ def _row(
 
 def _to_explicit_little_endian(ds: Dataset) -> None:
     """Write every output in explicit VR little endian: plain bytes the PHI audit can read."""
+    if ds.original_encoding[0] is False and any(
+        getattr(ds.get_item(tag), "VR", "") is None for tag in ds.keys()
+    ):
+        # Its transfer syntax says explicit VR, its data set is implicit (pydicom reads it
+        # anyway): pydicom would write its raw elements without a VR. Give each one its VR.
+        ds.walk(lambda *_: None)
     ts = ds.file_meta.TransferSyntaxUID if "TransferSyntaxUID" in ds.file_meta else None
     if ts is None or ts in (ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

@@ -180,7 +180,7 @@ def test_same_key_same_output_and_hash(synth_dir: Path, tmp_path: Path) -> None:
     )
 
 
-def test_leaked_identifier_fails_the_audit_and_writes_nothing(
+def test_identifier_left_after_deidentification_quarantines_that_file_only(
     synth_dir: Path, tmp_path: Path
 ) -> None:
     source = tmp_path / "source"
@@ -188,17 +188,41 @@ def test_leaked_identifier_fails_the_audit_and_writes_nothing(
     target = source / "P0001" / "IM0001.dcm"
     ds = pydicom.dcmread(target)
     family = str(ds.PatientName).split("^")[0]
-    ds.ImageComments = f"follow-up for {family}, see prior"  # free text dicognito keeps
+    # Free text the profile removes, and an attribute it keeps (not in Table E.1-1).
+    ds.ImageComments = f"follow-up for {family}, see prior"
+    ds.ManufacturerModelName = f"scanner of {family}"
     ds.save_as(target, enforce_file_format=True)
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "previous.txt").write_text("an earlier good run")
-    with pytest.raises(IngestFailed, match="PatientName component") as info:
-        run_ingest(PARAMS, source, out, KEY)
-    assert family not in str(info.value)
-    # The previous output is untouched and no half-written folder is left behind.
-    assert [p.name for p in out.iterdir()] == ["previous.txt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "source"]
+    result = run_ingest(PARAMS, source, out, KEY)
+
+    quarantine = pd.read_csv(out / "quarantine.csv").set_index("path")
+    row = quarantine.loc["P0001/IM0001.dcm"]
+    assert (row.outcome, row.category) == ("quarantined", "PHI audit")
+    assert "PatientName component" in row.reason and "ManufacturerModelName" in row.reason
+    assert "ImageComments" not in row.reason  # removed by the profile: no finding there
+    sha = hashlib.sha256(target.read_bytes()).hexdigest()
+    assert not (out / "images" / f"{sha}.dcm").exists()
+    assert sha not in set(read_manifest(out).content_hash)
+    assert result.n_images == 2 * SMALL.n_patients - 1
+    audit = json.loads((out / "phi_audit.json").read_text())
+    assert audit["images_quarantined_by_audit"] == 1 and audit["findings"] == 0
+    for path in [p for p in out.rglob("*") if p.is_file()]:
+        assert family.upper().encode() not in path.read_bytes().upper()
+
+
+def test_audit_quarantines_beyond_the_threshold_fail_the_run(
+    synth_dir: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(synth_dir, source)
+    for target in sorted(source.glob("P000[1-3]/*.dcm")):
+        ds = pydicom.dcmread(target)
+        ds.ManufacturerModelName = str(ds.PatientID)  # kept by the profile: an audit finding
+        ds.save_as(target, enforce_file_format=True)
+    out = tmp_path / "out"
+    with pytest.raises(IngestFailed, match="PHI audit") as info:
+        run_ingest(config(PARAMS.data, max_quarantine_fraction=0.05), source, out, KEY)
+    assert "nothing was written" in str(info.value) and not out.exists()
 
 
 def test_patient_named_folders_are_withheld_in_quarantine(synth_dir: Path, tmp_path: Path) -> None:
