@@ -96,7 +96,7 @@ _TABLE_LISTS = {
 # keyword; a subset of the standard's column, which the standard allows (an attribute not
 # listed keeps its basic action: removing more is always conformant).
 # Retain Patient Characteristics Option (113108): K.
-_PATIENT_CHARACTERISTICS = (
+PATIENT_CHARACTERISTICS = (
     "PatientAge",
     "PatientSex",
     "PatientSexNeutered",
@@ -107,7 +107,7 @@ _PATIENT_CHARACTERISTICS = (
     "SmokingStatus",
 )
 # Retain Device Identity Option (113109): K. Calibration dates are left out (they stay dates).
-_DEVICE_IDENTITY = (
+DEVICE_IDENTITY = (
     "DeviceSerialNumber",
     "DeviceUID",
     "DeviceDescription",
@@ -136,7 +136,7 @@ _DEVICE_IDENTITY = (
 # Clean Descriptors Option (113105): C, the descriptors and comments of image IODs. A cleaned
 # value is kept only when `_is_clean`; a sequence here keeps its items, whose attributes get
 # their own actions.
-_DESCRIPTORS = (
+DESCRIPTORS = (
     "StudyDescription",
     "SeriesDescription",
     "ProtocolName",
@@ -172,7 +172,7 @@ _DESCRIPTORS = (
 # Retain Longitudinal Temporal Information with Modified Dates Option (113107): every date
 # and date-time of the table is shifted (times of day are kept), except the patient's birth
 # (its column is empty there) and GPS time stamps.
-_NOT_SHIFTED = ("PatientBirthDate", "PatientBirthTime", "GPSTimeStamp")
+NOT_SHIFTED = ("PatientBirthDate", "PatientBirthTime", "GPSTimeStamp")
 # Besides Table E.1-1: file meta attributes naming the sending systems.
 _REMOVED_META_KEYWORDS = (
     "SourceApplicationEntityTitle",
@@ -247,14 +247,14 @@ def _actions(profile: Profile) -> dict[int, str]:
     """Tag -> action for this profile: the table, then its options."""
     actions = table_actions()
     if profile.retain_modified_dates:
-        not_shifted = {tag_for_keyword(k) for k in _NOT_SHIFTED}
+        not_shifted = {tag_for_keyword(k) for k in NOT_SHIFTED}
         for tag in actions:
             if tag not in not_shifted and _dictionary_vr(tag) in _DATE_VRS:
                 actions[tag] = SHIFT
     options = (
-        (profile.retain_patient_characteristics, _PATIENT_CHARACTERISTICS, KEEP),
-        (profile.retain_device_identity, _DEVICE_IDENTITY, KEEP),
-        (profile.clean_descriptors, _DESCRIPTORS, CLEAN),
+        (profile.retain_patient_characteristics, PATIENT_CHARACTERISTICS, KEEP),
+        (profile.retain_device_identity, DEVICE_IDENTITY, KEEP),
+        (profile.clean_descriptors, DESCRIPTORS, CLEAN),
     )
     for on, keywords, action in options:
         if on:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import shutil
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,11 @@ from pydicom import examples
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian
 
+from medflow.data.deid import Deidentifier
 from medflow.data.shard import (
     DUPLICATE,
     NO_LABEL,
+    PHI_AUDIT,
     QUARANTINED,
     SKIPPED,
     ShardSettings,
@@ -215,3 +218,52 @@ def test_a_blank_frame_has_constant_fraction_one() -> None:
     assert _stats(np.full((8, 8), 7.0))["pixel_constant_fraction"] == 1.0
     ramp = np.arange(64.0).reshape(8, 8)
     assert _stats(ramp)["pixel_constant_fraction"] == 1 / 64
+
+
+# ------------------------------------------------------------------------------ PHI audit
+
+
+def test_coded_values_and_removed_descriptions_are_no_audit_hits(tmp_path: Path) -> None:
+    """A patient named like the study's coded values and description is still ingested."""
+    source = tmp_path / "source"
+    ds = image_dataset(
+        _frames(1)[0],
+        PatientName="Chest^Perfusion",
+        ImageType=["ORIGINAL", "PRIMARY", "PERFUSION"],  # CS: a code, not a name
+        BodyPartExamined="CHEST",
+        StudyDescription="CHEST PERFUSION",  # free text: removed by the profile
+    )
+    write_dicom(ds, source / "a.dcm")
+    result = run(source, tmp_path / "out", [("a.dcm", 0)])
+    assert result.outcomes == [] and len(result.rows) == 1
+    written = pydicom.dcmread(tmp_path / "out" / result.rows[0]["file"])
+    assert list(written.ImageType) == ["ORIGINAL", "PRIMARY", "PERFUSION"]
+    assert "StudyDescription" not in written
+
+
+def test_values_written_by_the_deidentification_are_no_audit_hits(tmp_path: Path) -> None:
+    """A shifted study date that happens to equal the original birth date is not a leak."""
+    source = tmp_path / "source"
+    days = Deidentifier(KEY).shift_days("MRN55501234")
+    birth = (date(2021, 3, 4) - timedelta(days=days)).strftime("%Y%m%d")
+    write_dicom(image_dataset(_frames(1)[0], PatientBirthDate=birth), source / "a.dcm")
+    result = run(source, tmp_path / "out", [("a.dcm", 0)])
+    assert result.outcomes == [] and len(result.rows) == 1
+    written = pydicom.dcmread(tmp_path / "out" / result.rows[0]["file"])
+    assert written.StudyDate == birth and written.PatientBirthDate == ""
+
+
+def test_an_identifier_the_profile_leaves_quarantines_the_file(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    ds = image_dataset(_frames(1)[0], ManufacturerModelName="Quorvex special")
+    path = write_dicom(ds, source / "a.dcm")
+    write_dicom(image_dataset(_frames(1)[0]), source / "b.dcm")
+    result = run(source, tmp_path / "out", [("a.dcm", 0), ("b.dcm", 1)])
+    assert [r["label"] for r in result.rows] == [1]  # the run goes on with b.dcm
+    [outcome] = result.outcomes
+    assert (outcome.path, outcome.outcome, outcome.category) == ("a.dcm", QUARANTINED, PHI_AUDIT)
+    assert outcome.reason == (
+        "PHI audit: original PatientName component still present after de-identification"
+        " (in ManufacturerModelName); the image was not written"
+    )
+    assert not (tmp_path / "out" / "images" / f"{_sha(path)}.dcm").exists()
