@@ -519,6 +519,8 @@ class Deidentifier:
             if action is None and ((tag >> 16) & 0xFF00) in (0x5000, 0x6000):
                 action = _masked_action(self._masked, tag)
             vr = element_vr(elem)
+            if vr == "UN" and action in (UID, SHIFT, CLEAN):
+                action = REMOVE  # a value of unknown VR cannot be replaced in kind
             if action is None or action == KEEP:
                 if vr == "SQ":
                     self._items(ds, tag, run)
