@@ -45,6 +45,19 @@ AUDITED_KEYWORDS = (
     "FrameOfReferenceUID",
 )
 _AUDITED_TAGS = {pydicom.datadict.tag_for_keyword(k): k for k in AUDITED_KEYWORDS}
+# Codes of a coding scheme, coded strings like CS: a designator TEST is no patient Test.
+_CODED_TAGS = frozenset(
+    pydicom.datadict.tag_for_keyword(k)
+    for k in (
+        "CodeValue",
+        "LongCodeValue",
+        "URNCodeValue",
+        "CodingSchemeDesignator",
+        "CodingSchemeVersion",
+        "ContextIdentifier",
+        "MappingResource",
+    )
+)
 
 
 def text_values(elem: DataElement) -> list[str]:
@@ -205,7 +218,8 @@ class PhiAudit:
 
         Searched: every value of the dataset and its file meta, at any depth, as stored
         (raw bytes stay unconverted). Not searched: coded strings (CS: ImageType PERFUSION
-        is no name even when a patient is called Perfusion) and the values in `written`
+        is no name even when a patient is called Perfusion; the code values and coding scheme
+        designators of code sequence items) and the values in `written`
         (pseudonyms, new UIDs, shifted dates: the de-identification's own output). Pixel
         Data and other long binary values are searched for long values only (see scan).
         """
@@ -216,7 +230,7 @@ class PhiAudit:
         for dataset in (meta, ds) if meta is not None else (ds,):
             for _, tag, elem in _elements(dataset):
                 vr = element_vr(elem)
-                if vr in ("CS", "SQ"):
+                if vr in ("CS", "SQ") or tag in _CODED_TAGS:
                     continue
                 name = _name(tag)
                 value = elem.value

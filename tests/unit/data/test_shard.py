@@ -233,6 +233,10 @@ def test_coded_values_and_removed_descriptions_are_no_audit_hits(tmp_path: Path)
         BodyPartExamined="CHEST",
         StudyDescription="CHEST PERFUSION",  # free text: removed by the profile
     )
+    region = pydicom.Dataset()
+    region.CodeValue, region.CodingSchemeDesignator = "PERFUSION", "CHEST"  # codes too
+    region.CodeMeaning = "Thorax"
+    ds.AnatomicRegionSequence = [region]
     write_dicom(ds, source / "a.dcm")
     result = run(source, tmp_path / "out", [("a.dcm", 0)])
     assert result.outcomes == [] and len(result.rows) == 1
