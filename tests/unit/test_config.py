@@ -40,3 +40,23 @@ def test_split_fractions_must_leave_training_data(tmp_path):
     f.write_text("data: {split: {val_fraction: 0.5, test_fraction: 0.45}}\n")
     with pytest.raises(ConfigError, match="leaves too little for training"):
         load_params(f)
+
+
+def test_deid_options_and_safe_private_tags(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text(
+        "deid:\n  clean_descriptors: true\n  safe_private_tags:\n"
+        "    - {group: 0x0019, creator: GEMS_ACQU_01, element: 0x18}\n"
+    )
+    deid = load_params(f).deid
+    assert deid.clean_descriptors and deid.retain_modified_dates  # the rest are defaults
+    assert [(t.group, t.creator, t.element) for t in deid.safe_private_tags] == [
+        (0x19, "GEMS_ACQU_01", 0x18)
+    ]
+    f.write_text(
+        "deid:\n  retain_dates: true\n"
+        "  safe_private_tags: [{group: 0x0018, creator: X, element: 1}]\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_params(f)
+    assert "retain_dates" in str(err.value) and "private groups are odd" in str(err.value)
