@@ -22,6 +22,8 @@ import pandas as pd
 import pydicom
 import pytest
 
+from medflow.config import load_params
+from medflow.dataset import Dataset, reference_profile
 from tests.integration.pipeline_copy import clone, run, set_params
 
 DOWNSTREAM = ("preprocess", "train", "evaluate", "gate", "package")
@@ -62,7 +64,9 @@ def repo(reproduced: tuple[Path, str], tmp_path: Path) -> Path:
 def test_the_clean_dataset_passes_with_data_docs_that_open_from_the_folder(repo: Path) -> None:
     summary = json.loads((repo / "data/validation/summary.json").read_text())
     assert summary["success"] is True, summary["failures"]
-    assert (repo / "data/reference/profile.json").is_file()
+    key = Dataset.of(load_params(repo / "params.yaml").data).key
+    assert reference_profile(repo / "data/reference", key).is_file()
+    assert summary["dataset"]["key"] == key
     index = repo / "data/validation/docs/index.html"
     text = index.read_text(encoding="utf-8")
     # result pages are listed by the index's script, suite pages and assets by plain links

@@ -119,3 +119,59 @@ def test_validate_keeps_one_reference_per_dataset(tmp_path: Path) -> None:
     assert back.drift["checked"] and back.drift["reference"] == str(ref_demo)
     assert demo.key in back.drift["note"]
     assert sorted(p.name for p in refs.iterdir()) == sorted([demo.key, other.key])
+
+
+def test_promote_refuses_a_model_of_another_dataset(tmp_path: Path) -> None:
+    from datetime import datetime
+
+    from medflow.registry import ModelEntry, _promote
+
+    pneu = Dataset.of(PNEUMONIA)
+    entry = ModelEntry(
+        tag="medflow-classifier:pneu",
+        created=datetime.now(),
+        metrics={},
+        gate="passed",
+        data_hash=None,
+        class_names=["normal", "pneumonia"],
+        bentos=["medflow-service:pneu"],
+        dataset=pneu.key,
+    )
+    demo = Dataset.of(DEMO)
+    folder = champion_folder(tmp_path, demo.key)
+    with pytest.raises(ValueError, match=f"packaged on dataset {pneu.key}, not {demo.key}"):
+        _promote(entry, folder, "promote", demo.as_dict())
+    assert not folder.exists()
+
+
+def test_cli_selects_the_dataset_and_lists_the_others(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medflow.cli import app
+
+    pneu, demo = Dataset.of(PNEUMONIA), Dataset.of(DEMO)
+    record_champion(
+        champion_folder(tmp_path, pneu.key),
+        model_tag="m:pneu",
+        bento_tag="b:pneu",
+        metrics={},
+        data_hash=None,
+        git_revision=None,
+        promoted_by="package",
+        dataset=pneu.as_dict(),
+    )
+    runner = CliRunner()
+    root = Path(__file__).resolve().parents[2]
+    common = ["--params", str(root / "params.yaml"), "--champions", str(tmp_path)]
+    listed = runner.invoke(app, ["models", "datasets", *common])
+    assert listed.exit_code == 0, listed.output
+    assert f"{pneu.key}  source=pneumoniamnist.npz  classes=normal,pneumonia" in listed.output
+    assert "champion=m:pneu" in listed.output
+    # params.yaml's dataset is the demo, which has no champion here: said, naming the others
+    served = runner.invoke(app, ["models", "served-bento", *common])
+    assert served.exit_code == 1 and f"datasets with a champion: {pneu.key}" in served.output
+    assert demo.key in served.output or "no champion" in served.output
+    chosen = runner.invoke(app, ["models", "served-bento", *common, "--dataset", pneu.key])
+    assert chosen.exit_code == 0 and chosen.output.strip() == "b:pneu", chosen.output
+    bad = runner.invoke(app, ["models", "served-bento", *common, "--dataset", "../etc"])
+    assert bad.exit_code == 1 and "not of the form" in bad.output
