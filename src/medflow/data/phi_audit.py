@@ -86,6 +86,7 @@ _SIMPLE = re.compile(rb"^" + _WORD + rb"$")
 _MIN_LEN = 3  # shorter values cannot be told from ordinary header content
 _MIN_DIGITS = 5  # purely numeric values: shorter ones coincide with sizes, counts, ...
 _MIN_LEN_IN_PIXELS = 8  # pixel bytes are noise-like: only long values are meaningful there
+_PIXEL_SLICE = 1 << 24  # bytes of pixel data upper-cased at a time
 _PART = " component"  # the kind of a part of a person name: "PatientName component"
 
 
@@ -245,9 +246,8 @@ class PhiAudit:
                 if kept:
                     texts.append((name, "\\".join(kept).encode("utf-8", "replace")))
         blob = b"\x00".join(v for _, v in texts)
-        pixels = b"\x00".join(v for _, v in binaries)
-        if not self._kinds_in(blob, pixels):  # the usual case: one search for everything
-            return {}
+        if not self._kinds_in(blob) and not any(self._kinds_in(b"", v) for _, v in binaries):
+            return {}  # the usual case: one search of all text, one of each binary value
         found: dict[str, set[str]] = {}
         for name, value in texts:
             kinds = self._kinds_in(value)
@@ -289,10 +289,14 @@ class PhiAudit:
         if pixels:
             long_tokens = [t for t in self._simple if len(t) >= _MIN_LEN_IN_PIXELS]
             if long_tokens:
-                upper = pixels.upper()
-                for token in long_tokens:
-                    if _contains_word(upper, token):
-                        kinds |= self._kinds_of(self._simple, token)
+                # In slices: a long cine's pixel data is not copied whole (upper() copies).
+                view, overlap = memoryview(pixels), max(map(len, long_tokens))
+                for start in range(0, len(view), _PIXEL_SLICE):
+                    # one byte before the slice: whether a match there starts a word
+                    upper = bytes(view[max(0, start - 1) : start + _PIXEL_SLICE + overlap]).upper()
+                    for token in long_tokens:
+                        if _contains_word(upper, token):
+                            kinds |= self._kinds_of(self._simple, token)
         return kinds
 
     def kinds_in_text(self, text: str, *, whole_values_only: bool = False) -> set[str]:

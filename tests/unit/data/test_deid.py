@@ -171,3 +171,18 @@ def test_phi_audit_finds_non_ascii_names_in_either_encoding(tmp_path: Path, enco
     out = tmp_path / "out.txt"
     out.write_bytes("report for MÜLLER^JÖRG\n".encode(encoding))
     assert [f.kind for f in audit.scan([out])] == ["PatientName"]
+
+
+def test_pixel_data_is_searched_in_slices_across_their_edges(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from medflow.data import phi_audit
+
+    monkeypatch.setattr(phi_audit, "_PIXEL_SLICE", 64)
+    audit = PhiAudit()
+    audit.add("PatientID", "MRN77441122")
+    noise = bytes(range(200, 256)) * 4  # no word bytes
+    straddling = noise[:60] + b"mrn77441122" + noise  # across the first slice's edge
+    assert audit._kinds_in(b"", straddling) == {"PatientID"}
+    inside_a_word = noise[:63] + b"XMRN77441122" + noise  # the slice starts after the X
+    assert audit._kinds_in(b"", inside_a_word) == set()
