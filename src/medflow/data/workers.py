@@ -33,7 +33,7 @@ def local_mapper(workers: int) -> Mapper:
             return
         # Not fork: the caller may be a Prefect flow with threads holding locks. A fork
         # server is started fresh, imports the ingest code once, and forks each worker from
-        # that clean state: workers start without importing pydicom and dicognito again.
+        # that clean state: workers start without importing pydicom and the Table E.1-1 again.
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["medflow.data.shard"])
         with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
