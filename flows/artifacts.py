@@ -84,8 +84,10 @@ def gate(layout: Layout) -> None:
     if g is None:
         return
     lines = [f"# Gate: **{g.get('decision', '?').upper()}**", ""]
-    champion = g.get("champion", {}).get("status", "?")
-    lines.append(f"Champion: {champion}")
+    champion = g.get("champion", {})
+    reason = f" ({champion['reason']})" if champion.get("reason") else ""
+    dataset = champion.get("dataset") or "?"
+    lines.append(f"Champion of dataset {dataset}: {champion.get('status', '?')}{reason}")
     if g.get("failures"):
         lines += ["", "## Reasons", *(f"- {f}" for f in g["failures"])]
     lines += [
