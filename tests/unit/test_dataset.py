@@ -24,6 +24,20 @@ DEMO = DataParams()  # synthetic, [normal, lesion]
 PNEUMONIA = DataParams(source="pneumoniamnist.npz", class_names=["normal", "pneumonia"])
 
 
+def _record(folder: Path, tag: str, by: str = "package", ds: Dataset | None = None) -> None:
+    """What package (or promote/rollback) records: `tag` as the champion in folder."""
+    record_champion(
+        folder,
+        model_tag=f"m:{tag}",
+        bento_tag=f"b:{tag}",
+        metrics={"auroc": 0.9},
+        data_hash=None,
+        git_revision=None,
+        promoted_by=by,
+        dataset=ds.as_dict() if ds is not None else None,
+    )
+
+
 def test_key_is_a_readable_slug_and_a_short_hash() -> None:
     assert Dataset.of(DEMO).key.startswith("synthetic-")
     assert Dataset.of(PNEUMONIA).key.startswith("pneumoniamnist-")
@@ -55,17 +69,8 @@ def test_references_and_champions_live_per_dataset(tmp_path: Path) -> None:
     demo, pneu = Dataset.of(DEMO), Dataset.of(PNEUMONIA)
     ref = reference_profile(tmp_path / "reference", demo.key)
     assert ref == tmp_path / "reference" / demo.key / "profile.json"
-    for ds, tag in ((demo, "m:demo"), (pneu, "m:pneu")):
-        record_champion(
-            champion_folder(tmp_path / "champion", ds.key),
-            model_tag=tag,
-            bento_tag=f"b:{tag[2:]}",
-            metrics={"auroc": 0.9},
-            data_hash=None,
-            git_revision=None,
-            promoted_by="package",
-            dataset=ds.as_dict(),
-        )
+    for ds, tag in ((demo, "demo"), (pneu, "pneu")):
+        _record(champion_folder(tmp_path / "champion", ds.key), tag, ds=ds)
     assert known_keys(tmp_path / "champion") == sorted([demo.key, pneu.key])
     demo_champion = read_champion(champion_folder(tmp_path / "champion", demo.key))
     assert demo_champion["model_tag"] == "m:demo"
@@ -76,15 +81,7 @@ def test_references_and_champions_live_per_dataset(tmp_path: Path) -> None:
     }
     # a promote that does not say the dataset keeps the folder's
     folder = champion_folder(tmp_path / "champion", pneu.key)
-    record_champion(
-        folder,
-        model_tag="m:pneu2",
-        bento_tag="b:pneu2",
-        metrics={},
-        data_hash=None,
-        git_revision=None,
-        promoted_by="promote",
-    )
+    _record(folder, "pneu2", by="promote")
     assert read_champion(folder)["dataset"]["key"] == pneu.key
 
 
@@ -150,16 +147,7 @@ def test_cli_selects_the_dataset_and_lists_the_others(tmp_path: Path) -> None:
     from medflow.cli import app
 
     pneu, demo = Dataset.of(PNEUMONIA), Dataset.of(DEMO)
-    record_champion(
-        champion_folder(tmp_path, pneu.key),
-        model_tag="m:pneu",
-        bento_tag="b:pneu",
-        metrics={},
-        data_hash=None,
-        git_revision=None,
-        promoted_by="package",
-        dataset=pneu.as_dict(),
-    )
+    _record(champion_folder(tmp_path, pneu.key), "pneu", ds=pneu)
     runner = CliRunner()
     root = Path(__file__).resolve().parents[2]
     common = ["--params", str(root / "params.yaml"), "--champions", str(tmp_path)]
