@@ -38,6 +38,8 @@ def valid_manifest() -> pd.DataFrame:
                     "modality": "CR",
                     "manufacturer": "medflow-synth",
                     "site": "SITE-0001",
+                    "sex": "FM"[p % 2],
+                    "age_band": "40-59",
                     "rows": 64,
                     "columns": 64,
                     "frames": 1,

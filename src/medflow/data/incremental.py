@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "ingest_state.json"
 QUARANTINE_FILE = "quarantine.csv"
-FORMAT = 4  # bump when the output of a file changes for the same settings
+FORMAT = 5  # bump when the output of a file changes for the same settings
 # Outcomes decided by comparing a file with others: decided again on every run.
 DEPENDS_ON_OTHER_FILES = (DUPLICATE, "conflicting duplicate", "conflicting SOPInstanceUID")
 
@@ -45,6 +45,7 @@ def fingerprint(key: bytes, settings: ShardSettings) -> str:
             "frames": settings.frames,
             "max_frame_pixels": settings.max_frame_pixels,
             "burned_in": settings.allow_burned_in_annotation,
+            "burned_in_text": settings.burned_in_text.model_dump(),
             "deid": repr(settings.deid),
         },
         sort_keys=True,

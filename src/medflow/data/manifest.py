@@ -27,6 +27,11 @@ COLUMNS: dict[str, str] = {
     "modality": "string",
     "manufacturer": "string",
     "site": "string",  # keyed pseudonym of InstitutionName ("" when absent)
+    # Patient characteristics the Basic Profile's Retain Patient Characteristics option keeps,
+    # coarse enough for subgroup metrics: PatientSex (M, F, O; "" when absent) and PatientAge
+    # in bands (AGE_BANDS; "" when absent or unreadable)
+    "sex": "string",
+    "age_band": "string",
     "rows": "int64",
     "columns": "int64",
     "frames": "int64",
@@ -45,6 +50,27 @@ COLUMNS: dict[str, str] = {
     # image, high for a black, saturated or clipped one
     "pixel_constant_fraction": "float64",
 }
+
+# Upper bounds (exclusive, years) and names of the age bands; the last band is open: ages
+# above 89 identify on their own (HIPAA), so they share one band with everyone over 80.
+AGE_BANDS = ((18, "0-17"), (40, "18-39"), (60, "40-59"), (80, "60-79"), (None, "80+"))
+_AGE_UNITS = {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}  # PatientAge units per year
+
+
+def age_band(patient_age: object) -> str:
+    """The band of a DICOM Age String ("045Y", "018M", ...); "" when absent or malformed."""
+    text = str(patient_age or "").strip().upper()
+    if len(text) != 4 or not text[:3].isdigit() or text[3] not in _AGE_UNITS:
+        return ""
+    years = int(text[:3]) / _AGE_UNITS[text[3]]
+    return next(name for bound, name in AGE_BANDS if bound is None or years < bound)
+
+
+def sex(patient_sex: object) -> str:
+    """PatientSex as M, F or O; "" when absent or not one of those."""
+    text = str(patient_sex or "").strip().upper()
+    return text if text in ("M", "F", "O") else ""
+
 
 # DICOM keywords that identify a person; none may appear as a manifest column.
 IDENTIFYING_COLUMNS = (

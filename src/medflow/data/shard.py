@@ -34,6 +34,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from medflow.data import manifest
 from medflow.data.deid import Deidentifier, PhiAudit, Profile
 from medflow.dicom import DicomError, NotAnImage, check_image, read_dicom
 from medflow.pixels import decode_frame, frame_indices, luminance, n_frames, photometric
@@ -258,6 +259,8 @@ def _row(
         "modality": str(ds.get("Modality", "")),
         "manufacturer": str(ds.get("Manufacturer", "")),
         "site": str(ds.get("InstitutionName", "") or ""),
+        "sex": manifest.sex(ds.get("PatientSex")),
+        "age_band": manifest.age_band(ds.get("PatientAge")),
         "rows": int(ds.Rows),
         "columns": int(ds.Columns),
         "frames": n_frames(ds),

@@ -1,8 +1,8 @@
 """The test metrics per subgroup (site, manufacturer, sex, age band, ...) of the manifest.
 
 Subgroups come from manifest columns named in evaluate.subgroups; a column the manifest does
-not have is reported as missing (today's manifest has no sex or age: de-identification drops
-them), never silently skipped. Small subgroups are reported with `small: 1` and left to the
+not have is reported as missing, never silently skipped (blank values form the group
+"(missing)"). Small subgroups are reported with `small: 1` and left to the
 reader: their intervals are wide and the gate does not judge them.
 """
 

@@ -16,7 +16,7 @@ import pytest
 
 from medflow.config import DataParams, DeidParams, IngestParams, PreprocessParams
 from medflow.data.ingest import MISSING, IngestConfig, run_ingest
-from medflow.data.manifest import COLUMNS, IDENTIFYING_COLUMNS, read_manifest
+from medflow.data.manifest import COLUMNS, IDENTIFYING_COLUMNS, age_band, read_manifest
 from medflow.data.shard import NO_LABEL
 from medflow.errors import IngestFailed
 from tests.unit.data.conftest import CLASSES, SMALL
@@ -107,6 +107,9 @@ def test_manifest_has_exactly_the_columns(ingested: tuple) -> None:
         assert row.file == f"images/{row.content_hash}.dcm"
         assert ds.SOPInstanceUID == row.sop_instance_id == row.image_id and row.frame == 0
         assert ds.PatientID == row.patient_id and ds.PatientIdentityRemoved == "YES"
+        # Retain Patient Characteristics (the default): sex and age band for subgroups
+        assert row.sex == ds.PatientSex and row.sex in ("F", "M")
+        assert row.age_band == age_band(ds.PatientAge) and row.age_band
 
 
 def test_labels_and_content_hashes_match_the_source(ingested: tuple) -> None:
