@@ -57,16 +57,19 @@ serve: install
 # System packages the tests drive: Debian's chromium (tests/integration/test_prefect_ui.py
 # opens the Prefect UI headless; no browser download at run time; fonts-liberation, which
 # --no-install-recommends would drop, for legible screenshots) and PostgreSQL (a Prefect
-# server on Postgres). Only what is missing is installed, with sudo when not root;
-# SKIP_SYSTEM_DEPS=1 skips this step (those tests then skip and say why).
+# server on Postgres), and tesseract-ocr (with its English data, tesseract-ocr-eng: OCR of
+# burned-in text at ingest, deid.burned_in_text; docs/ingest.md). Only what is missing is
+# installed, with sudo when not root; SKIP_SYSTEM_DEPS=1 skips this step (those tests then
+# skip and say why).
 .PHONY: system-deps
 system-deps:
 	@[ -n "$(SKIP_SYSTEM_DEPS)" ] && exit 0; missing=; \
 	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing=" chromium fonts-liberation"; \
 	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v tesseract >/dev/null || missing="$$missing tesseract-ocr tesseract-ocr-eng"; \
 	[ -z "$$missing" ] && exit 0; \
 	if ! command -v apt-get >/dev/null; then \
-	  echo "system-deps: no apt-get here; install$$missing with your package manager, or run with SKIP_SYSTEM_DEPS=1 (the browser/PostgreSQL tests then skip)" >&2; exit 1; fi; \
+	  echo "system-deps: no apt-get here; install$$missing with your package manager, or run with SKIP_SYSTEM_DEPS=1 (the browser/PostgreSQL/OCR tests then skip)" >&2; exit 1; fi; \
 	if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo="sudo -n"; else \
 	  echo "system-deps: need root or sudo to apt-get install$$missing; or run with SKIP_SYSTEM_DEPS=1" >&2; exit 1; fi; \
 	echo "system-deps: apt-get install$$missing"; \

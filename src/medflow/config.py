@@ -81,6 +81,65 @@ class SafePrivateTagParams(_Section):
         return group
 
 
+class BurnedInTextParams(_Section):
+    """OCR of text burned into the pixels (docs/ingest.md, "Burned-in text")."""
+
+    action: Literal["redact", "quarantine", "off"] = Field(
+        "redact",
+        description="what a screened image with text in its pixels becomes: redact (the"
+        " word boxes are filled in every frame, DICOM code 113101 Clean Pixel Data is"
+        " recorded), quarantine, or off (no OCR)",
+    )
+    modalities: list[str] = Field(
+        default_factory=lambda: ["US", "IVUS", "SC", "OT", "XC", "ES", "GM", "OP"],
+        description="Modality values whose images are OCR'd: those that usually carry"
+        " burned-in text without setting BurnedInAnnotation",
+    )
+    secondary_capture: bool = Field(
+        True,
+        description="also OCR every Secondary Capture Image Storage image (single or"
+        " multi-frame), whatever its Modality (screenshots, dose reports)",
+    )
+    min_confidence: float = Field(
+        70,
+        ge=0,
+        le=100,
+        description="tesseract word confidence (0-100) from which a word counts as text"
+        " (other words on its line count too); lower finds more text and reads more noise"
+        " as words (ultrasound speckle reaches 60-70 at times)",
+    )
+    min_confidence_bright: float = Field(
+        50,
+        ge=0,
+        le=100,
+        description="the same, in the readings of a frame with its dim pixels hidden (little"
+        " noise is left there to read as words, and small fonts read with low confidence)",
+    )
+    min_chars: int = Field(
+        3, ge=1, description="letters or digits a word needs to count as text (noise is short)"
+    )
+    margin: int = Field(3, ge=0, le=64, description="pixels added around each redacted box")
+    upscale: int = Field(
+        2,
+        ge=1,
+        le=4,
+        description="the bright parts of a frame are also read enlarged this many times (small"
+        " fonts are read far better); 1: not enlarged",
+    )
+    max_frames: int = Field(
+        4,
+        ge=1,
+        description="frames OCR'd per image, spread evenly, first and last included (about"
+        " 0.5 s for 640 x 480, 2 s for 1024 x 768 on one core); the boxes found in any of"
+        " them are redacted in every frame (overlays of a cine loop stay put)",
+    )
+
+    @field_validator("modalities")
+    @classmethod
+    def _upper(cls, modalities: list[str]) -> list[str]:
+        return [m.strip().upper() for m in modalities]
+
+
 class DeidParams(_Section):
     """De-identification: DICOM PS3.15 Annex E Basic Application Level Confidentiality
     Profile, and which of its options apply (docs/ingest.md, "De-identification")."""
@@ -89,6 +148,8 @@ class DeidParams(_Section):
     # Pixels with burned-in text (BurnedInAnnotation YES) may show a name: quarantined unless
     # the source is known to be clean (e.g. the annotation was masked upstream).
     allow_burned_in_annotation: bool = False
+    # OCR of the pixels of ultrasound, secondary captures, screenshots... (BurnedInTextParams)
+    burned_in_text: BurnedInTextParams = BurnedInTextParams()
     retain_modified_dates: bool = Field(
         True,
         description="Retain Longitudinal Temporal Information with Modified Dates Option:"

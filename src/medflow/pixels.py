@@ -90,18 +90,7 @@ def decode_frame(ds: Dataset, index: int, max_pixels: int) -> np.ndarray:
             f"unsupported PhotometricInterpretation {pi!r}; expected one of"
             f" {', '.join(_GREY + _COLOUR)}"
         )
-    ts = transfer_syntax(ds)
-    try:
-        decoder = get_decoder(ts)
-    except NotImplementedError as exc:
-        raise UnsupportedImage(f"no pixel decoder for transfer syntax {ts.name} ({ts})") from exc
-    try:
-        # as_rgb converts YBR to RGB; frames are decoded one at a time (bounded memory).
-        arr, _ = decoder.as_array(ds, index=index, as_rgb=True)
-    except Exception as exc:
-        raise UndecodablePixels(
-            f"cannot decode pixel data ({ts.name}): {type(exc).__name__}: {exc}"
-        ) from exc
+    arr = stored_frame(ds, index)
     if pi == "PALETTE COLOR":
         try:
             # an optional alpha LUT adds a 4th channel; the model sees RGB only
@@ -115,6 +104,27 @@ def decode_frame(ds: Dataset, index: int, max_pixels: int) -> np.ndarray:
     if arr.ndim != 2:
         raise DicomError(f"expected a 2-D image per frame, got pixel array of shape {arr.shape}")
     return apply_modality_lut(arr, ds).astype(np.float64)
+
+
+def stored_frame(ds: Dataset, index: int) -> np.ndarray:
+    """One frame's stored values as decoded, YBR converted to RGB; no lookup table applied.
+
+    Raises UnsupportedImage when no decoder handles the transfer syntax, UndecodablePixels
+    when decoding fails.
+    """
+    ts = transfer_syntax(ds)
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError as exc:
+        raise UnsupportedImage(f"no pixel decoder for transfer syntax {ts.name} ({ts})") from exc
+    try:
+        # as_rgb converts YBR to RGB; frames are decoded one at a time (bounded memory).
+        arr, _ = decoder.as_array(ds, index=index, as_rgb=True)
+    except Exception as exc:
+        raise UndecodablePixels(
+            f"cannot decode pixel data ({ts.name}): {type(exc).__name__}: {exc}"
+        ) from exc
+    return arr
 
 
 def luminance(pixels: np.ndarray) -> np.ndarray:

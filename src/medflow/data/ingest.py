@@ -79,6 +79,7 @@ class IngestConfig:
             frames=self.preprocess.frames,
             max_frame_pixels=self.preprocess.max_frame_pixels,
             allow_burned_in_annotation=self.deid.allow_burned_in_annotation,
+            burned_in_text=self.deid.burned_in_text,
             deid=Profile(
                 retain_modified_dates=self.deid.retain_modified_dates,
                 retain_patient_characteristics=self.deid.retain_patient_characteristics,

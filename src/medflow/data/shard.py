@@ -34,9 +34,12 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from medflow.config import BurnedInTextParams
 from medflow.data import manifest
-from medflow.data.deid import Deidentifier, PhiAudit, Profile
+from medflow.data.burned_in import screen
+from medflow.data.deid import CLEAN_PIXEL_DATA, Deidentifier, PhiAudit, Profile, add_method_code
 from medflow.dicom import DicomError, NotAnImage, check_image, read_dicom
+from medflow.errors import StageFailed
 from medflow.pixels import decode_frame, frame_indices, luminance, n_frames, photometric
 
 IMAGES_DIR = "images"
@@ -55,6 +58,7 @@ class ShardSettings:
     max_frame_pixels: int
     allow_burned_in_annotation: bool
     deid: Profile = Profile()  # the confidentiality profile's options
+    burned_in_text: BurnedInTextParams = field(default_factory=BurnedInTextParams)
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,8 @@ def ingest_shard(task: ShardTask) -> ShardResult:
                 result.without_patient_id += not done.had_patient_id
                 result.rows += done.rows
                 result.files_scanned += 1
+            except StageFailed:
+                raise  # the run cannot go on (tesseract missing): not one bad file
             except NotAnImage as exc:
                 result.outcomes.append(Outcome(rel, sha, SKIPPED, str(exc), "not an image"))
             except DicomError as exc:
@@ -183,10 +189,14 @@ def _ingest_file(
             " text that header de-identification cannot remove; mask it upstream, or set"
             " deid.allow_burned_in_annotation if this source is known to be clean"
         )
+    # OCR of the pixels: quarantines the file, or redacts the text before the stats below
+    redacted = screen(ds, settings.burned_in_text, settings.max_frame_pixels)
     frames = frame_indices(ds, settings.frames)
     stats = [_stats(luminance(decode_frame(ds, i, settings.max_frame_pixels))) for i in frames]
     had_patient_id = bool(str(ds.get("PatientID", "") or "").strip())
     deid.deidentify(ds, collect=False)
+    if redacted:
+        add_method_code(ds, CLEAN_PIXEL_DATA)
     _to_explicit_little_endian(ds)
     _drop_trailing_elements(ds)
     leaked = originals.kinds_in_dataset(ds, deid.written)
