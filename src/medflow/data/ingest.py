@@ -227,7 +227,7 @@ def _ingest_folder(
         done = len(reused)
         if progress:
             progress(done, len(files))
-        without_patient_id = 0
+        without_patient_id = text_redacted = 0
         for shard in mapper(ingest_shard, tasks):
             tables.append(_table(shard.rows))
             outcomes += shard.outcomes
@@ -235,6 +235,7 @@ def _ingest_folder(
             audit.merge(shard.audit)
             files_scanned += shard.files_scanned
             without_patient_id += shard.without_patient_id
+            text_redacted += shard.text_redacted
             done += len(shard.hashes) + sum(1 for o in shard.outcomes if not o.sha256)
             if progress:
                 progress(done, len(files))
@@ -243,6 +244,12 @@ def _ingest_folder(
                 "%d image(s) have no PatientID: each of their studies is treated as its own"
                 " patient",
                 without_patient_id,
+            )
+        if text_redacted:
+            logger.info(
+                "%d image(s) read in this run showed text in their pixels, filled before"
+                " writing (deid.burned_in_text)",
+                text_redacted,
             )
         manifest = pd.concat(tables, ignore_index=True)
         del tables

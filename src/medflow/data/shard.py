@@ -92,12 +92,14 @@ class ShardResult:
     audit: PhiAudit = field(default_factory=PhiAudit)
     files_scanned: int = 0
     without_patient_id: int = 0
+    text_redacted: int = 0  # images whose burned-in text was filled (burned_in.screen)
 
 
 @dataclass(frozen=True)
 class _Ingested:
     rows: list[dict[str, object]]
     had_patient_id: bool
+    text_redacted: bool = False
 
 
 @contextmanager
@@ -140,6 +142,7 @@ def ingest_shard(task: ShardTask) -> ShardResult:
                     continue
                 done = _ingest_file(data, sha, label, task.settings, deid, originals, out_dir)
                 result.without_patient_id += not done.had_patient_id
+                result.text_redacted += done.text_redacted
                 result.rows += done.rows
                 result.files_scanned += 1
             except StageFailed:
@@ -212,7 +215,7 @@ def _ingest_file(
         row = _row(ds, frame, len(frames) > 1, sha, label, settings.class_names)
         row.update(frame_stats)
         rows.append(row)
-    return _Ingested(rows, had_patient_id)
+    return _Ingested(rows, had_patient_id, redacted > 0)
 
 
 def _drop_trailing_elements(ds: Dataset) -> None:

@@ -291,6 +291,7 @@ def test_ingest_redacts_and_quarantines_per_params(tmp_path: Path) -> None:
         # the CT is not screened (not a listed modality): its text is left as it was
         assert _shows_identifiers(text) == (row.modality == "CT")
     log = (tmp_path / "redacted" / "ingest.log").read_text()
+    assert "1 image(s) read in this run showed text in their pixels" in log
     assert not _shows_identifiers(log)
 
     manifest = ingest("quarantine", tmp_path / "quarantined")
