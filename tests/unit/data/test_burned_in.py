@@ -13,9 +13,11 @@ import pydicom
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
+from pydicom.pixels import convert_color_space
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
+    JPEG2000Lossless,
     RLELossless,
     SecondaryCaptureImageStorage,
     UltrasoundImageStorage,
@@ -199,6 +201,21 @@ def test_compressed_source_is_redacted_and_stored_uncompressed(tmp_path: Path) -
     assert not out["PixelData"].is_undefined_length
     assert not _shows_identifiers(_read(decode_frame(out, 0, MAX_PIXELS)))
     assert (out.pixel_array[mask] == 0).all()
+
+
+@needs_tesseract
+def test_ybr_source_is_redacted_and_stored_as_rgb(tmp_path: Path) -> None:
+    pixels, mask = _picture(rgb=True)
+    ybr = convert_color_space(pixels, "RGB", "YBR_FULL")
+    ds = image_dataset(ybr, "YBR_FULL", 8, SecondaryCaptureImageStorage, Modality="OT")
+    ds.compress(JPEG2000Lossless, generate_instance_uid=False)
+    result, out = _ingest(tmp_path, ds)
+    assert result.outcomes == [] and out is not None
+    assert out.PhotometricInterpretation == "RGB" and out.PlanarConfiguration == 0
+    assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert not _shows_identifiers(_read(decode_frame(out, 0, MAX_PIXELS)))
+    rest = out.pixel_array[HEADER + 4 :].astype(int) - pixels[HEADER + 4 :]
+    assert np.abs(rest).max() <= 2  # the YBR round trip, nothing more
 
 
 @needs_tesseract
