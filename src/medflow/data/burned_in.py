@@ -41,6 +41,9 @@ TESSERACT = "tesseract"
 # VL classes (…1.1.77.x) share the prefix but not the dot.
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 MIN_SIDE = 32  # frames narrower than this (in pixels) hold no legible text: not OCR'd
+# Frames larger than this (pixels, either side) are not read enlarged: their fonts are not
+# small, and tesseract's time grows with the area.
+MAX_ENLARGED_SIDE = 2048
 BRIGHT = 0.6  # see _readings: the share of a frame's grey range below which pixels are hidden
 _NOT_INSTALLED = (
     "burned-in text screening (deid.burned_in_text) needs the tesseract OCR program, which"
@@ -125,16 +128,16 @@ def _readings(grey: np.ndarray, upscale: int) -> list[tuple[Image.Image, int, bo
 
     Burned-in text is drawn brighter than the anatomy, so the frame is read with everything
     below BRIGHT of its range blacked out, at its size and `upscale` times enlarged (small
-    fonts): speckle then no longer reads as words, and tesseract is several times faster
-    (most of its time goes to textured regions). Once more whole, at its size, for dimmer
-    text.
+    fonts; frames up to MAX_ENLARGED_SIDE): speckle then no longer reads as words, and
+    tesseract is several times faster (most of its time goes to textured regions). Once more
+    whole, at its size, for dimmer text.
     """
     low, high = float(grey.min()), float(grey.max())
     bright = np.where(grey >= low + BRIGHT * (high - low), grey, low)
     images = [_to_8bit(bright, low, high), _to_8bit(grey, low, high)]
     rows, cols = grey.shape
     readings = [(images[0], 1, True), (images[1], 1, False)]
-    if upscale > 1:
+    if upscale > 1 and max(rows, cols) <= MAX_ENLARGED_SIDE:
         enlarged = images[0].resize((cols * upscale, rows * upscale), Image.LANCZOS)
         readings.insert(1, (enlarged, upscale, True))
     return readings
