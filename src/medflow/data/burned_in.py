@@ -175,7 +175,7 @@ def screen(ds: Dataset, params: BurnedInTextParams, max_pixels: int) -> int:
     modality = str(ds.get("Modality", "") or "?")
     if params.action == "quarantine":
         raise DicomError(
-            f"burned-in text: OCR found {len(boxes)} word(s) in {frames_with_text} of"
+            f"burned-in text: OCR found text ({len(boxes)} box(es)) in {frames_with_text} of"
             f" {len(indices)} screened frame(s) of this {modality} image;"
             " deid.burned_in_text.action is quarantine: mask the text upstream, or set the"
             " action to redact"
