@@ -1,18 +1,25 @@
 """Issue 16's "done when" for de-identification: real public DICOM files plus files crafted
-with identifiers in free text, sequences and private elements go through `medflow ingest`;
-every file is ingested or quarantined with a reason, and no identifier reaches any output."""
+with identifiers in free text, sequences, private elements and burned into the pixels go
+through `medflow ingest`; every file is ingested or quarantined with a reason, and no
+identifier reaches any output (the pixels are read back by OCR)."""
 
 from __future__ import annotations
 
+import io
 import shutil
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
+from PIL import Image, ImageDraw, ImageFont
 from pydicom import examples
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.uid import UltrasoundImageStorage
 
+from medflow.pixels import decode_frame, luminance
 from tests.conftest import SHARED_DATA
 from tests.integration.test_ingest_zoo import (
     Run,
@@ -27,6 +34,7 @@ from tests.integration.test_ingest_zoo import (
     write_labels,
     write_params,
 )
+from tests.unit.test_pixels import image_dataset
 
 PATIENT = {"PatientName": "Vexmoorian^Albastra", "PatientID": "MRN-7734219"}
 # Every value below must be absent from every output: the patient's, other people's names,
@@ -99,6 +107,39 @@ def _private() -> Dataset:
     return ds
 
 
+def _burned_in() -> Dataset:
+    """An ultrasound frame showing the patient's name and ID, BurnedInAnnotation not set."""
+    rng = np.random.default_rng(5)
+    grey = np.zeros((256, 320))
+    grey[40:] = np.linspace(20, 180, 320)[None, :] + rng.normal(0, 8, (216, 320))
+    text = Image.new("L", (320, 256), 0)
+    font = ImageFont.load_default(size=16)
+    ImageDraw.Draw(text).text((6, 8), "VEXMOORIAN^ALBASTRA  MRN-7734219", fill=255, font=font)
+    pixels = np.maximum(grey.clip(0, 255), np.asarray(text)).astype(np.uint8)
+    ds = image_dataset(pixels, "MONOCHROME2", 8, UltrasoundImageStorage, Modality="US")
+    for keyword, value in PATIENT.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def _ocr(path: Path) -> str:
+    """What tesseract reads in a DICOM file's first frame (enlarged 2x), squashed, upper."""
+    ds = pydicom.dcmread(path)
+    grey = luminance(decode_frame(ds, 0, 1 << 26).astype(np.float64))
+    span = max(float(grey.max() - grey.min()), 1.0)
+    image = Image.fromarray(((grey - grey.min()) * (255 / span)).astype(np.uint8))
+    image = image.resize((image.width * 2, image.height * 2), Image.LANCZOS)
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    done = subprocess.run(
+        ["tesseract", "stdin", "stdout", "--psm", "11"],
+        input=png.getvalue(),
+        capture_output=True,
+        check=True,
+    )
+    return "".join(done.stdout.decode().upper().split())
+
+
 def _left_by_the_profile() -> Dataset:
     """The patient's name in an attribute Table E.1-1 does not list: only the audit sees it."""
     return _crafted("ct", ManufacturerModelName="Vexmoorian special")
@@ -124,6 +165,8 @@ def deid_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         "private.dcm": _private(),
         "left_by_the_profile.dcm": _left_by_the_profile(),
     }
+    if shutil.which("tesseract"):
+        crafted["burned_in.dcm"] = _burned_in()
     (source / "crafted").mkdir()
     for name, ds in crafted.items():
         ds.save_as(source / "crafted" / name, enforce_file_format=True)
@@ -172,3 +215,20 @@ def test_no_identifier_anywhere_in_the_output_or_the_log(deid_run: Run) -> None:
         if value.encode() in path.read_bytes()
     ]
     assert not leaks, leaks
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract-ocr: make system-deps")
+def test_text_burned_into_the_pixels_is_filled(deid_run: Run) -> None:
+    assert_succeeded(deid_run)
+    source = deid_run.source / "crafted" / "burned_in.dcm"
+    # the test can fail: OCR reads the name and ID in the source
+    assert "VEXMOORIAN" in _ocr(source) and "7734219" in _ocr(source)
+    sha = source_files(deid_run.source)["crafted/burned_in.dcm"]
+    assert sha in set(deid_run.manifest().content_hash), deid_run.outcome_of(
+        "crafted/burned_in.dcm"
+    )
+    output = deid_run.out / "images" / f"{sha}.dcm"
+    seen = _ocr(output)
+    assert not any(part in seen for part in ("VEXMOOR", "ALBASTRA", "7734219", "MRN")), seen
+    codes = [str(i.CodeValue) for i in pydicom.dcmread(output).DeidentificationMethodCodeSequence]
+    assert "113101" in codes  # Clean Pixel Data Option
