@@ -5,9 +5,7 @@ identifier reaches any output (the pixels are read back by OCR)."""
 
 from __future__ import annotations
 
-import io
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UltrasoundImageStorage
 
-from medflow.pixels import decode_frame, luminance
+from medflow.pixels import decode_frame
 from tests.conftest import SHARED_DATA
 from tests.integration.test_ingest_zoo import (
     Run,
@@ -34,6 +32,7 @@ from tests.integration.test_ingest_zoo import (
     write_labels,
     write_params,
 )
+from tests.unit.data.test_burned_in import _read as read_text
 from tests.unit.test_pixels import image_dataset
 
 PATIENT = {"PatientName": "Vexmoorian^Albastra", "PatientID": "MRN-7734219"}
@@ -123,21 +122,8 @@ def _burned_in() -> Dataset:
 
 
 def _ocr(path: Path) -> str:
-    """What tesseract reads in a DICOM file's first frame (enlarged 2x), squashed, upper."""
-    ds = pydicom.dcmread(path)
-    grey = luminance(decode_frame(ds, 0, 1 << 26).astype(np.float64))
-    span = max(float(grey.max() - grey.min()), 1.0)
-    image = Image.fromarray(((grey - grey.min()) * (255 / span)).astype(np.uint8))
-    image = image.resize((image.width * 2, image.height * 2), Image.LANCZOS)
-    png = io.BytesIO()
-    image.save(png, format="PNG")
-    done = subprocess.run(
-        ["tesseract", "stdin", "stdout", "--psm", "11"],
-        input=png.getvalue(),
-        capture_output=True,
-        check=True,
-    )
-    return "".join(done.stdout.decode().upper().split())
+    """What tesseract reads in a DICOM file's first frame, squashed, upper-cased."""
+    return "".join(read_text(decode_frame(pydicom.dcmread(path), 0, 1 << 26)).upper().split())
 
 
 def _left_by_the_profile() -> Dataset:
