@@ -22,12 +22,19 @@ from functools import cache
 from pathlib import Path
 
 from dicomanonymizer.dicom_anonymization_databases import dicomfields_2026c as table_e11
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from medflow.data.phi_audit import AUDITED_KEYWORDS, PhiAudit, element_vr, text_values
+from medflow.data.phi_audit import (
+    AUDITED_KEYWORDS,
+    PhiAudit,
+    dictionary_vr,
+    element_vr,
+    own_elements,
+    text_values,
+)
 from medflow.errors import IngestFailed
 
 __all__ = [
@@ -249,7 +256,7 @@ def _actions(profile: Profile) -> dict[int, str]:
     if profile.retain_modified_dates:
         not_shifted = {tag_for_keyword(k) for k in NOT_SHIFTED}
         for tag in actions:
-            if tag not in not_shifted and _dictionary_vr(tag) in _DATE_VRS:
+            if tag not in not_shifted and dictionary_vr(tag) in _DATE_VRS:
                 actions[tag] = SHIFT
     options = (
         (profile.retain_patient_characteristics, PATIENT_CHARACTERISTICS, KEEP),
@@ -267,14 +274,6 @@ def _tag(keyword: str) -> int:
     if tag is None:
         raise KeyError(f"{keyword} is not a DICOM keyword pydicom knows")
     return tag
-
-
-@cache
-def _dictionary_vr(tag: int) -> str:
-    try:
-        return str(dictionary_VR(tag))
-    except KeyError:
-        return "UN"
 
 
 def add_method_code(ds: Dataset, code: str) -> None:
@@ -505,10 +504,7 @@ class Deidentifier:
     def _apply(self, ds: Dataset, run: _Pass, pseudonyms: dict[str, str]) -> None:
         """One walk over ds and its sequence items, each element getting its action."""
         creators: dict[tuple[int, int], str] | None = None
-        for tag in list(ds.keys()):
-            elem = ds.get_item(tag)
-            if elem is None:
-                continue
+        for tag, elem in own_elements(ds):
             if tag.is_private:
                 if creators is None:
                     creators = _private_creators(ds)

@@ -13,6 +13,7 @@ import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import pydicom
@@ -69,12 +70,25 @@ def text_values(elem: DataElement) -> list[str]:
 
 def element_vr(elem: DataElement | RawDataElement) -> str:
     """The VR of an element without converting a raw one (implicit VR: the dictionary's)."""
-    if elem.VR:
-        return str(elem.VR)
+    return str(elem.VR) if elem.VR else dictionary_vr(elem.tag)
+
+
+@cache
+def dictionary_vr(tag: int) -> str:
+    """The data dictionary's VR of a tag; UN for private and unknown ones."""
     try:
-        return str(dictionary_VR(elem.tag))
+        return str(dictionary_VR(tag))
     except KeyError:
         return "UN"
+
+
+def own_elements(ds: Dataset) -> list[tuple[int, DataElement | RawDataElement]]:
+    """(tag, element) of ds's own elements in ds.keys() order, raw ones not converted (as
+    ds.get_item gives them, without its cost per tag); a deferred value is read."""
+    return [
+        (tag, ds[tag] if elem.value is None and isinstance(elem, RawDataElement) else elem)
+        for tag, elem in list(ds._dict.items())
+    ]
 
 
 # A value is found only as a whole "word": not directly preceded or followed by a letter,
@@ -288,13 +302,22 @@ class PhiAudit:
                 kinds |= self._kinds_of(self._complex, token)
         if pixels:
             long_tokens = [t for t in self._simple if len(t) >= _MIN_LEN_IN_PIXELS]
-            if long_tokens:
+            # Most tokens (UIDs, IDs with digits) are found by a part without letters, which
+            # upper-casing leaves alone: searched in the bytes as they are, no copy.
+            to_upper = []
+            for token in long_tokens:
+                found = _contains_word_anycase(pixels, token)
+                if found is None:
+                    to_upper.append(token)
+                elif found:
+                    kinds |= self._kinds_of(self._simple, token)
+            if to_upper:
                 # In slices: a long cine's pixel data is not copied whole (upper() copies).
-                view, overlap = memoryview(pixels), max(map(len, long_tokens))
+                view, overlap = memoryview(pixels), max(map(len, to_upper))
                 for start in range(0, len(view), _PIXEL_SLICE):
                     # one byte before the slice: whether a match there starts a word
                     upper = bytes(view[max(0, start - 1) : start + _PIXEL_SLICE + overlap]).upper()
-                    for token in long_tokens:
+                    for token in to_upper:
                         if _contains_word(upper, token):
                             kinds |= self._kinds_of(self._simple, token)
         return kinds
@@ -352,12 +375,41 @@ def _contains_word(text: bytes, token: bytes) -> bool:
     return False
 
 
+_NOT_LETTERS = re.compile(rb"[^A-Z]+")
+_WORD_BYTE_ANYCASE = re.compile(rb"[A-Za-z0-9._]")
+_MIN_ANCHOR = 4  # bytes of a token's letter-free part worth searching for on its own
+
+
+def _contains_word_anycase(text: bytes, token: bytes) -> bool | None:
+    """_contains_word(text.upper(), token) without upper-casing text, found by the longest
+    part of token that has no letters (upper() leaves such bytes as they are), each hit then
+    compared in full; None when token has no such part of _MIN_ANCHOR bytes."""
+    parts = _NOT_LETTERS.findall(token)
+    anchor = max(parts, key=len) if parts else b""
+    if len(anchor) < _MIN_ANCHOR:
+        return None
+    offset, n = token.find(anchor), len(token)
+    found = text.find(anchor)
+    while found >= 0:
+        start = found - offset
+        if start >= 0 and text[start : start + n].upper() == token:
+            before = text[start - 1 : start] if start else b""
+            after = text[start + n : start + n + 1]
+            if not (before and _WORD_BYTE_ANYCASE.match(before)) and not (
+                after and _WORD_BYTE_ANYCASE.match(after)
+            ):
+                return True
+        found = text.find(anchor, found + 1)
+    return False
+
+
 # Binary values longer than this are searched like pixel data (long values only): LUTs,
 # ICC profiles and the like are noise-like, short values would be "found" by chance.
 _MAX_SHORT_BINARY = 256
 _BINARY_VRS = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN", "OB or OW", "US or OW"})
 
 
+@cache
 def _name(tag: int) -> str:
     """An attribute's keyword, or its tag for private and unknown ones."""
     keyword = pydicom.datadict.keyword_for_tag(tag)
@@ -367,10 +419,7 @@ def _name(tag: int) -> str:
 def _elements(ds: Dataset) -> Iterable[tuple[Dataset, int, DataElement | RawDataElement]]:
     """(parent dataset, tag, element) of every element at any depth, sequence items after
     their sequence; raw elements are not converted, except sequences (to reach the items)."""
-    for tag in list(ds.keys()):
-        elem = ds.get_item(tag)
-        if elem is None:
-            continue
+    for tag, elem in own_elements(ds):
         yield ds, tag, elem
         if element_vr(elem) == "SQ":
             value = ds[tag].value

@@ -173,16 +173,25 @@ def test_phi_audit_finds_non_ascii_names_in_either_encoding(tmp_path: Path, enco
     assert [f.kind for f in audit.scan([out])] == ["PatientName"]
 
 
+# An ID with a letter-free part is found by that part in the bytes as they are; one of
+# letters only in upper-cased slices of the pixel data.
+@pytest.mark.parametrize("value", ["MRN77441122", "MRNQWERTYZ"])
 def test_pixel_data_is_searched_in_slices_across_their_edges(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
     from medflow.data import phi_audit
 
     monkeypatch.setattr(phi_audit, "_PIXEL_SLICE", 64)
     audit = PhiAudit()
-    audit.add("PatientID", "MRN77441122")
+    audit.add("PatientID", value)
     noise = bytes(range(200, 256)) * 4  # no word bytes
-    straddling = noise[:60] + b"mrn77441122" + noise  # across the first slice's edge
+    lower = value.lower().encode()
+    straddling = noise[:60] + lower + noise  # across the first slice's edge
     assert audit._kinds_in(b"", straddling) == {"PatientID"}
-    inside_a_word = noise[:63] + b"XMRN77441122" + noise  # the slice starts after the X
+    mixed = noise[:20] + value[:3].lower().encode() + value[3:].encode() + noise
+    assert audit._kinds_in(b"", mixed) == {"PatientID"}
+    inside_a_word = noise[:63] + b"X" + value.encode() + noise  # the slice starts after the X
     assert audit._kinds_in(b"", inside_a_word) == set()
+    after_a_lower_case_letter = noise[:20] + b"x" + lower + noise
+    assert audit._kinds_in(b"", after_a_lower_case_letter) == set()
+    assert audit._kinds_in(b"", noise + lower[:-1] + b"." + lower + b"_" + noise) == set()
