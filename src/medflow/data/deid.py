@@ -26,6 +26,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 
 from medflow.data.phi_audit import (
     AUDITED_KEYWORDS,
@@ -188,6 +189,16 @@ _REMOVED_META_KEYWORDS = (
     "PrivateInformationCreatorUID",
     "PrivateInformation",
 )
+# As pydicom's keys: a Dataset made from a dict keeps them as given
+_METHOD_CODE_SEQUENCE, _CODE_VALUE, _CODING_SCHEME, _CODE_MEANING = (
+    Tag(k)
+    for k in (
+        "DeidentificationMethodCodeSequence",
+        "CodeValue",
+        "CodingSchemeDesignator",
+        "CodeMeaning",
+    )
+)
 _PSEUDONYMISED = {tag_for_keyword(k): k for k in ("PatientID", "PatientName", "InstitutionName")}
 _DUMMY_TEXT = "ANONYMIZED"
 _DUMMIES = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "AS": "000Y"}
@@ -281,16 +292,15 @@ def add_method_code(ds: Dataset, code: str) -> None:
     after pixels were cleaned) in ds's DeidentificationMethodCodeSequence, once."""
     if code not in METHOD_CODES:
         raise ValueError(f"unknown de-identification method code {code!r}: {list(METHOD_CODES)}")
-    if "DeidentificationMethodCodeSequence" not in ds:
-        ds.DeidentificationMethodCodeSequence = Sequence()
-    items = ds.DeidentificationMethodCodeSequence
+    if _METHOD_CODE_SEQUENCE not in ds:
+        ds[_METHOD_CODE_SEQUENCE] = DataElement(_METHOD_CODE_SEQUENCE, "SQ", Sequence())
+    items = ds[_METHOD_CODE_SEQUENCE].value
     if any(str(item.get("CodeValue", "")) == code for item in items):
         return
-    item = Dataset()
-    item.CodeValue = code
-    item.CodingSchemeDesignator = "DCM"
-    item.CodeMeaning = METHOD_CODES[code]
-    items.append(item)
+    # The elements as `item.CodeValue = code` makes them, without its lookups by keyword
+    values = ((_CODE_VALUE, "SH", code), (_CODING_SCHEME, "SH", "DCM"))
+    values += ((_CODE_MEANING, "LO", METHOD_CODES[code]),)
+    items.append(Dataset({tag: DataElement(tag, vr, value) for tag, vr, value in values}))
 
 
 # ------------------------------------------------------------------------------ the key

@@ -304,13 +304,9 @@ class PhiAudit:
             long_tokens = [t for t in self._simple if len(t) >= _MIN_LEN_IN_PIXELS]
             # Most tokens (UIDs, IDs with digits) are found by a part without letters, which
             # upper-casing leaves alone: searched in the bytes as they are, no copy.
-            to_upper = []
-            for token in long_tokens:
-                found = _contains_word_anycase(pixels, token)
-                if found is None:
-                    to_upper.append(token)
-                elif found:
-                    kinds |= self._kinds_of(self._simple, token)
+            found, to_upper = _words_in_bytes(pixels, long_tokens)
+            for token in found:
+                kinds |= self._kinds_of(self._simple, token)
             if to_upper:
                 # In slices: a long cine's pixel data is not copied whole (upper() copies).
                 view, overlap = memoryview(pixels), max(map(len, to_upper))
@@ -380,27 +376,40 @@ _WORD_BYTE_ANYCASE = re.compile(rb"[A-Za-z0-9._]")
 _MIN_ANCHOR = 4  # bytes of a token's letter-free part worth searching for on its own
 
 
-def _contains_word_anycase(text: bytes, token: bytes) -> bool | None:
-    """_contains_word(text.upper(), token) without upper-casing text, found by the longest
-    part of token that has no letters (upper() leaves such bytes as they are), each hit then
-    compared in full; None when token has no such part of _MIN_ANCHOR bytes."""
-    parts = _NOT_LETTERS.findall(token)
-    anchor = max(parts, key=len) if parts else b""
-    if len(anchor) < _MIN_ANCHOR:
-        return None
-    offset, n = token.find(anchor), len(token)
-    found = text.find(anchor)
-    while found >= 0:
-        start = found - offset
-        if start >= 0 and text[start : start + n].upper() == token:
-            before = text[start - 1 : start] if start else b""
-            after = text[start + n : start + n + 1]
-            if not (before and _WORD_BYTE_ANYCASE.match(before)) and not (
-                after and _WORD_BYTE_ANYCASE.match(after)
-            ):
-                return True
-        found = text.find(anchor, found + 1)
-    return False
+def _words_in_bytes(text: bytes, tokens: Iterable[bytes]) -> tuple[set[bytes], list[bytes]]:
+    """The tokens _contains_word(text.upper(), token) finds, without upper-casing text.
+
+    A token is looked for by its longest part without letters (upper() leaves those bytes as
+    they are; the whole of a UID), once for all tokens sharing it; each hit is then compared
+    in full. Returns (found, tokens without such a part of _MIN_ANCHOR bytes, which the
+    caller searches in upper-cased text). bytes.find is faster the longer the part.
+    """
+    by_key: dict[bytes, dict[bytes, int]] = {}  # key -> {token: where the key starts in it}
+    no_key = []
+    for token in tokens:
+        parts = _NOT_LETTERS.findall(token)
+        anchor = max(parts, key=len) if parts else b""
+        if len(anchor) < _MIN_ANCHOR:
+            no_key.append(token)
+            continue
+        by_key.setdefault(anchor, {})[token] = token.find(anchor)
+    found = set()
+    for key, left in by_key.items():
+        hit = text.find(key)
+        while hit >= 0 and left:
+            for token, offset in list(left.items()):
+                start, end = hit - offset, hit - offset + len(token)
+                if start < 0 or text[start:end].upper() != token:
+                    continue
+                before = text[start - 1 : start] if start else b""
+                after = text[end : end + 1]
+                if not (before and _WORD_BYTE_ANYCASE.match(before)) and not (
+                    after and _WORD_BYTE_ANYCASE.match(after)
+                ):
+                    found.add(token)
+                    del left[token]
+            hit = text.find(key, hit + 1)
+    return found, no_key
 
 
 # Binary values longer than this are searched like pixel data (long values only): LUTs,
