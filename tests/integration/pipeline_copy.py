@@ -15,17 +15,20 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Small enough for CI's two cores, big enough that a real model learns something.
+# Small enough for CI's two cores, big enough that the model must learn to pass a real gate:
+# 25 epochs reach test AUROC 0.98 (interval low 0.91), sensitivity 1.0, specificity 0.71 and
+# ECE 0.14 on this synthetic data (16 epochs only 0.90: too close to the floor).
 TINY_PARAMS = {
     "synth": {"n_patients": 60, "images_per_patient": 2},
     "preprocess": {"image_size": 32},
-    "train": {"max_epochs": 8, "width": 8, "batch_size": 16},
+    "train": {"max_epochs": 25, "width": 8, "batch_size": 16},
     "gate": {
-        "min_auroc": 0.5,
-        "min_auroc_ci_low": 0.0,
-        "min_sensitivity": 0.0,
-        "min_specificity": 0.0,
-        "max_ece": 1.0,
+        "min_auroc": 0.9,
+        "min_auroc_ci_low": 0.7,
+        "min_sensitivity": 0.7,
+        "min_specificity": 0.5,
+        "max_ece": 0.25,
+        # 28 test images: every subgroup is below evaluate.min_subgroup_n, none is gated
         "min_subgroup_auroc": 0.0,
     },
     # fewer resamples: the intervals only need to exist here

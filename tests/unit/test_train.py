@@ -9,9 +9,13 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
+from torchmetrics.functional.classification import multiclass_auroc
 
 from medflow.config import TrainParams
 from medflow.models.artifact import load_model
+from medflow.models.calibration import fit_temperature, logits_of
+from medflow.models.lightning import Classifier, load_split
 from medflow.train import default_checkpoint_dir, run_train
 from tests.unit.arrays_factory import write_arrays
 
@@ -35,7 +39,12 @@ def test_trains_an_artifact_load_model_reads(
     assert spec.architecture == architecture and spec.num_classes == classes
     assert net(torch.zeros(2, channels, 16, 16)).shape == (2, classes)
     assert result.best_checkpoint.is_file() and result.epochs_run == 3
-    assert 0.0 <= result.best_val_auroc <= 1.0
+    # the val AUROC of the network saved, before its temperature was folded into it
+    x_val, y_val = (torch.from_numpy(a) for a in load_split(arrays, "val"))
+    temperature = spec.provenance["calibration"]["temperature"]
+    probs = (logits_of(net, x_val) * temperature).softmax(-1)
+    expected = float(multiclass_auroc(probs, y_val, num_classes=classes, average="macro"))
+    assert result.best_val_auroc == pytest.approx(expected, abs=1e-6)
     # a finished run leaves no resume state behind
     assert not default_checkpoint_dir(tmp_path / "models").exists()
 
@@ -98,4 +107,33 @@ def test_monitor_val_auroc_is_accepted(tmp_path: Path) -> None:
     result = run_train(
         params(monitor="val_auroc", max_epochs=2), ["a", "b"], arrays, tmp_path / "m"
     )
-    assert result.best_val_auroc > 0.5
+    assert result.epochs_run == 2
+    provenance = json.loads((tmp_path / "m" / "model.json").read_text())["provenance"]
+    assert provenance["train_params"]["monitor"] == "val_auroc"
+    assert provenance["best_val_auroc"] == result.best_val_auroc
+
+
+def _calibrated_test_loss(net: torch.nn.Module, arrays: Path) -> tuple[float, float]:
+    """(cross-entropy, AUROC) on the test split, the network's logits scaled by the
+    temperature that fits the val split best: what the network knows, not its confidence."""
+    x_val, y_val = (torch.from_numpy(a) for a in load_split(arrays, "val"))
+    x, y = (torch.from_numpy(a) for a in load_split(arrays, "test"))
+    logits = logits_of(net, x) / fit_temperature(logits_of(net, x_val), y_val)
+    auroc = multiclass_auroc(logits.softmax(-1), y, num_classes=2, average="macro")
+    return float(F.cross_entropy(logits, y)), float(auroc)
+
+
+def test_training_beats_the_same_network_untrained(tmp_path: Path) -> None:
+    """Training must learn: on separable data the trained network is far better than the
+    same network (same seed, same initial weights) before training, both calibrated alike.
+    Fails with the optimizer step disabled or a learning rate of ~0."""
+    arrays = write_arrays(tmp_path / "arrays")
+    p = params(max_epochs=10, learning_rate=1e-2)
+    run_train(p, ["a", "b"], arrays, tmp_path / "m")
+    trained, _ = load_model(tmp_path / "m")
+    pl.seed_everything(p.seed, workers=True, verbose=False)  # as run_train seeds the network
+    untrained = Classifier(1, 2, p).net.eval()
+
+    loss, auroc = _calibrated_test_loss(trained, arrays)
+    loss0, auroc0 = _calibrated_test_loss(untrained, arrays)
+    assert auroc >= 0.95 and loss < 0.5 * loss0, (loss, auroc, loss0, auroc0)
