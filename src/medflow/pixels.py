@@ -77,8 +77,14 @@ def palette_bits(ds: Dataset) -> int:
     return nominal
 
 
-def decode_frame(ds: Dataset, index: int, max_pixels: int) -> np.ndarray:
+def decode_frame(
+    ds: Dataset, index: int, max_pixels: int, *, out: np.ndarray | None = None
+) -> np.ndarray:
     """One frame, decoded on its own: float64 (H, W) after the modality LUT, or (H, W, 3) RGB.
+
+    `out`, a float64 array: a grey frame of its shape with a rescale (slope and intercept)
+    is written into it and `out` returned, the same values without new arrays (a caller
+    decoding many frames reuses one; fresh pages of a new array cost more than the rescale).
 
     Raises DicomError naming the problem: not an image, too large, unsupported
     photometric interpretation, or pixel data that cannot be decoded.
@@ -103,7 +109,25 @@ def decode_frame(ds: Dataset, index: int, max_pixels: int) -> np.ndarray:
         return arr.astype(np.float64)
     if arr.ndim != 2:
         raise DicomError(f"expected a 2-D image per frame, got pixel array of shape {arr.shape}")
+    rescale = _plain_rescale(ds)
+    if out is not None and rescale and out.shape == arr.shape and out.dtype == np.float64:
+        # apply_modality_lut's own steps (astype, *, +=), in place: the same float64 values
+        np.copyto(out, arr, casting="unsafe")
+        out *= rescale[0]
+        out += rescale[1]
+        return out
     return apply_modality_lut(arr, ds).astype(np.float64)
+
+
+def _plain_rescale(ds: Dataset) -> tuple[float, float] | None:
+    """(slope, intercept) when apply_modality_lut would rescale with them: no Modality LUT
+    Sequence, both present and plain numbers; else None."""
+    if ds.get("ModalityLUTSequence") or "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
+        return None
+    slope, intercept = ds.RescaleSlope, ds.RescaleIntercept
+    if not all(isinstance(v, float | int) and not isinstance(v, bool) for v in (slope, intercept)):
+        return None
+    return slope, intercept
 
 
 def stored_frame(ds: Dataset, index: int) -> np.ndarray:

@@ -126,6 +126,7 @@ def ingest_shard(task: ShardTask) -> ShardResult:
     result = ShardResult(audit=deid.audit)
     source, out_dir = Path(task.source), Path(task.out_dir)
     (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    scratch = _Scratch()
     with quiet_pydicom():
         for rel, label in task.files:
             sha = ""
@@ -140,7 +141,9 @@ def ingest_shard(task: ShardTask) -> ShardResult:
                     _collect_quietly(data, originals)  # its identifiers may appear in paths
                     result.outcomes.append(Outcome(rel, sha, QUARANTINED, NO_LABEL, NO_LABEL))
                     continue
-                done = _ingest_file(data, sha, label, task.settings, deid, originals, out_dir)
+                done = _ingest_file(
+                    data, sha, label, task.settings, deid, originals, out_dir, scratch
+                )
                 result.without_patient_id += not done.had_patient_id
                 result.text_redacted += done.text_redacted
                 result.rows += done.rows
@@ -173,6 +176,7 @@ def _ingest_file(
     deid: Deidentifier,
     originals: PhiAudit,
     out_dir: Path,
+    scratch: _Scratch,
 ) -> _Ingested:
     """Rows of one file, whose de-identified copy is written to out_dir/images/<sha>.dcm.
 
@@ -195,7 +199,10 @@ def _ingest_file(
     # OCR of the pixels: quarantines the file, or redacts the text before the stats below
     redacted = screen(ds, settings.burned_in_text, settings.max_frame_pixels)
     frames = frame_indices(ds, settings.frames)
-    stats = [_stats(luminance(decode_frame(ds, i, settings.max_frame_pixels))) for i in frames]
+    stats = []
+    for i in frames:
+        grey = decode_frame(ds, i, settings.max_frame_pixels, out=scratch.frame(ds))
+        stats.append(_stats(luminance(grey), scratch))
     had_patient_id = bool(str(ds.get("PatientID", "") or "").strip())
     deid.deidentify(ds, collect=False)
     if redacted:
@@ -231,17 +238,62 @@ def _collect_quietly(data: bytes, audit: PhiAudit) -> None:
         pass  # not DICOM: nothing to remember
 
 
-def _stats(grey: np.ndarray) -> dict[str, float]:
+def _stats(grey: np.ndarray, scratch: _Scratch | None = None) -> dict[str, float]:
+    """Mean, sd, min, max and the largest share of one extreme value of a float64 frame."""
+    scratch = scratch or _Scratch()
     low, high = grey.min(), grey.max()
+    equal = scratch.array("equal", grey.shape, np.bool_)
     return {
         "pixel_mean": float(grey.mean()),
-        "pixel_std": float(grey.std()),
+        "pixel_std": float(_std(grey, scratch.array("deviation", grey.shape, np.float64))),
         "pixel_min": float(low),
         "pixel_max": float(high),
         "pixel_constant_fraction": float(
-            max(np.count_nonzero(grey == low), np.count_nonzero(grey == high)) / grey.size
+            max(
+                np.count_nonzero(np.equal(grey, low, out=equal)),
+                np.count_nonzero(np.equal(grey, high, out=equal)),
+            )
+            / grey.size
         ),
     }
+
+
+def _std(grey: np.ndarray, deviation: np.ndarray) -> np.floating:
+    """grey.std(), bit for bit (numpy's _var and _std steps), its squared deviations written
+    into `deviation` (an array of grey's shape) rather than a new array."""
+    if grey.dtype != np.float64 or deviation.shape != grey.shape:
+        return grey.std()
+    count = np.intp(grey.size)
+    mean = np.add.reduce(grey, axis=None, keepdims=True)
+    np.true_divide(mean, count, out=mean, casting="unsafe")
+    np.subtract(grey, mean, out=deviation)
+    np.square(deviation, out=deviation)
+    total = np.add.reduce(deviation, axis=None)
+    variance = total.dtype.type(total / np.maximum(count, 0))
+    return variance.dtype.type(np.sqrt(variance))
+
+
+class _Scratch:
+    """Arrays reused from frame to frame and file to file (one per name, of the last shape
+    asked for): a new array of a frame's size costs its pages faulting in every time, more
+    than the arithmetic done in it."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        array = self._arrays.get(name)
+        if array is None or array.shape != shape or array.dtype != dtype:
+            array = self._arrays[name] = np.empty(shape, dtype)
+        return array
+
+    def frame(self, ds: Dataset) -> np.ndarray | None:
+        """The float64 array a grey frame of ds is decoded into (decode_frame's `out`)."""
+        try:
+            shape = (int(ds.Rows), int(ds.Columns))
+        except (AttributeError, TypeError, ValueError):
+            return None
+        return self.array("frame", shape, np.float64)
 
 
 def _first(ds: Dataset, *keywords: str) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import shutil
 from datetime import date, timedelta
@@ -27,6 +26,7 @@ from medflow.data.shard import (
     ShardTask,
     ingest_shard,
 )
+from tests.helpers.hashing import sha256_file
 from tests.unit.data.phi import KEY
 from tests.unit.test_pixels import image_dataset, write_dicom
 
@@ -49,10 +49,6 @@ def run(source: Path, out: Path, files: list[tuple[str, int | None]], **override
     return ingest_shard(task)
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _frames(n: int) -> np.ndarray:
     """n 8 x 8 frames with clearly different means (100, 1100, 2100, ...)."""
     base = np.arange(64, dtype=np.uint16).reshape(8, 8) + 68
@@ -70,7 +66,11 @@ def test_burned_in_annotation_is_quarantined_by_default(tmp_path: Path, value: s
     result = run(source, tmp_path / "out", [("a.dcm", 0)])
     assert result.rows == [] and len(result.outcomes) == 1
     outcome = result.outcomes[0]
-    assert (outcome.path, outcome.sha256, outcome.outcome) == ("a.dcm", _sha(path), QUARANTINED)
+    assert (outcome.path, outcome.sha256, outcome.outcome) == (
+        "a.dcm",
+        sha256_file(path),
+        QUARANTINED,
+    )
     assert outcome.category == "burned-in annotation"
     assert "deid.allow_burned_in_annotation" in outcome.reason
     assert list((tmp_path / "out" / "images").iterdir()) == []  # nothing written
@@ -82,7 +82,7 @@ def test_burned_in_annotation_is_ingested_when_allowed(tmp_path: Path) -> None:
     result = run(source, tmp_path / "out", [("a.dcm", 1)], allow_burned_in_annotation=True)
     assert result.outcomes == [] and len(result.rows) == 1
     assert result.rows[0]["label_name"] == "lesion"
-    assert (tmp_path / "out" / "images" / f"{_sha(path)}.dcm").is_file()
+    assert (tmp_path / "out" / "images" / f"{sha256_file(path)}.dcm").is_file()
 
 
 @pytest.mark.parametrize("value", ["NO", None])
@@ -104,12 +104,12 @@ def test_frames_all_gives_one_row_per_frame(tmp_path: Path) -> None:
     path = write_dicom(original, source / "multi.dcm")
     result = run(source, tmp_path / "out", [("multi.dcm", 1)], frames="all")
     assert result.outcomes == []
-    written = pydicom.dcmread(tmp_path / "out" / "images" / f"{_sha(path)}.dcm")
+    written = pydicom.dcmread(tmp_path / "out" / "images" / f"{sha256_file(path)}.dcm")
     sop = str(written.SOPInstanceUID)
     assert sop != str(original.SOPInstanceUID)  # de-identified
     assert [r["image_id"] for r in result.rows] == [f"{sop}:0", f"{sop}:1", f"{sop}:2"]
     assert [r["frame"] for r in result.rows] == [0, 1, 2]
-    assert {r["file"] for r in result.rows} == {f"images/{_sha(path)}.dcm"}
+    assert {r["file"] for r in result.rows} == {f"images/{sha256_file(path)}.dcm"}
     assert {r["sop_instance_id"] for r in result.rows} == {sop}
     assert all(r["frames"] == 3 and r["label"] == 1 for r in result.rows)
     for row, frame in zip(result.rows, frames, strict=True):  # statistics of their own frame
@@ -168,7 +168,7 @@ def test_bad_files_become_outcomes_and_the_shard_goes_on(tmp_path: Path) -> None
     assert DUPLICATE not in {o.outcome for o in result.outcomes}  # decided by the caller
     assert [r["modality"] for r in result.rows] == ["CT"]
     assert set(result.hashes) == {"junk.dcm", "plan.dcm", "unlabelled.dcm", "ct.dcm"}
-    assert result.hashes["ct.dcm"] == _sha(source / "ct.dcm")
+    assert result.hashes["ct.dcm"] == sha256_file(source / "ct.dcm")
     assert result.files_scanned == 1
     # the unlabelled file's identifiers were remembered: they may still appear in paths
     mr_id = str(pydicom.dcmread(source / "unlabelled.dcm").PatientID)
@@ -195,7 +195,7 @@ def test_written_image_is_de_identified_and_rows_point_at_it(tmp_path: Path) -> 
     written = pydicom.dcmread(tmp_path / "out" / str(row["file"]))
     assert written.PatientID == row["patient_id"] and str(row["patient_id"]).startswith("PSN-")
     assert row["site"] == written.InstitutionName and str(row["site"]).startswith("SITE-")
-    assert row["content_hash"] == _sha(path)
+    assert row["content_hash"] == sha256_file(path)
     data = (tmp_path / "out" / str(row["file"])).read_bytes()
     for value in ("MRN55501234", "Quorvex", "Brackwater", str(original.StudyInstanceUID)):
         assert value.encode() not in data
@@ -218,6 +218,46 @@ def test_a_blank_frame_has_constant_fraction_one() -> None:
     assert _stats(np.full((8, 8), 7.0))["pixel_constant_fraction"] == 1.0
     ramp = np.arange(64.0).reshape(8, 8)
     assert _stats(ramp)["pixel_constant_fraction"] == 1 / 64
+
+
+def _numpy_stats(grey: np.ndarray) -> dict[str, float]:
+    low, high = grey.min(), grey.max()
+    return {
+        "pixel_mean": float(grey.mean()),
+        "pixel_std": float(grey.std()),
+        "pixel_min": float(low),
+        "pixel_max": float(high),
+        "pixel_constant_fraction": float(
+            max(np.count_nonzero(grey == low), np.count_nonzero(grey == high)) / grey.size
+        ),
+    }
+
+
+def test_stats_in_reused_arrays_are_numpys_bit_for_bit() -> None:
+    from medflow.data.shard import _Scratch, _stats
+
+    rng = np.random.default_rng(7)
+    scratch = _Scratch()
+    for shape in [(64, 64), (3, 517), (64, 64), (1, 1)]:  # reused, then a new shape
+        for scale in (1e-6, 1.0, 4095.0, 1e9):
+            grey = rng.standard_normal(shape) * scale + 3.3 * scale
+            assert _stats(grey, scratch) == _numpy_stats(grey)
+            rounded = np.round(grey)
+            assert _stats(rounded, scratch) == _numpy_stats(rounded)
+
+
+def test_a_frame_decoded_into_a_reused_array_is_the_same() -> None:
+    from medflow.data.shard import _Scratch
+    from medflow.pixels import decode_frame
+
+    scratch = _Scratch()
+    for name in ("CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm"):
+        ds = pydicom.dcmread(get_testdata_file(name))
+        ds.RescaleSlope, ds.RescaleIntercept = 0.37, -1024.5
+        new = decode_frame(ds, 0, 10**8)
+        reused = decode_frame(ds, 0, 10**8, out=scratch.frame(ds))
+        assert reused is scratch.frame(ds)
+        assert reused.dtype == new.dtype and np.array_equal(reused, new)
 
 
 # ------------------------------------------------------------------------------ PHI audit
@@ -270,4 +310,4 @@ def test_an_identifier_the_profile_leaves_quarantines_the_file(tmp_path: Path) -
         "PHI audit: original PatientName component still present after de-identification"
         " (in ManufacturerModelName); the image was not written"
     )
-    assert not (tmp_path / "out" / "images" / f"{_sha(path)}.dcm").exists()
+    assert not (tmp_path / "out" / "images" / f"{sha256_file(path)}.dcm").exists()
