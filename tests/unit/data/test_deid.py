@@ -17,10 +17,10 @@ from medflow.data.deid import (
     resolve_deid_key,
 )
 from medflow.errors import IngestFailed
-from tests.unit.data.phi import IDENTIFYING_KEYWORDS, KEY
+from tests.helpers.identifiers import dataset_values
+from tests.unit.data.phi import KEY
 
 OTHER_KEY = b"another-unit-test-key-987"
-ORIGINAL_KEYWORDS = IDENTIFYING_KEYWORDS
 
 
 def _first_file(folder: Path) -> Path:
@@ -33,27 +33,23 @@ def _encoded(ds: pydicom.Dataset) -> bytes:
     return buf.getvalue()
 
 
-def _originals(ds: pydicom.Dataset) -> dict[str, str]:
-    values = {k: str(ds.get(k, "")).strip() for k in ORIGINAL_KEYWORDS}
-    for i, part in enumerate(str(ds.PatientName).split("^")):
-        values[f"PatientName[{i}]"] = part
-    return {k: v for k, v in values.items() if len(v) >= 3}
-
-
 def test_deidentify_removes_identifying_values(synth_dir: Path) -> None:
     ds = pydicom.dcmread(_first_file(synth_dir))
     ds.private_block(0x0011, "ACME HOSPITAL", create=True).add_new(0x01, "LO", "private note")
-    originals = _originals(ds)
-    assert {"PatientName", "PatientID", "PatientBirthDate", "InstitutionName"} <= set(originals)
+    originals = dataset_values(ds, min_length=3)
+    assert {"PatientName", "PatientID", "PatientBirthDate", "InstitutionName"} <= set(
+        originals.values()
+    )
+    original_id = str(ds.PatientID)
 
     deid = Deidentifier(KEY)
     deid.deidentify(ds)
     data = _encoded(ds)
 
-    for kind, value in originals.items():
+    for value, kind in originals.items():
         assert value.encode() not in data, f"original {kind} still present"
     assert b"ACME HOSPITAL" not in data and b"private note" not in data
-    assert ds.PatientID == ds.PatientName == deid.patient_pseudonym(originals["PatientID"])
+    assert ds.PatientID == ds.PatientName == deid.patient_pseudonym(original_id)
     assert str(ds.PatientID).startswith("PSN-")
     assert ds.PatientIdentityRemoved == "YES"
     assert "Basic Application Confidentiality Profile" in ds.DeidentificationMethod
@@ -65,11 +61,11 @@ def test_deidentify_removes_identifying_values(synth_dir: Path) -> None:
 def test_pydicom_example_is_deidentified_and_audited() -> None:
     original_bytes = pydicom.examples.get_path("ct").read_bytes()
     ds = pydicom.dcmread(io.BytesIO(original_bytes))
-    originals = _originals(ds)
+    originals = dataset_values(ds, min_length=3)
     deid = Deidentifier(KEY)
     deid.deidentify(ds)
     data = _encoded(ds)
-    for kind, value in originals.items():
+    for value, kind in originals.items():
         assert value.encode() not in data, f"original {kind} still present"
 
 

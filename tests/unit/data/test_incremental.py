@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -21,6 +20,7 @@ from medflow.data.shard import ShardResult, ShardTask
 from medflow.data.splits import assign_splits
 from medflow.data.workers import ShardFn, serial_mapper
 from medflow.errors import IngestFailed
+from tests.helpers.hashing import sha256_file
 from tests.unit.data.conftest import CLASSES, SMALL
 from tests.unit.data.phi import KEY
 
@@ -53,13 +53,9 @@ def reversed_mapper(fn: ShardFn, tasks: Sequence[ShardTask]) -> Iterator[ShardRe
     yield from reversed([fn(task) for task in tasks])
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _snapshot(folder: Path) -> dict[str, tuple[str, int, int]]:
     return {
-        p.relative_to(folder).as_posix(): (_sha(p), p.stat().st_mtime_ns, p.stat().st_ino)
+        p.relative_to(folder).as_posix(): (sha256_file(p), p.stat().st_mtime_ns, p.stat().st_ino)
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
@@ -113,8 +109,8 @@ def test_changed_label_reuses_the_image_and_updates_the_label(first: tuple[Path,
     new = CLASSES[1 - CLASSES.index(old)]
     labels.loc[0, "label"] = new
     labels.to_csv(source / "labels.csv", index=False)
-    sha = _sha(source / target)
-    image_before = _sha(out / "images" / f"{sha}.dcm")
+    sha = sha256_file(source / target)
+    image_before = sha256_file(out / "images" / f"{sha}.dcm")
 
     recorder = Recorder()
     result = run_ingest(config(), source, out, KEY, mapper=recorder)
@@ -123,8 +119,8 @@ def test_changed_label_reuses_the_image_and_updates_the_label(first: tuple[Path,
     manifest = read_manifest(out).set_index("content_hash")
     assert manifest.loc[sha, "label_name"] == new
     assert manifest.loc[sha, "label"] == CLASSES.index(new)
-    assert _sha(out / "images" / f"{sha}.dcm") == image_before
-    others = labels.assign(sha=[_sha(source / p) for p in labels.path]).iloc[1:]
+    assert sha256_file(out / "images" / f"{sha}.dcm") == image_before
+    others = labels.assign(sha=[sha256_file(source / p) for p in labels.path]).iloc[1:]
     assert (manifest.loc[others.sha, "label_name"].to_numpy() == others.label.to_numpy()).all()
 
 
@@ -144,7 +140,7 @@ def test_added_file_is_the_only_one_processed(first: tuple[Path, Path]) -> None:
     assert result.n_reused == N_FILES and result.n_files == N_FILES + 1
     after = read_manifest(out)
     assert len(after) == len(before) + 1
-    added = after[after.content_hash == _sha(source / "P0099" / "new.dcm")]
+    added = after[after.content_hash == sha256_file(source / "P0099" / "new.dcm")]
     assert list(added.label_name) == ["lesion"]
     assert result.n_patients == SMALL.n_patients + 1
 
@@ -217,7 +213,7 @@ def test_same_bytes_under_two_names_is_a_duplicate(source: Path, tmp_path: Path)
     quarantine = pd.read_csv(out / "quarantine.csv").set_index("path")
     assert quarantine.loc["P0001/copy.dcm", "outcome"] == "duplicate"
     assert quarantine.loc["P0001/copy.dcm", "reason"] == "same content as P0001/IM0001.dcm"
-    sha = _sha(source / "P0001" / "copy.dcm")
+    sha = sha256_file(source / "P0001" / "copy.dcm")
     assert (read_manifest(out).content_hash == sha).sum() == 1
 
 
@@ -291,7 +287,7 @@ def test_conflicting_duplicate_does_not_depend_on_shard_order(source: Path, tmp_
     out_of_order = run_ingest(
         config(shard_size=1), source, tmp_path / "b", KEY, mapper=reversed_mapper
     )
-    sha = _sha(source / first_path)
+    sha = sha256_file(source / first_path)
     for folder in ("a", "b"):
         quarantine = pd.read_csv(tmp_path / folder / "quarantine.csv").set_index("path")
         assert quarantine.loc["P0001/ZZ.dcm", "category"] == "conflicting duplicate"

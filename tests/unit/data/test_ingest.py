@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -19,8 +18,10 @@ from medflow.data.ingest import MISSING, IngestConfig, run_ingest
 from medflow.data.manifest import COLUMNS, IDENTIFYING_COLUMNS, age_band, read_manifest
 from medflow.data.shard import NO_LABEL
 from medflow.errors import IngestFailed
+from tests.helpers.hashing import sha256_file, tree_hashes
+from tests.helpers.identifiers import identifying_values
 from tests.unit.data.conftest import CLASSES, SMALL
-from tests.unit.data.phi import IDENTIFYING_KEYWORDS, KEY
+from tests.unit.data.phi import KEY
 from tests.unit.data.test_npz_source import SIZES, make_npz
 
 
@@ -31,40 +32,11 @@ def config(data: DataParams, **ingest: object) -> IngestConfig:
 
 
 PARAMS = config(DataParams(source="source", class_names=CLASSES))
-IDENTIFYING = IDENTIFYING_KEYWORDS
 
 
 def _append_labels(source: Path, rows: list[tuple[str, str]]) -> None:
     with (source / "labels.csv").open("a") as fh:
         fh.writelines(f"{path},{label}\n" for path, label in rows)
-
-
-def _identifying_values(source: Path) -> set[str]:
-    """Every original identifying value (and name part) of the DICOM files under source.
-
-    Vendor test files give the vendor as institution (TOSHIBA / TOSHIBA_MEC): the
-    manufacturer is kept on purpose, so such values are not identifying.
-    """
-    values: set[str] = set()
-    vendors: list[str] = []
-    for path in source.rglob("*"):
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception:
-            continue
-        vendors.append(str(ds.get("Manufacturer", "")))
-        for keyword in IDENTIFYING:
-            value = str(ds.get(keyword, "") or "").strip()
-            values |= {value, *value.split("^")} if keyword.endswith("Name") else {value}
-    return {v for v in values if len(v) >= 6 and not any(v in m for m in vendors)}
-
-
-def _tree_hashes(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture
@@ -117,7 +89,7 @@ def test_labels_and_content_hashes_match_the_source(ingested: tuple) -> None:
     manifest = read_manifest(out)
     labels = pd.read_csv(source / "labels.csv")
     by_hash = {
-        hashlib.sha256((source / p).read_bytes()).hexdigest(): label
+        sha256_file(source / p): label
         for p, label in zip(labels.path, labels.label, strict=True)
         if (source / p).is_file()
     }
@@ -142,7 +114,7 @@ def test_bad_files_are_quarantined_with_reasons_and_the_run_goes_on(ingested: tu
 
 def test_no_identifying_value_anywhere_in_the_output(ingested: tuple) -> None:
     source, out, _ = ingested
-    values = _identifying_values(source)
+    values = identifying_values(source)
     assert len(values) > 5 * SMALL.n_patients  # names, IDs, dates, UIDs of every patient
     for path in out.rglob("*"):
         if path.is_file():
@@ -164,9 +136,9 @@ def test_splits_are_patient_level_and_counted(ingested: tuple) -> None:
 
 
 def test_inputs_are_never_modified(messy_source: Path, tmp_path: Path) -> None:
-    before = _tree_hashes(messy_source)
+    before = tree_hashes(messy_source)
     run_ingest(PARAMS, messy_source, tmp_path / "out", KEY)
-    assert _tree_hashes(messy_source) == before
+    assert tree_hashes(messy_source) == before
 
 
 def test_same_key_same_output_and_hash(synth_dir: Path, tmp_path: Path) -> None:
@@ -203,7 +175,7 @@ def test_identifier_left_after_deidentification_quarantines_that_file_only(
     assert (row.outcome, row.category) == ("quarantined", "PHI audit")
     assert "PatientName component" in row.reason and "ManufacturerModelName" in row.reason
     assert "ImageComments" not in row.reason  # removed by the profile: no finding there
-    sha = hashlib.sha256(target.read_bytes()).hexdigest()
+    sha = sha256_file(target)
     assert not (out / "images" / f"{sha}.dcm").exists()
     assert sha not in set(read_manifest(out).content_hash)
     assert result.n_images == 2 * SMALL.n_patients - 1
@@ -279,7 +251,7 @@ def test_pydicom_examples_are_ingested(tmp_path: Path) -> None:
     assert result.n_images == len(names) and result.n_quarantined == 0
     manifest = read_manifest(tmp_path / "out")
     assert set(manifest.modality) >= {"CT", "MR", "US"}
-    values = _identifying_values(source)
+    values = identifying_values(source)
     for path in (tmp_path / "out").rglob("*"):
         if path.is_file():
             assert not [v for v in values if v.encode() in path.read_bytes()]

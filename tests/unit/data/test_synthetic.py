@@ -10,20 +10,11 @@ import pytest
 from medflow.config import PreprocessParams, SynthParams
 from medflow.data.synthetic import run_synth
 from medflow.preprocess import preprocess_dataset
+from tests.helpers.identifiers import IDENTIFYING_KEYWORDS
 from tests.unit.data.conftest import CLASSES, SMALL
 
-IDENTIFYING = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "PatientAge",
-    "InstitutionName",
-    "ReferringPhysicianName",
-    "AccessionNumber",
-    "StudyDate",
-    "StudyTime",
-)
+# what the synthetic source sets: the identifiers and the quasi-identifiers
+IDENTIFYING = (*IDENTIFYING_KEYWORDS, "PatientSex", "PatientAge", "StudyDate", "StudyTime")
 
 
 def _datasets(folder: Path) -> dict[str, pydicom.Dataset]:

@@ -1,0 +1,1 @@
+"""Helpers every test tier shares: identifying values of DICOM files, hashes, dvc stages."""
