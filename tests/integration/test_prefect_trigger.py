@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flows.watch import EVENT
 from medflow.infra_validation import free_port
 from tests.integration.pipeline_copy import make_copy, run
 
@@ -133,20 +134,47 @@ def test_new_files_start_a_training_run(server, tmp_path_factory):
         schedules = httpx.get(f"{url}/deployments/{deployment}").json()["schedules"]
         assert [s["schedule"]["cron"] for s in schedules] == ["0 3 * * 1"]  # params cron
 
-        # the served watcher looks on its own; unchanged data: no event, no training run
-        _wait(
-            "a served watcher run",
-            lambda: [r for r in runs_of(watcher) if r["state_type"] == "COMPLETED"],
-            120,
-            [serving],
-        )
-        time.sleep(5)  # the trigger service picks new automations up on its next refresh
-        assert runs_of(deployment) == []
+        def logs_of(run_id: str) -> str:
+            logs = httpx.post(
+                f"{url}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}}
+            ).json()
+            return "\n".join(entry["message"] for entry in logs)
+
+        def watcher_saw_no_change(after: datetime | None = None):
+            """A served watcher run (started after `after`) that looked and logged that the
+            data is unchanged: what it decided, observed, not inferred from a quiet wait."""
+
+            def found() -> dict | None:
+                for r in runs_of(watcher):
+                    started = r["start_time"] and datetime.fromisoformat(r["start_time"])
+                    if r["state_type"] != "COMPLETED" or (after and started < after):
+                        continue
+                    if "data unchanged" in logs_of(r["id"]):
+                        return r
+                return None
+
+            return found
+
+        def data_events() -> list[dict]:
+            """The data-change events of this copy the server has stored."""
+            page = httpx.post(
+                f"{url}/events/filter",
+                json={"filter": {"event": {"name": [EVENT]}}, "limit": 50},
+            ).json()
+            root = str(repo.resolve())
+            return [e for e in page["events"] if e["resource"].get("medflow.root") == root]
+
+        # the served watcher looks on its own: unchanged data, no event, no training run
+        _wait("a served watcher run to find the data unchanged", watcher_saw_no_change(), 120,
+              [serving])  # fmt: skip
+        assert data_events() == [] and runs_of(deployment) == []
 
         # new DICOM files in the source: nobody calls anything, the watcher sees them
         dicom = next(p for p in sorted(incoming.rglob("*.dcm")))
         shutil.copy2(dicom, dicom.with_name("new_arrival.dcm"))
         expected = hash_source(incoming).digest
+        (event,) = _wait("the watcher's data-change event", data_events, 120, [serving])
+        assert event["payload"]["hash"] == expected
 
         def in_state(*types: str, run_id: str | None = None):
             def found() -> dict | None:
@@ -180,6 +208,14 @@ def test_new_files_start_a_training_run(server, tmp_path_factory):
             datetime.fromisoformat(t) for t in (second["start_time"], first["end_time"])
         )
         assert started >= ended, (first, second)
+
+        # having seen the change, the watcher looks again and finds nothing new: still the one
+        # event, and no training run but the triggered one and the one asked for
+        occurred = datetime.fromisoformat(event["occurred"])
+        _wait("a later watcher run to find the data unchanged",
+              watcher_saw_no_change(after=occurred), 120, [serving])  # fmt: skip
+        assert [e["id"] for e in data_events()] == [event["id"]]
+        assert {r["id"] for r in runs_of(deployment)} == {first["id"], second["id"]}
     finally:
         serving.terminate()
         serving.wait(timeout=30)
