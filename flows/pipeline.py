@@ -115,6 +115,7 @@ def _gate(layout: Layout, p: Params) -> Any:
 
 
 def _package(layout: Layout, p: Params) -> Any:
+    from medflow.evaluate import PREDICTIONS_FILE
     from medflow.package import run_package
 
     return run_package(
@@ -125,6 +126,8 @@ def _package(layout: Layout, p: Params) -> Any:
         layout.root,
         layout.bento,
         **_dataset_champion(layout, p),
+        manifest=layout.manifest,
+        predictions=layout.reports / PREDICTIONS_FILE,
     )
 
 

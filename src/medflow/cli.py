@@ -279,6 +279,12 @@ def package(
     params: ParamsOpt = Path("params.yaml"),
     project_root: Annotated[Path, typer.Option(help="where deploy/ and src/ are")] = Path("."),
     champions: ChampionsOpt = None,
+    manifest: Annotated[
+        Path | None, typer.Option(help="the ingested manifest: test-split reference samples")
+    ] = None,
+    predictions: Annotated[
+        Path | None, typer.Option(help="evaluate's predictions.csv: the samples' probabilities")
+    ] = None,
 ) -> None:
     """Save the model to the BentoML store and build the Bento; write its tag to OUT and,
     with --champions, make it the champion of its dataset, the one the next gate on that
@@ -297,6 +303,8 @@ def package(
         out,
         champion_dir=champion_folder(champions, dataset.key) if champions is not None else None,
         dataset=dataset,
+        manifest=manifest,
+        predictions=predictions,
     )
     typer.echo(f"Bento built: {result.bento_tag}\nServe it with:  bentoml serve {result.bento_tag}")
     if champions is not None and not result.champion:
@@ -420,12 +428,17 @@ def models_promote(
     champions: ChampionRootOpt = CHAMPIONS,
     dataset: DatasetOpt = None,
     samples: Annotated[
-        Path | None, typer.Option(help="folder of DICOM files to send (default: generated)")
+        Path | None,
+        typer.Option(
+            help="folder of DICOM files to send besides the model's reference samples"
+            " (answers checked for shape only)"
+        ),
     ] = None,
     timeout: Annotated[float, typer.Option(help="seconds the Bento may take to start")] = 120,
 ) -> None:
-    """Infra-validate TAG's Bento (serve it, send DICOM files, check the answers); if it
-    passes, make it the champion of the dataset. A failure changes nothing."""
+    """Infra-validate TAG's Bento (serve it, send its reference DICOM files and check that it
+    answers the evaluated probabilities); if it passes, make it the champion of the dataset.
+    A failure changes nothing."""
     from medflow.registry import promote
 
     files = sorted(p for p in samples.rglob("*") if p.is_file()) if samples else None

@@ -4,12 +4,18 @@ champion, start it for real, send it DICOM files and check what it answers.
 `bentoml serve <bento>` runs in a subprocess on a free loopback port, in its own process
 group (so that stopping it stops its workers too). The checks: /readyz and /healthz (the
 Kubernetes probes of deploy/k8s) answer 200, and every sample gets HTTP 200 with one
-probability per class of the model, summing to 1, and the model tag we expect. Any failure
-raises InfraValidationFailed with every problem found and the end of the server log.
+probability per class of the model, summing to 1, and the model tag we expect; and each
+answer's probabilities are those the evaluation scored for that image (within
+REFERENCE_ATOL). The samples and their evaluated probabilities are the model's reference:
+a few de-identified test-split DICOM files the package stage stored beside the weights in the
+model store entry (reference/, medflow.package.write_reference), posted as a client would.
+Any failure raises InfraValidationFailed with every problem found and the end of the server
+log.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -35,6 +41,14 @@ PROBES = ("/readyz", "/healthz")
 # What BentoML 1.4 logs when the service's __init__ raised: its arbiter then restarts the
 # worker forever instead of exiting, so waiting for /readyz would only run into the timeout.
 STARTUP_FAILED = "Application startup failed"
+
+
+# The model store entry's reference: de-identified test-split DICOM files and expected.json,
+# {"samples": [{"file": name, "probabilities": [one per class]}]}, as evaluate scored them.
+REFERENCE_DIR = "reference"
+REFERENCE_FILE = "expected.json"
+# served vs evaluated probability: the same code and weights; float32 noise is ~1e-6
+REFERENCE_ATOL = 1e-4
 
 
 class InfraValidationFailed(StageFailed):
@@ -165,10 +179,27 @@ def sample_dicoms(folder: Path) -> list[Path]:
     return files[: len(SITES)] + [ct]
 
 
+def stored_reference(model_tag: str) -> tuple[list[Path], list[list[float]]] | None:
+    """The reference samples stored with `model_tag` in the BentoML model store and the
+    probabilities evaluated for each; None when it has none (packaged without them)."""
+    import bentoml
+
+    folder = Path(bentoml.models.get(model_tag).path) / REFERENCE_DIR
+    if not (folder / REFERENCE_FILE).is_file():
+        return None
+    rows = json.loads((folder / REFERENCE_FILE).read_text())["samples"]
+    return [folder / r["file"] for r in rows], [list(r["probabilities"]) for r in rows]
+
+
 def check_prediction(
-    status: int, body: Any, expected_model_tag: str, class_names: list[str]
+    status: int,
+    body: Any,
+    expected_model_tag: str,
+    class_names: list[str],
+    expected: list[float] | None = None,
 ) -> list[str]:
-    """Every way one /predict answer is wrong (empty when it is right)."""
+    """Every way one /predict answer is wrong (empty when it is right); with `expected`, the
+    probabilities evaluated for that image, which the answer must repeat."""
     if status != 200:
         return [f"HTTP {status} (expected 200): {str(body)[:300]}"]
     if not isinstance(body, dict):
@@ -188,6 +219,15 @@ def check_prediction(
             problems.append(f"probabilities outside [0, 1]: {values}")
         elif not math.isclose(sum(values), 1.0, abs_tol=1e-4):
             problems.append(f"probabilities sum to {sum(values):.6f}, expected 1")
+        if expected is not None and not problems:
+            worst = max(abs(v - e) for v, e in zip(values, expected, strict=True))
+            if worst > REFERENCE_ATOL:
+                problems.append(
+                    f"probabilities {[round(v, 6) for v in values]} differ from the evaluated"
+                    f" {[round(e, 6) for e in expected]} by {worst:.2g}"
+                    f" (tolerance {REFERENCE_ATOL:g}): the Bento does not answer as the"
+                    " evaluated model"
+                )
     if body.get("label") not in class_names:
         problems.append(f"label {body.get('label')!r} is not one of {class_names}")
     return problems
@@ -202,14 +242,32 @@ def infra_validate(
     timeout: float = 120,
 ) -> InfraReport:
     """Serve `bento_tag`, probe it and predict each sample; raise InfraValidationFailed if any
-    answer is wrong. Samples default to sample_dicoms()."""
+    answer is wrong.
+
+    The model's stored reference samples (stored_reference) are always sent, and their answers
+    must be the evaluated probabilities; `samples`, extra files, are checked for shape only.
+    Without `samples`, a model packaged without a reference is refused: nothing would show
+    that its Bento answers as the evaluated model.
+    """
     import httpx
 
     headers = {}
     if token := os.environ.get(API_TOKEN_ENV):
         headers["Authorization"] = f"Bearer {token}"
+    files: list[Path] = list(samples or [])
+    expected: list[list[float] | None] = [None] * len(files)
+    reference = stored_reference(expected_model_tag)
+    if reference is not None:
+        files += reference[0]
+        expected += reference[1]
+    elif samples is None:
+        raise InfraValidationFailed(
+            f"{expected_model_tag} has no reference samples in the model store"
+            f" ({REFERENCE_DIR}/): nothing shows that its Bento answers as the evaluated"
+            " model; package it again (dvc repro package stores them), or pass --samples to"
+            " check the answers' shape only"
+        )
     with tempfile.TemporaryDirectory(prefix="medflow-infraval-") as tmp:
-        files = samples or sample_dicoms(Path(tmp) / "samples")
         t0 = time.monotonic()
         with serve_bento(bento_tag, workdir=Path(tmp) / "serve", timeout=timeout) as server:
             startup = time.monotonic() - t0
@@ -237,7 +295,11 @@ def infra_validate(
                 if isinstance(body, dict):
                     served.add(str(body.get("model_tag")))
                 for problem in check_prediction(
-                    resp.status_code, body, expected_model_tag, class_names
+                    resp.status_code,
+                    body,
+                    expected_model_tag,
+                    class_names,
+                    expected[i],
                 ):
                     problems.append(f"sample {i} ({path.name}): {problem}")
             if problems:

@@ -1,7 +1,9 @@
 """The package stage: a model that passed the gate -> BentoML model store -> a Bento.
 
 The model folder (model.pt + model.json) is saved as `<package.model_name>:<version>` with
-its metrics, spec, data hash and gate decision as metadata. The Bento is built from
+its metrics, spec, data hash and gate decision as metadata, and with its reference: a few
+de-identified test-split DICOM files and the probabilities evaluate scored for them, which
+infra-validation posts to the Bento and compares (medflow.infra_validation). The Bento is built from
 deploy/bentofile.yaml with that exact tag as the Bento argument `model_tag`, which
 medflow.serving.service reads, so the Bento serves the model packaged here and no other.
 Where the stores live is BentoML's business: $BENTOML_HOME (default ~/bentoml).
@@ -28,6 +30,7 @@ from medflow.champion import (  # noqa: F401
 from medflow.config import PackageParams
 from medflow.dataset import Dataset
 from medflow.errors import GateFailed
+from medflow.infra_validation import REFERENCE_DIR, REFERENCE_FILE
 from medflow.io import write_json_atomic
 from medflow.models.artifact import CARD_FILE, WEIGHTS_FILE, ModelSpec, load_spec
 from medflow.serving import MODEL_TAG_ARG, SERVE_ARG
@@ -35,6 +38,8 @@ from medflow.serving import MODEL_TAG_ARG, SERVE_ARG
 logger = logging.getLogger(__name__)
 
 BENTOFILE = Path("deploy") / "bentofile.yaml"
+# test-split images stored with the model for infra-validation (medflow.infra_validation)
+N_REFERENCE = 4
 BUILD_CONTEXT = Path("src")
 
 
@@ -138,6 +143,51 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def write_reference(
+    folder: Path,
+    manifest: Path,
+    predictions: Path,
+    class_names: list[str],
+    n: int = N_REFERENCE,
+) -> int:
+    """Copy `n` test-split images (de-identified DICOM files of the ingested manifest, one
+    frame each, classes taken in turn) into folder/reference/ with the probabilities evaluate
+    wrote for them in predictions.csv (matched by image_id); returns how many.
+
+    Raises ValueError when the test split has no single-frame image with a prediction.
+    """
+    import pandas as pd
+
+    manifest = Path(manifest)
+    rows = pd.read_csv(manifest, dtype={"image_id": str, "file": str})
+    preds = pd.read_csv(predictions, dtype={"image_id": str}).set_index("image_id")
+    columns = [f"p_{c}" for c in class_names]
+    missing = [c for c in columns if c not in preds.columns]
+    if missing:
+        raise ValueError(f"{predictions} has no columns {missing}: re-run the evaluate stage")
+    # one row per file: the Bento reads the frame preprocess.frames names, the row holds it
+    single = rows[~rows["file"].duplicated(keep=False)]
+    test = single[(single["split"] == "test") & single["image_id"].isin(preds.index)]
+    if test.empty:
+        raise ValueError(
+            f"no single-frame test-split image of {manifest} has a prediction in {predictions}:"
+            " re-run the evaluate stage"
+        )
+    test = test.sort_values("image_id")
+    # classes in turn (0, 1, 0, 1, ...): both sides of the threshold are checked
+    picked = test.assign(turn=test.groupby("label").cumcount()).sort_values(["turn", "label"])
+    out = Path(folder) / REFERENCE_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for i, row in enumerate(picked.head(n).itertuples()):
+        name = f"sample{i}.dcm"  # not the source's name
+        shutil.copyfile(manifest.parent / row.file, out / name)
+        probs = [float(preds.at[row.image_id, c]) for c in columns]
+        samples.append({"file": name, "probabilities": probs})
+    write_json_atomic(out / REFERENCE_FILE, {"samples": samples})
+    return len(samples)
+
+
 def save_to_store(
     name: str,
     model_dir: Path,
@@ -146,8 +196,11 @@ def save_to_store(
     gate: dict[str, Any],
     weights_sha256: str | None = None,
     dataset: Dataset | None = None,
+    reference: tuple[Path, Path] | None = None,
 ) -> str:
-    """A new model store entry holding model.pt and `spec` as model.json; returns `name:version`."""
+    """A new model store entry holding model.pt and `spec` as model.json, and with
+    `reference` (manifest, predictions) its reference samples (write_reference); returns
+    `name:version`."""
     import bentoml
 
     metadata = store_safe(
@@ -166,6 +219,9 @@ def save_to_store(
         # save_model's format, so that load_model reads it; differs from model_dir's copy
         # only when served_spec changed the threshold.
         write_json_atomic(Path(m.path_of(CARD_FILE)), asdict(spec))
+        if reference is not None:
+            n = write_reference(Path(m.path), *reference, spec.class_names)
+            logger.info("stored %d test-split reference samples for infra-validation", n)
     return str(m.tag)
 
 
@@ -211,9 +267,13 @@ def run_package(
     out_file: Path,
     champion_dir: Path | None = None,
     dataset: Dataset | None = None,
+    manifest: Path | None = None,
+    predictions: Path | None = None,
 ) -> PackageResult:
     """Save a gated model to the model store, build its Bento and record both tags in out_file.
 
+    With manifest (the ingested one) and predictions (evaluate's predictions.csv), the model
+    store entry gets its reference samples, which infra-validation (promote, rollback) needs.
     Raises GateFailed (and builds nothing) unless gate_file says the model passed. With
     champion_dir (the dataset's champion folder, medflow.dataset.champion_folder), the packaged
     model becomes the champion the next gate on `dataset` compares against.
@@ -229,8 +289,17 @@ def run_package(
         raise FileNotFoundError(f"no bentofile at {bentofile}: is {project_root} the project root?")
 
     weights = _sha256(model_dir / WEIGHTS_FILE)
+    if (manifest is None) != (predictions is None):
+        raise ValueError("the reference samples need both the manifest and predictions.csv")
     model_tag = save_to_store(
-        params.model_name, model_dir, spec, metrics, gate, weights, dataset=dataset
+        params.model_name,
+        model_dir,
+        spec,
+        metrics,
+        gate,
+        weights,
+        dataset=dataset,
+        reference=None if manifest is None else (Path(manifest), Path(predictions)),
     )
     logger.info("saved model %s to the BentoML model store", model_tag)
     try:

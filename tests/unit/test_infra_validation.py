@@ -24,3 +24,10 @@ def test_every_wrong_answer_is_named() -> None:
     wrong_classes = check_prediction(200, _body(probabilities={"a": 1.0}), "m:1", CLASSES)
     assert "one per class" in wrong_classes[0]
     assert "label 'x'" in check_prediction(200, _body(label="x"), "m:1", CLASSES)[0]
+
+
+def test_an_answer_other_than_the_evaluated_one_is_named() -> None:
+    assert check_prediction(200, _body(), "m:1", CLASSES, [0.20004, 0.79996]) == []
+    (differs,) = check_prediction(200, _body(), "m:1", CLASSES, [0.2003, 0.7997])
+    assert "differ from the evaluated [0.2003, 0.7997] by 0.0003" in differs
+    assert "does not answer as the evaluated model" in differs

@@ -20,6 +20,7 @@ from medflow.package import (
     served_spec,
     store_safe,
     write_champion,
+    write_reference,
 )
 
 
@@ -111,3 +112,34 @@ def test_write_champion_records_metrics_and_tags(tmp_path: Path) -> None:
     model = json.loads((tmp_path / "champion" / CHAMPION_MODEL).read_text())
     assert model["model_tag"] == "m:1" and model["bento_tag"] == "b:1"
     assert model["data_hash"] == "abc" and model["promoted_by"] == "package"
+
+
+def test_write_reference_stores_test_images_with_their_evaluated_probabilities(
+    tmp_path: Path,
+) -> None:
+    ingested = tmp_path / "ingested"
+    (ingested / "images").mkdir(parents=True)
+    rows = ["image_id,file,frame,split,label"]
+    for i, (split, label) in enumerate(
+        [("train", 0), ("test", 1), ("test", 1), ("test", 0), ("val", 0), ("test", 1)]
+    ):
+        (ingested / "images" / f"{i}.dcm").write_bytes(f"dicom {i}".encode())
+        rows.append(f"1.2.{i},images/{i}.dcm,0,{split},{label}")
+    (ingested / "manifest.csv").write_text("\n".join(rows) + "\n")
+    preds = ["image_id,label,p_normal,p_lesion"]
+    preds += [f"1.2.{i},0,{1 - i / 10:.2f},{i / 10:.2f}" for i in (1, 2, 3, 5)]
+    (tmp_path / "predictions.csv").write_text("\n".join(preds) + "\n")
+
+    n = write_reference(
+        tmp_path / "model",
+        ingested / "manifest.csv",
+        tmp_path / "predictions.csv",
+        ["normal", "lesion"],
+        n=3,
+    )
+    ref = tmp_path / "model" / "reference"
+    samples = json.loads((ref / "expected.json").read_text())["samples"]
+    assert n == 3 and [s["file"] for s in samples] == ["sample0.dcm", "sample1.dcm", "sample2.dcm"]
+    # classes in turn, by image_id: 1.2.3 (normal), 1.2.1 (lesion), then 1.2.2 (lesion)
+    assert [(ref / s["file"]).read_bytes() for s in samples] == [b"dicom 3", b"dicom 1", b"dicom 2"]
+    assert [s["probabilities"] for s in samples] == [[0.7, 0.3], [0.9, 0.1], [0.8, 0.2]]
