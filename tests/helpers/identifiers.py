@@ -35,17 +35,20 @@ def _read(path: Path) -> pydicom.Dataset | None:
 
 
 def dataset_values(
-    ds: pydicom.Dataset, keywords: tuple[str, ...] = IDENTIFYING_KEYWORDS, min_length: int = 6
+    ds: pydicom.Dataset,
+    keywords: tuple[str, ...] = IDENTIFYING_KEYWORDS,
+    min_length: int = 6,
+    vendors: tuple[str, ...] = (),
 ) -> dict[str, str]:
     """{value: keyword} of the identifying values of one dataset.
 
     A person name also counts by each of its parts and as written out ("Last First", "First
     Last"). Left out: values shorter than min_length, digit strings under 8 characters and
-    placeholders (they occur by chance in hashes, UIDs and binary data), and values inside the
-    Manufacturer (vendor test files give the vendor as institution, and the manufacturer is
-    kept on purpose).
+    placeholders (named ones, or one character repeated), which occur by chance in hashes,
+    UIDs and binary data; and values inside the Manufacturer or one of `vendors` (vendor test
+    files give the vendor as institution, and the manufacturer is kept on purpose).
     """
-    vendor = str(ds.get("Manufacturer", "") or "")
+    vendors = (*vendors, str(ds.get("Manufacturer", "") or ""))
     found: dict[str, str] = {}
     for keyword in keywords:
         value = str(ds.get(keyword, "") or "").strip()
@@ -58,7 +61,8 @@ def dataset_values(
                 len(v) >= min_length
                 and not (v.isdigit() and len(v) < 8)
                 and v.lower() not in PLACEHOLDERS
-                and v not in vendor
+                and len(set(v)) > 1  # 11111111, XXXXXX: a placeholder too
+                and not any(v in vendor for vendor in vendors)
             ):
                 found.setdefault(v, keyword)
     return found
@@ -68,10 +72,11 @@ def identifying_values(
     source: Path, keywords: tuple[str, ...] = IDENTIFYING_KEYWORDS, min_length: int = 6
 ) -> dict[str, str]:
     """{value: keyword} of every identifying value (dataset_values) of every DICOM file under
-    source; files that are not DICOM, or too broken to read, are passed over."""
+    source, the manufacturers of all of them counting as vendors; files that are not DICOM,
+    or too broken to read, are passed over."""
+    datasets = [ds for ds in map(_read, regular_files(source)) if ds is not None]
+    vendors = tuple({str(ds.get("Manufacturer", "") or "") for ds in datasets})
     found: dict[str, str] = {}
-    for path in regular_files(source):
-        ds = _read(path)
-        if ds is not None:
-            found = {**dataset_values(ds, keywords, min_length), **found}
+    for ds in datasets:
+        found = {**dataset_values(ds, keywords, min_length, vendors), **found}
     return found

@@ -11,16 +11,17 @@ import pytest
 from medflow.champion import CHAMPION_METRICS, read_champion, record_champion
 from medflow.config import load_params
 from medflow.dataset import Dataset, champion_folder
+from tests.helpers.stages import ran_stages
 from tests.integration.pipeline_copy import clone, run
-from tests.integration.test_dvc_pipeline import ran_stages
 
 UP_TO_DATE = "Data and pipelines are up to date"
 
 
-@pytest.fixture(scope="module")
-def repo(reproduced: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    src, _ = reproduced  # the session's `dvc repro` (conftest.py), copied: we change it
-    return clone(src, tmp_path_factory.mktemp("champion_repo") / "repo")
+@pytest.fixture
+def repo(reproduced: tuple[Path, str], tmp_path: Path) -> Path:
+    """A private clone of the session's `dvc repro` (conftest.py): the test may change it."""
+    src, _ = reproduced
+    return clone(src, tmp_path / "repo")
 
 
 def _champion_dir(repo: Path) -> Path:
@@ -33,7 +34,8 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-def test_the_packaged_model_is_champion_and_not_in_git(repo: Path) -> None:
+def test_the_packaged_model_is_champion_and_not_in_git(reproduced: tuple[Path, str]) -> None:
+    repo, _ = reproduced  # only read
     bento = json.loads((repo / "reports/bento.json").read_text())
     champion = read_champion(_champion_dir(repo))
     assert champion is not None, "the package stage recorded no champion"
@@ -44,12 +46,10 @@ def test_the_packaged_model_is_champion_and_not_in_git(repo: Path) -> None:
     assert ignored.startswith(".gitignore:"), ignored
 
 
-def test_a_rollback_by_hand_survives_dvc_status_and_repro(repo: Path) -> None:
-    champ = _champion_dir(repo)
-    packaged = read_champion(champ)
+def _roll_back_by_hand(champ: Path) -> None:
+    """Record what `medflow models rollback` records after infra-validating the Bento
+    (medflow.registry; the commands themselves are tested in test_registry.py)."""
     metrics = json.loads((champ / CHAMPION_METRICS).read_text())
-    # What `medflow models rollback` records after infra-validating the Bento
-    # (medflow.registry; the commands themselves are tested in test_registry.py).
     record_champion(
         champ,
         model_tag="medflow-classifier:the-one-before",
@@ -59,7 +59,14 @@ def test_a_rollback_by_hand_survives_dvc_status_and_repro(repo: Path) -> None:
         git_revision=None,
         promoted_by="rollback",
     )
+
+
+def test_a_rollback_by_hand_survives_dvc_status_and_repro(repo: Path) -> None:
+    champ = _champion_dir(repo)
+    packaged = read_champion(champ)
+    _roll_back_by_hand(champ)
     by_hand = _files(champ)
+    assert read_champion(champ)["model_tag"] != packaged["model_tag"]
 
     status = run(["dvc", "status"], repo).stdout
     assert UP_TO_DATE in status, f"a rollback by hand made stages stale:\n{status}"
@@ -74,6 +81,7 @@ def test_a_package_rebuild_of_the_same_network_does_not_undo_the_rollback(repo: 
     bentofile or package params changed) of the network the operator rolled back from builds
     the Bento but leaves the champion alone (medflow.champion.replaced_by_hand)."""
     champ = _champion_dir(repo)
+    _roll_back_by_hand(champ)
     by_hand = _files(champ)
     out = run(["dvc", "repro", "--force", "--single-item", "package"], repo)
     assert ran_stages(out.stdout) == {"package"}, out.stdout

@@ -19,13 +19,13 @@ from pydicom.uid import UltrasoundImageStorage
 
 from medflow.pixels import decode_frame
 from tests.conftest import SHARED_DATA
+from tests.helpers.identifiers import identifying_values
 from tests.integration.test_ingest_zoo import (
     Run,
     _sop_uid,
     assert_accounted,
     assert_manifest_rows_sane,
     assert_succeeded,
-    identifying_values,
     ingest,
     pydicom_selection,
     source_files,

@@ -24,13 +24,10 @@ import pytest
 
 from medflow.config import load_params
 from medflow.dataset import Dataset, reference_profile
+from tests.helpers.stages import ran_stages, stages_after
 from tests.integration.pipeline_copy import clone, run, set_params
 
-DOWNSTREAM = ("preprocess", "train", "evaluate", "gate", "package")
-
-
-def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
+DOWNSTREAM = stages_after("validate")
 
 
 class _Links(HTMLParser):

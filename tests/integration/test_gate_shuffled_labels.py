@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.helpers.stages import ran_stages
 from tests.integration.pipeline_copy import make_copy, package_in_background, run
-from tests.integration.test_dvc_pipeline import ran_stages
 
 
 def _prepare(dest: Path) -> None:

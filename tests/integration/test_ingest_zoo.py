@@ -8,7 +8,6 @@ identifier may reach an output; the inputs are only read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -27,6 +26,8 @@ import yaml
 from pydicom.errors import InvalidDicomError
 
 from tests.conftest import SHARED_DATA, shared_data
+from tests.helpers.hashing import sha256_file, tree_hashes
+from tests.helpers.identifiers import identifying_values
 from tests.unit.data import broken_files
 from tests.unit.data.broken_files import DUPLICATE, QUARANTINED, SKIPPED, Expected
 
@@ -102,7 +103,6 @@ PYDICOM_NOT_IMAGES = {
     "rtstruct.dcm": "RT Structure Set Storage",
 }
 # Values that stand for "no identity" and may legitimately appear in an output.
-PLACEHOLDERS = {"anonymized", "anonymous", "anonymised"}
 NOTHING_CHANGED = re.compile(r"nothing (has )?changed|no changes|up[ -]to[ -]date", re.IGNORECASE)
 
 
@@ -135,27 +135,8 @@ def write_params(
 
 
 def source_files(source: Path) -> dict[str, str]:
-    """{relative POSIX path: sha256} of every regular file, labels.csv excluded.
-
-    Directory symlinks are not followed: each file is counted under its one real path.
-    """
-    found = {}
-    for folder, _, names in os.walk(source, followlinks=False):
-        for name in names:
-            path = Path(folder) / name
-            rel = path.relative_to(source).as_posix()
-            if rel != "labels.csv" and path.is_file() and not path.is_symlink():
-                found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
-
-
-def tree_hashes(folder: Path) -> dict[str, str]:
-    """{relative path: sha256} of every file under folder, labels.csv included."""
-    return {**source_files(folder), "labels.csv": _sha(folder / "labels.csv")}
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+    """{relative POSIX path: sha256} of every regular file, labels.csv excluded."""
+    return tree_hashes(source, exclude=("labels.csv",))
 
 
 def write_labels(source: Path) -> dict[str, str]:
@@ -291,30 +272,6 @@ def assert_manifest_rows_sane(run: Run) -> None:
         assert row.split in {"train", "val", "test"}, row.split
         assert int(row.frame) < int(row.frames), (row.frame, row.frames)
     assert manifest.image_id.is_unique
-
-
-def identifying_values(source: Path) -> set[str]:
-    """Original PatientName (and its parts) and PatientID of every DICOM file under source.
-
-    Short values and digit strings under 8 characters are left out: they occur by chance in
-    hashes and UIDs.
-    """
-    values: set[str] = set()
-    for rel in source_files(source):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                ds = pydicom.dcmread(source / rel, force=True, stop_before_pixels=True)
-                name = str(ds.get("PatientName", "") or "")
-                pid = str(ds.get("PatientID", "") or "")
-            except Exception:
-                continue
-        values |= {name.strip(), pid.strip(), *(part.strip() for part in name.split("^"))}
-    return {
-        v
-        for v in values
-        if len(v) >= 6 and not (v.isdigit() and len(v) < 8) and v.lower() not in PLACEHOLDERS
-    }
 
 
 def assert_no_identifiers(run: Run) -> None:
@@ -589,9 +546,8 @@ def test_broken_source_is_accounted_for_without_leaking_identifiers(
     assert_accounted(broken_run, {"broken/sub/loop"})
     assert_manifest_rows_sane(broken_run)
     assert_no_identifiers(broken_run)
-    assert {broken_files.PATIENT_NAME.split("^")[0], broken_files.PATIENT_ID} <= identifying_values(
-        broken_run.source
-    )
+    planted = {broken_files.PATIENT_NAME.split("^")[0], broken_files.PATIENT_ID}
+    assert planted <= set(identifying_values(broken_run.source))
 
 
 def test_too_many_quarantined_files_fail_the_stage_and_write_nothing(
@@ -655,7 +611,8 @@ def test_a_rerun_without_changes_is_a_no_op_and_a_new_file_adds_one_row(tmp_path
         unchanged[list(old_rows.columns)], old_rows.sort_values(key).reset_index(drop=True)
     )
     extra = new_rows[~new_rows[key].isin(old_rows[key])]
-    assert extra.content_hash.tolist() == [_sha(added)] and extra.label_name.tolist() == ["lesion"]
+    assert extra.content_hash.tolist() == [sha256_file(added)]
+    assert extra.label_name.tolist() == ["lesion"]
 
 
 def test_the_same_bytes_under_two_names_are_ingested_once(tmp_path: Path) -> None:
@@ -675,7 +632,7 @@ def test_the_same_bytes_under_two_names_are_ingested_once(tmp_path: Path) -> Non
     assert_succeeded(run)
     assert_accounted(run)
     manifest = run.manifest()
-    assert (manifest.content_hash == _sha(original)).sum() == 1
+    assert (manifest.content_hash == sha256_file(original)).sum() == 1
     outcomes = [run.outcome_of("a/image.dcm"), run.outcome_of("b/copy_of_image.dcm")]
     assert outcomes.count(None) == 1, outcomes
     duplicate = next(o for o in outcomes if o is not None)
@@ -700,7 +657,7 @@ def test_multi_frame_files_give_a_row_per_frame_taken(
     assert_succeeded(run)
     assert_accounted(run)
     manifest = run.manifest()
-    rows = manifest[manifest.content_hash == _sha(two_frames)]
+    rows = manifest[manifest.content_hash == sha256_file(two_frames)]
     assert sorted(rows.frame.astype(int)) == expected, rows
     assert set(rows.frames.astype(int)) == {2} and rows.image_id.is_unique
     assert len(manifest) == len(expected) + 2  # the single-frame files: one row each

@@ -10,15 +10,7 @@ from pathlib import Path
 import pytest
 
 from flows.artifacts import KEYS as ARTIFACT_KEYS
-from tests.integration.pipeline_copy import make_copy, set_params
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_copy(
-        tmp_path_factory.mktemp("orchestrated"),
-        {"orchestration": {"retries": 2, "retry_delay_seconds": 0}},
-    )
+from tests.integration.pipeline_copy import clone, make_copy, set_params
 
 
 def _task_runs(flow_run_id) -> dict[str, object]:
@@ -50,10 +42,17 @@ def _artifacts(flow_run_id) -> dict[str, object]:
     return {a.key: a for a in found}
 
 
-def test_transient_failure_is_retried_then_unchanged_stages_skip(prefect_server, repo, monkeypatch):
+@pytest.fixture(scope="module")
+def first_run(prefect_server, tmp_path_factory: pytest.TempPathFactory):
+    """A copy after one full flow run in which preprocess failed once with a transient I/O
+    error; the copy, the run's final state and how often preprocess was called. Tests only
+    read the copy: a test that changes it works in a clone."""
     import flows.pipeline as fp
-    from flows.watch import hash_source
 
+    repo = make_copy(
+        tmp_path_factory.mktemp("orchestrated"),
+        {"orchestration": {"retries": 2, "retry_delay_seconds": 0}},
+    )
     real = fp.STAGE_FUNCS["preprocess"]
     calls = []
 
@@ -63,10 +62,23 @@ def test_transient_failure_is_retried_then_unchanged_stages_skip(prefect_server,
             raise OSError("[Errno 5] Input/output error (injected, once)")
         return real(layout, params)
 
-    monkeypatch.setitem(fp.STAGE_FUNCS, "preprocess", flaky_once)
-    state = fp.pipeline(root=str(repo), return_state=True)
-    assert state.is_completed(), state.message
-    assert len(calls) == 2
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(fp.STAGE_FUNCS, "preprocess", flaky_once)
+        state = fp.pipeline(root=str(repo), return_state=True)
+    return repo, state, len(calls)
+
+
+def _completed(first_run) -> tuple[Path, object]:
+    repo, state, _ = first_run
+    assert state.is_completed(), f"the module's flow run failed: {state.message}"
+    return repo, state
+
+
+def test_transient_failure_is_retried(first_run):
+    import flows.pipeline as fp
+
+    repo, state = _completed(first_run)
+    assert first_run[2] == 2
     flow_run_id = state.state_details.flow_run_id
     tasks = _task_runs(flow_run_id)
     assert tasks["preprocess"].run_count == 2 and tasks["preprocess"].state.is_completed()
@@ -80,18 +92,28 @@ def test_transient_failure_is_retried_then_unchanged_stages_skip(prefect_server,
     assert bento in arts["bento"].data
     assert "auroc" in json.dumps(arts["metrics"].data)
 
+
+def test_unchanged_stages_skip(first_run, tmp_path: Path):
+    import flows.pipeline as fp
+    from flows.watch import hash_source
+
+    src, _ = _completed(first_run)
+    repo = clone(src, tmp_path / "repo")
     # nothing changed: every stage is skipped, nothing runs
-    monkeypatch.setitem(fp.STAGE_FUNCS, "preprocess", real)
     again = fp.pipeline(root=str(repo), return_state=True)
     assert again.is_completed(), again.message
-    assert all(isinstance(r, fp.Skipped) for r in again.result().values()), again.result()
+    results = again.result()
+    assert list(results) == list(fp.STAGES)
+    assert all(isinstance(r, fp.Skipped) for r in results.values()), results
     digest = hash_source(repo / "data" / "synthetic").digest
     assert _run_name(again.state_details.flow_run_id) == f"train-{digest[:12]}"
 
 
-def test_data_error_is_not_retried_and_gate_failure_names_the_rule(prefect_server, repo):
+def test_data_error_is_not_retried_and_gate_failure_names_the_rule(first_run, tmp_path: Path):
     import flows.pipeline as fp
 
+    src, _ = _completed(first_run)
+    repo = clone(src, tmp_path / "repo")
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     metric = next(m for m in ("sensitivity", "specificity", "auroc") if metrics[m] < 1.0)
     set_params(repo, {"gate": {f"min_{metric}": min(1.0, metrics[metric] + 0.01)}})

@@ -14,41 +14,19 @@ import json
 import re
 from pathlib import Path
 
-import pydicom
 import pytest
-from pydicom.misc import is_dicom
 
-# What the synthetic source sets (medflow.data.synthetic) and de-identification must replace.
-KEYWORDS = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SOPInstanceUID",
-)
+from tests.helpers.identifiers import identifying_values
+
 SKIPPED = {".dvc", ".git", "synthetic"}  # DVC's cache, git's objects, the source itself
 
 
 def _identifiers(source: Path) -> dict[bytes, str]:
-    """Each identifying value of the source files (bytes to look for) -> what it is."""
-    found: dict[bytes, str] = {}
-    dicoms = sorted(p for p in source.rglob("*") if p.is_file() and is_dicom(p))
-    assert dicoms, f"no DICOM file in {source}"
-    for path in dicoms:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        for keyword in KEYWORDS:
-            value = str(ds.get(keyword, "") or "").strip()
-            if len(value) < 8:  # a short value could occur by chance in binary data
-                continue
-            found[value.encode()] = keyword
-            if keyword.endswith("Name"):  # also as written out: "Last First", "First Last"
-                parts = value.split("^")
-                found[" ".join(parts).encode()] = keyword
-                found[" ".join(reversed(parts)).encode()] = keyword
-    return found
+    """Each identifying value of the source files (bytes to look for) -> what it is; only
+    values of 8 characters or more: a shorter one could occur by chance in binary data."""
+    found = identifying_values(source, min_length=8)
+    assert found, f"no identifying value in {source}"
+    return {value.encode(): keyword for value, keyword in found.items()}
 
 
 def _written(repo: Path) -> list[Path]:

@@ -23,8 +23,8 @@ from medflow.champion import read_champion
 from medflow.config import load_params
 from medflow.dataset import Dataset, champion_folder, reference_profile
 from tests.conftest import shared_data
+from tests.helpers.stages import ran_stages
 from tests.integration.pipeline_copy import TEST_DEID_KEY, clone, run, set_params
-from tests.integration.test_dvc_pipeline import ran_stages
 
 DEMO = {"source": "synthetic", "class_names": ["normal", "lesion"]}
 PNEUMONIA_CLASSES = ["normal", "pneumonia"]
@@ -34,8 +34,6 @@ SUBSAMPLE = {"train": 240, "val": 60, "test": 120}
 # tiny model's noise between two trainings never refuses it; the rules must be there.
 CHANGE_RULES = {"auroc": 0.3, "sensitivity": 0.5, "specificity": 0.5, "ece": 0.3}
 ENV = {"MEDFLOW_DEID_KEY": TEST_DEID_KEY}
-# the archives the first test used as data.source: not in the cache either (second test)
-ARCHIVES: list[Path] = []
 
 
 def _subsample(src: Path, dest: Path, seed: int = 0) -> None:
@@ -74,10 +72,23 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def repo(reproduced: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _cached(repo: Path, raw: dict[str, str]) -> list[str]:
+    """The names of `raw` ({md5: name} of source files) whose bytes are in the DVC cache."""
+    cache = repo / ".dvc/cache"
+    cached = [p for p in cache.rglob("*") if p.is_file()]
+    assert len(cached) > 10, "nothing in the DVC cache: the check would prove nothing"
+    # objects are named by the md5 of their content; check the content too
+    names = {p.parent.name + p.name.split(".")[0] for p in cached}
+    contents = {_md5(p) for p in cached}
+    return sorted(name for md5, name in raw.items() if md5 in names | contents)
+
+
+@pytest.fixture
+def repo(reproduced: tuple[Path, str], tmp_path: Path) -> Path:
+    """A private clone of the session's `dvc repro`, change rules on: the test switches its
+    data source."""
     src, _ = reproduced
-    dest = clone(src, tmp_path_factory.mktemp("switch_source") / "repo")
+    dest = clone(src, tmp_path / "repo")
     set_params(dest, {"gate": {"max_worse_than_champion": CHANGE_RULES}})
     return dest
 
@@ -94,7 +105,6 @@ def test_each_source_has_its_own_reference_and_champion(repo: Path, tmp_path: Pa
     # 1. your own data: the archive, other images and other class names
     archive = tmp_path / "pneumonia-small.npz"
     _subsample(npz, archive)
-    ARCHIVES.append(archive)
     set_params(repo, {"data": {"source": str(archive), "class_names": PNEUMONIA_CLASSES}})
     said = _repro(repo)
     pneu = _dataset(repo)
@@ -142,6 +152,8 @@ def test_each_source_has_its_own_reference_and_champion(repo: Path, tmp_path: Pa
     history = _json(champion_folder(champions, demo.key) / "history.json")
     assert history[-1]["previous"] == demo_champion["model_tag"]
     assert read_champion(champion_folder(champions, pneu.key)) == pneu_champion
+    # an archive source is read, never cached (README; a folder source: the test below)
+    assert not _cached(repo, {_md5(archive): archive.name}), "the archive is in .dvc/cache"
 
 
 def test_a_folder_source_never_enters_the_dvc_cache(repo: Path, tmp_path: Path) -> None:
@@ -169,13 +181,6 @@ def test_a_folder_source_never_enters_the_dvc_cache(repo: Path, tmp_path: Path) 
     assert len(manifest) == len(pd.read_csv(export / "labels.csv")) > 0
     assert {p: _md5(p) for p in sources} == before, "the source was modified"
 
-    cache = repo / ".dvc/cache"
-    cached = [p for p in cache.rglob("*") if p.is_file()]
-    assert len(cached) > 10, "nothing in the DVC cache: the check below would prove nothing"
-    # objects are named by the md5 of their content; check the content too
-    names = {p.parent.name + p.name.split(".")[0] for p in cached}
-    contents = {_md5(p) for p in cached}
     raw = {md5: str(p.relative_to(export)) for p, md5 in before.items()}
-    raw |= {_md5(archive): archive.name for archive in ARCHIVES}
-    found = sorted(name for md5, name in raw.items() if md5 in names | contents)
+    found = _cached(repo, raw)
     assert not found, f"source files whose bytes are in .dvc/cache: {found}"
