@@ -1,7 +1,10 @@
-"""The package stage and the built Bento, for real: model store, `bentoml build`, and
-`bentoml serve <bento>` in a subprocess answering HTTP requests with real DICOM files.
-Two servers in all: the Bento with the default settings for most cases, and the same Bento
-with an API token and PNG/JPEG switched off through the environment.
+"""The package stage and the built Bento, for real: model store, `bentoml serve <bento>` in a
+subprocess answering HTTP requests with real DICOM files. Two servers in all: the Bento with
+the default settings for most cases, and the same Bento with an API token and PNG/JPEG
+switched off through the environment. The network is untrained (its answers are checked
+against the packaged network run here, in process); that the Bento of a trained pipeline
+answers what evaluate scored is tests/integration/test_served_model.py. Each test can run
+alone and in any order.
 
 BENTOML_HOME is a per-session temp folder (tests/conftest.py).
 """
@@ -31,9 +34,10 @@ import pytest
 from medflow.config import PackageParams, PreprocessParams, ServeParams
 from medflow.errors import GateFailed
 from medflow.infra_validation import InfraValidationFailed, RunningBento, serve_bento
-from medflow.models.artifact import ModelSpec, save_model
+from medflow.models.artifact import ModelSpec, load_model, save_model
 from medflow.models.net import SmallCNN
 from medflow.package import PackageResult, run_package
+from medflow.preprocess import preprocess_file
 from medflow.serving.service import decide
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -298,12 +302,28 @@ def _check_prediction(body: dict, packaged: Packaged) -> None:
     assert body["preprocessing"]["output_size"] == 32
 
 
+def _computed_here(model_tag: str, path: Path) -> list[float]:
+    """The packaged network of the model store, run in this process on `path` preprocessed
+    by medflow.preprocess: what the Bento must answer."""
+    import bentoml
+    import torch
+
+    net, spec = load_model(Path(bentoml.models.get(model_tag).path))
+    x = torch.from_numpy(preprocess_file(path, spec.preprocess_params))[None]
+    with torch.no_grad():
+        return net(x).softmax(-1)[0].tolist()
+
+
 @pytest.mark.parametrize("name", ["ct", "rgb"])
 def test_predict_dicom(server: Server, packaged: Packaged, dicoms: dict[str, Path], name: str):
     resp = _post(server, dicoms[name])
     assert resp.status_code == 200, resp.text
     body = resp.json()
     _check_prediction(body, packaged)
+    served = list(body["probabilities"].values())
+    assert served == pytest.approx(
+        _computed_here(packaged.served.model_tag, dicoms[name]), abs=1e-5
+    )
     assert body["input_format"] == "dicom"
     assert body["gradcam_png"] is None  # not asked for
     pre = body["preprocessing"]
@@ -434,7 +454,8 @@ def test_form_values_are_checked(server: Server, dicoms: dict[str, Path]) -> Non
     assert _post(server, dicoms["ct"], gradcam="0").json()["gradcam_png"] is None
 
 
-def test_health_and_metrics_answer(server: Server) -> None:
+def test_health_and_metrics_answer(server: Server, dicoms: dict[str, Path]) -> None:
+    assert _post(server, dicoms["ct"]).status_code == 200  # a prediction the metrics count
     for path in ("/healthz", "/livez", "/readyz", "/metrics"):
         assert httpx.get(f"{server.url}{path}", timeout=10).status_code == 200, path
     metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
@@ -443,14 +464,30 @@ def test_health_and_metrics_answer(server: Server) -> None:
     assert re.search(served, metrics), metrics[:3000]
 
 
+def _logged_requests(server: Server) -> int:
+    """Requests to the prediction routes in the server's (access) log so far."""
+    return len(re.findall(r"path=/predict", server.log.read_text(errors="replace")))
+
+
 def test_no_patient_identifiers_leave_the_server(server: Server, dicoms: dict[str, Path]):
-    """Runs after the other requests to this server: its log holds all of them."""
+    """Good and bad uploads named after the patient, then the server's log read once it
+    shows them all (polled with a deadline: a log not yet flushed would prove nothing)."""
+    before = _logged_requests(server)
     resp = _post(server, dicoms["ct"], gradcam="true")
     bad = _post(server, dicoms["no_pixels"])
+    others = [_post(server, dicoms[n]) for n in ("text", "truncated", "hsv", "rgb")]
+    batch = _post_batch(server, [dicoms["ct"], dicoms["rgb"]])
+    assert batch.status_code == 200 and resp.status_code == 200
     ds = pydicom.dcmread(dicoms["ct"])
     secrets = [PATIENT_NAME, PATIENT_ID, "Doe_Jane", ds.SOPInstanceUID, ds.StudyInstanceUID]
-    time.sleep(0.5)  # let the server flush its log
+    deadline = time.monotonic() + 30
+    while _logged_requests(server) < before + 7:
+        assert time.monotonic() < deadline, "the server log does not show the requests"
+        time.sleep(0.1)
     log = server.log.read_text(errors="replace")
+    for answer in others:
+        for secret in secrets:
+            assert secret not in answer.text
     for secret in secrets:
         assert secret not in resp.text
         assert secret not in bad.text
