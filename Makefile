@@ -37,7 +37,7 @@ run: install
 	@medflow show-bento reports/bento.json
 
 flow: install
-	$(BIN)/python -m flows.pipeline --root .
+	$(BIN)/python -m medflow.orchestration.pipeline --root .
 
 # Orchestration (docs/orchestration.md): a Prefect server (SQLite in $(PREFECT_HOME)), then, in
 # another shell, the training (cron + data-change trigger) and watcher deployments served.

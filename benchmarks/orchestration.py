@@ -8,7 +8,7 @@ script first brings up to date with a real `dvc repro`):
    DVC reports it unchanged, warm (this process already talked to the Prefect API), best of
    --repeat, and the ratio of 2 to 1;
 3. for reference: the first flow run of the process (pays the ephemeral server's start, or
-   the connection to $PREFECT_API_URL) and `python -m flows.pipeline` as a fresh process.
+   the connection to $PREFECT_API_URL) and `python -m medflow.orchestration.pipeline` as a fresh process.
 
 Targets: the flow at most 2x the no-op `dvc repro` (ratio <= 2.0), and the no-op
 `dvc repro` in <= 3 s. It reports, it does not gate: the exit code is 0 either way.
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         repo = _prepare(args.root, work)
         sys.path.insert(0, str(ROOT))
-        from flows.pipeline import Skipped, dvc_stale, pipeline
+        from medflow.orchestration.pipeline import Skipped, dvc_stale, pipeline
 
         stale = dvc_stale(repo)
         if stale:
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
         first = flow_once()
         warm = [flow_once() for _ in range(args.repeat)]
-        cold_process = _timed([sys.executable, "-m", "flows.pipeline", "--root", str(repo)], ROOT)
+        cold_process = _timed([sys.executable, "-m", "medflow.orchestration.pipeline", "--root", str(repo)], ROOT)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'2 flow, every stage skipped (warm)':<46} {flow_s:8.2f}"
           f"  ratio {ratio:.2f}x <= {TARGET_RATIO:.0f}x  {verdict_ratio}")  # fmt: skip
     print(f"{'- first flow run of the process':<46} {first:8.2f}  (reference)")
-    print(f"{'- python -m flows.pipeline, fresh process':<46} {cold_process:8.2f}  (reference)")
+    print(f"{'- python -m medflow.orchestration.pipeline, fresh process':<46} {cold_process:8.2f}  (reference)")
     print(f"\nratio flow / dvc repro: {ratio:.2f}x  {verdict_ratio}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))

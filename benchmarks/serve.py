@@ -1,10 +1,10 @@
 """The served Bento against a plain FastAPI + torch server of the same model, in one run.
 
 Both servers run on loopback, one after the other, and load the same model folder, the same
-medflow preprocessing (medflow.preprocess) and the same forward pass (channels_last,
+medflow preprocessing (medflow.imaging.preprocess) and the same forward pass (channels_last,
 medflow.serving.engine.probabilities), so that they differ in serving only; the Bento is
 built from deploy/bentofile.yaml by
-medflow.package, exactly as the pipeline builds it, into a temporary BENTOML_HOME. The model is
+medflow.registry.packaging, exactly as the pipeline builds it, into a temporary BENTOML_HOME. The model is
 the network of params.yaml's `train` section with random weights (speed does not depend on
 what it learnt). An async aiohttp client POSTs one synthetic DICOM file to /predict, at
 concurrency 1 and 32, and records each request's latency; in-process inference (read +
@@ -70,7 +70,7 @@ def plain_app(model_dir: Path):  # -> fastapi.FastAPI
     from fastapi import FastAPI, HTTPException
 
     from medflow.models.artifact import load_model
-    from medflow.preprocess import DicomError, preprocess_dataset, read_dicom
+    from medflow.imaging.preprocess import DicomError, preprocess_dataset, read_dicom
     from medflow.serving.engine import probabilities
 
     net, spec = load_model(model_dir)
@@ -118,7 +118,7 @@ def serve_plain(model_dir: Path, workdir: Path) -> Iterator[tuple[str, int]]:
     """The plain server of model_dir on loopback (the echo app for a path named `echo`)."""
     import httpx
 
-    from medflow.infra_validation import free_port, stop_process_group
+    from medflow.registry.infra_validation import free_port, stop_process_group
 
     port = free_port()
     log = workdir / f"plain-{model_dir.name}.log"
@@ -151,7 +151,7 @@ def build(workdir: Path, params_file: Path) -> tuple[Path, str]:
     from medflow.config import PackageParams, load_params
     from medflow.models.artifact import ModelSpec, save_model
     from medflow.models.net import build_network
-    from medflow.package import run_package
+    from medflow.registry.packaging import run_package
 
     p = load_params(params_file)
     torch.manual_seed(p.train.seed)
@@ -199,7 +199,7 @@ def in_process_p50(model_dir: Path, data: bytes, n: int) -> float:
     import torch
 
     from medflow.models.artifact import load_model
-    from medflow.preprocess import preprocess_dataset, read_dicom
+    from medflow.imaging.preprocess import preprocess_dataset, read_dicom
     from medflow.serving.engine import probabilities
 
     net, spec = load_model(model_dir)
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
         import torch
 
-        from medflow.infra_validation import serve_bento
+        from medflow.registry.infra_validation import serve_bento
 
         t0 = time.perf_counter()
         model_dir, bento_tag = build(work, args.params)

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from medflow.config import AugmentParams, TrainParams, load_params
 from medflow.models.lightning import Classifier, EpochSampler
 from medflow.models.net import build_network
-from medflow.train import _precision, quiet_lightning
+from medflow.models.training import _precision, quiet_lightning
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 1.05

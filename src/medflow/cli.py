@@ -52,7 +52,7 @@ def _stage(func: F) -> F:
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from medflow.dicom import DicomError  # not via medflow.preprocess: that loads torch
+        from medflow.imaging.dicom import DicomError  # not via medflow.imaging.preprocess: that loads torch
         from medflow.errors import StageFailed
 
         _setup_logging()
@@ -159,7 +159,7 @@ def validate(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Validate the manifest in INGEST_DIR with Great Expectations; report into OUT."""
-    from medflow.dataset import Dataset, reference_profile
+    from medflow.data.dataset import Dataset, reference_profile
     from medflow.validation.stage import run_validate
 
     p = _params(params)
@@ -176,7 +176,7 @@ def validate(
 @_stage
 def preprocess(ingest_dir: Path, out: Path, params: ParamsOpt = Path("params.yaml")) -> None:
     """Turn the de-identified DICOM in INGEST_DIR into training arrays in OUT."""
-    from medflow.preprocess_stage import run_preprocess
+    from medflow.data.preprocessing import run_preprocess
 
     run_preprocess(_params(params).preprocess, ingest_dir, out)
 
@@ -194,7 +194,7 @@ def train(
 ) -> None:
     """Train the classifier on ARRAYS_DIR; write the model artifact into OUT. An interrupted
     run of the same params and data resumes from its last checkpoint."""
-    from medflow.train import run_train
+    from medflow.models.training import run_train
 
     p = _params(params)
     run_train(p.train, p.data.class_names, arrays_dir, out, checkpoint_dir=checkpoints)
@@ -224,8 +224,8 @@ def evaluate(
     of MANIFEST (the ingest's manifest.csv); write metrics, subgroups, plots and predictions
     into OUT. With --champions, score the dataset's champion on the same test split too
     (OUT/baseline.json, what the gate's change rules compare with)."""
-    from medflow.dataset import Dataset, champion_folder
-    from medflow.evaluate import run_evaluate
+    from medflow.data.dataset import Dataset, champion_folder
+    from medflow.evaluation.scoring import run_evaluate
 
     p = _params(params)
     dataset = Dataset.of(p.data)
@@ -256,7 +256,7 @@ def gate(
 ) -> None:
     """Judge METRICS against the gate's rules; write the decision to OUT (and the model card);
     exit 1, so that nothing is packaged, when refused."""
-    from medflow.gate import run_gate
+    from medflow.evaluation.gate import run_gate
 
     run_gate(
         _params(params).gate,
@@ -289,8 +289,8 @@ def package(
     """Save the model to the BentoML store and build the Bento; write its tag to OUT and,
     with --champions, make it the champion of its dataset, the one the next gate on that
     dataset compares against."""
-    from medflow.dataset import Dataset, champion_folder
-    from medflow.package import run_package
+    from medflow.data.dataset import Dataset, champion_folder
+    from medflow.registry.packaging import run_package
 
     p = _params(params)
     dataset = Dataset.of(p.data)
@@ -361,8 +361,8 @@ CHAMPIONS = Path("reports/champion")
 
 def _champion_of(params: Path, champions: Path, key: str | None) -> tuple[Path, dict[str, Any]]:
     """The champion folder of the selected dataset and the dataset's description."""
-    from medflow.champion import read_champion
-    from medflow.dataset import Dataset, champion_folder, check_key
+    from medflow.registry.champion import read_champion
+    from medflow.data.dataset import Dataset, champion_folder, check_key
 
     current = Dataset.of(_params(params).data)
     if key is None or key == current.key:
@@ -387,7 +387,7 @@ def models_list(
     from rich.console import Console
     from rich.table import Table
 
-    from medflow.registry import list_models
+    from medflow.registry.store import list_models
 
     champion, _ = _champion_of(params, champions, dataset)
     entries = list_models(_params(params).package.model_name, champion)
@@ -439,7 +439,7 @@ def models_promote(
     """Infra-validate TAG's Bento (serve it, send its reference DICOM files and check that it
     answers the evaluated probabilities); if it passes, make it the champion of the dataset.
     A failure changes nothing."""
-    from medflow.registry import promote
+    from medflow.registry.store import promote
 
     files = sorted(p for p in samples.rglob("*") if p.is_file()) if samples else None
     champion, described = _champion_of(params, champions, dataset)
@@ -466,7 +466,7 @@ def models_rollback(
     timeout: Annotated[float, typer.Option(help="seconds the Bento may take to start")] = 120,
 ) -> None:
     """Make the dataset's previous champion its champion again (infra-validated first)."""
-    from medflow.registry import rollback
+    from medflow.registry.store import rollback
 
     champion, described = _champion_of(params, champions, dataset)
     result = rollback(_params(params).package.model_name, champion, described, timeout=timeout)
@@ -484,7 +484,7 @@ def models_served_bento(
     dataset: DatasetOpt = None,
 ) -> None:
     """Print the dataset's champion's Bento tag (what `make serve` serves)."""
-    from medflow.registry import served_bento
+    from medflow.registry.store import served_bento
 
     champion, _ = _champion_of(params, champions, dataset)
     typer.echo(served_bento(champion))
@@ -497,8 +497,8 @@ def models_datasets(
     champions: ChampionRootOpt = CHAMPIONS,
 ) -> None:
     """Every dataset with a champion: key, source, class names, champion; * = params.yaml's."""
-    from medflow.champion import read_champion
-    from medflow.dataset import Dataset, known_keys
+    from medflow.registry.champion import read_champion
+    from medflow.data.dataset import Dataset, known_keys
 
     current = Dataset.of(_params(params).data).key
     for key in known_keys(champions):
@@ -518,16 +518,7 @@ orchestrate_app = typer.Typer(
     help="Prefect deployments: scheduled and data-triggered training (docs/orchestration.md).",
 )
 app.add_typer(orchestrate_app, name="orchestrate")
-RootOpt = Annotated[Path, typer.Option("--root", help="project root (params.yaml, flows/)")]
-
-
-def _flows(root: Path) -> Path:
-    """flows/ lives beside src/, not in the installed package: import it from the project."""
-    root = root.resolve()
-    if not (root / "flows" / "deployments.py").is_file():
-        raise FileNotFoundError(f"no flows/deployments.py under {root}; pass --root <project>")
-    sys.path.insert(0, str(root))
-    return root
+RootOpt = Annotated[Path, typer.Option("--root", help="project root (params.yaml, dvc.yaml)")]
 
 
 @orchestrate_app.command("serve")
@@ -536,8 +527,8 @@ def orchestrate_serve(root: RootOpt = Path(".")) -> None:
     """Register the training (cron + data-change trigger, one at a time) and watcher
     deployments, and the failure notification if configured; serve them until Ctrl-C.
     Needs PREFECT_API_URL pointing at a server (make server)."""
-    root = _flows(root)
-    from flows.deployments import serve_all
+    root = root.resolve()
+    from medflow.orchestration.deployments import serve_all
 
     serve_all(root)
 
@@ -546,8 +537,8 @@ def orchestrate_serve(root: RootOpt = Path(".")) -> None:
 @_stage
 def orchestrate_register(root: RootOpt = Path(".")) -> None:
     """Create the failure-notification automation from params orchestration.notify_block."""
-    root = _flows(root)
-    from flows.deployments import register_notifications
+    root = root.resolve()
+    from medflow.orchestration.deployments import register_notifications
 
     name = register_notifications(_params(root / "params.yaml").orchestration)
     typer.echo(f"automation: {name}" if name else "orchestration.notify_block is empty: none")
@@ -557,8 +548,8 @@ def orchestrate_register(root: RootOpt = Path(".")) -> None:
 @_stage
 def orchestrate_watch(root: RootOpt = Path(".")) -> None:
     """Hash data.source once; emit medflow.data.changed if it changed since the last look."""
-    root = _flows(root)
-    from flows.watch import watch_data
+    root = root.resolve()
+    from medflow.orchestration.watch import watch_data
 
     state = watch_data(root=str(root), return_state=True)
     if not state.is_completed():

@@ -186,7 +186,7 @@ class DeidParams(_Section):
 
 class IngestParams(_Section):
     # Worker processes; 1 decodes in the calling process. A cluster goes through Prefect's
-    # Dask task runner instead (flows/ingest_dask.py).
+    # Dask task runner instead (src/medflow/orchestration/ingest_dask.py).
     workers: int = Field(2, ge=1, le=256)
     shard_size: int = Field(64, ge=1)  # files per unit of work sent to a worker
     # Fail the stage when more than this fraction of the files had to be quarantined.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from medflow.infra_validation import free_port, stop_process_group
+from medflow.registry.infra_validation import free_port, stop_process_group
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from medflow.champion import CHAMPION_METRICS, read_champion, record_champion
+from medflow.registry.champion import CHAMPION_METRICS, read_champion, record_champion
 from medflow.config import load_params
-from medflow.dataset import Dataset, champion_folder
+from medflow.data.dataset import Dataset, champion_folder
 from tests.helpers.stages import ran_stages
 from tests.integration.pipeline_copy import clone, run
 
@@ -48,7 +48,7 @@ def test_the_packaged_model_is_champion_and_not_in_git(reproduced: tuple[Path, s
 
 def _roll_back_by_hand(champ: Path) -> None:
     """Record what `medflow models rollback` records after infra-validating the Bento
-    (medflow.registry; the commands themselves are tested in test_registry.py)."""
+    (medflow.registry.store; the commands themselves are tested in test_registry.py)."""
     metrics = json.loads((champ / CHAMPION_METRICS).read_text())
     record_champion(
         champ,
@@ -79,7 +79,7 @@ def test_a_rollback_by_hand_survives_dvc_status_and_repro(repo: Path) -> None:
 def test_a_package_rebuild_of_the_same_network_does_not_undo_the_rollback(repo: Path) -> None:
     """A package run that only rebuilds the Bento (here forced; in practice serving code, the
     bentofile or package params changed) of the network the operator rolled back from builds
-    the Bento but leaves the champion alone (medflow.champion.replaced_by_hand)."""
+    the Bento but leaves the champion alone (medflow.registry.champion.replaced_by_hand)."""
     champ = _champion_dir(repo)
     _roll_back_by_hand(champ)
     by_hand = _files(champ)

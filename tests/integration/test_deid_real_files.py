@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UltrasoundImageStorage
 
-from medflow.pixels import decode_frame
+from medflow.imaging.pixels import decode_frame
 from tests.conftest import SHARED_DATA
 from tests.helpers.identifiers import identifying_values
 from tests.integration.test_ingest_zoo import (

@@ -23,7 +23,7 @@ import pydicom
 import pytest
 
 from medflow.config import load_params
-from medflow.dataset import Dataset, reference_profile
+from medflow.data.dataset import Dataset, reference_profile
 from tests.helpers.stages import ran_stages, stages_after
 from tests.integration.pipeline_copy import clone, run, set_params
 

@@ -26,7 +26,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_two_dask_workers_give_the_same_manifest_as_one_worker(
     prefect_server, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flows.ingest_dask import dask_runner, ingest_dask
+    from medflow.orchestration.ingest_dask import dask_runner, ingest_dask
 
     params = {
         "data": {"source": str(source), "class_names": ["normal", "lesion"]},

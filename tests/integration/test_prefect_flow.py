@@ -15,7 +15,7 @@ from tests.integration.pipeline_copy import clone, make_copy, set_params
 def flow_run(prefect_server, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     """A copy after one full flow run, and that run's final state. Tests only read the copy:
     a test that changes it works in a clone."""
-    from flows.pipeline import pipeline
+    from medflow.orchestration.pipeline import pipeline
 
     repo = make_copy(tmp_path_factory.mktemp("flow_repo"))
     return repo, pipeline(root=str(repo), return_state=True)
@@ -33,7 +33,7 @@ def _task_runs(flow_run_id) -> dict[str, str]:
 
 
 def test_flow_runs_every_stage(flow_run):
-    from flows.pipeline import STAGES
+    from medflow.orchestration.pipeline import STAGES
 
     repo, state = flow_run
     assert list(STAGES) == dvc_stages()  # the flow runs the stages dvc.yaml declares
@@ -47,7 +47,7 @@ def test_flow_runs_every_stage(flow_run):
 
 
 def test_gate_refusal_fails_the_flow_run(flow_run, tmp_path: Path):
-    from flows.pipeline import pipeline
+    from medflow.orchestration.pipeline import pipeline
 
     src, first = flow_run
     assert first.is_completed(), f"the module's flow run failed: {first.message}"

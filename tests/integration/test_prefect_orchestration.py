@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.artifacts import KEYS as ARTIFACT_KEYS
+from medflow.orchestration.artifacts import KEYS as ARTIFACT_KEYS
 from tests.integration.pipeline_copy import clone, make_copy, set_params
 
 
@@ -47,7 +47,7 @@ def first_run(prefect_server, tmp_path_factory: pytest.TempPathFactory):
     """A copy after one full flow run in which preprocess failed once with a transient I/O
     error; the copy, the run's final state and how often preprocess was called. Tests only
     read the copy: a test that changes it works in a clone."""
-    import flows.pipeline as fp
+    import medflow.orchestration.pipeline as fp
 
     repo = make_copy(
         tmp_path_factory.mktemp("orchestrated"),
@@ -75,7 +75,7 @@ def _completed(first_run) -> tuple[Path, object]:
 
 
 def test_transient_failure_is_retried(first_run):
-    import flows.pipeline as fp
+    import medflow.orchestration.pipeline as fp
 
     repo, state = _completed(first_run)
     assert first_run[2] == 2
@@ -94,8 +94,8 @@ def test_transient_failure_is_retried(first_run):
 
 
 def test_unchanged_stages_skip(first_run, tmp_path: Path):
-    import flows.pipeline as fp
-    from flows.watch import hash_source
+    import medflow.orchestration.pipeline as fp
+    from medflow.orchestration.watch import hash_source
 
     src, _ = _completed(first_run)
     repo = clone(src, tmp_path / "repo")
@@ -110,7 +110,7 @@ def test_unchanged_stages_skip(first_run, tmp_path: Path):
 
 
 def test_data_error_is_not_retried_and_gate_failure_names_the_rule(first_run, tmp_path: Path):
-    import flows.pipeline as fp
+    import medflow.orchestration.pipeline as fp
 
     src, _ = _completed(first_run)
     repo = clone(src, tmp_path / "repo")

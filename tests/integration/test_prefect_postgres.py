@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from medflow.infra_validation import free_port
+from medflow.registry.infra_validation import free_port
 from tests.integration.prefect_server import client_env, running_server
 
 pytestmark = pytest.mark.timeout(300)

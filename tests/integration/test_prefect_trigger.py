@@ -1,7 +1,7 @@
 """Data change -> event -> training run, on a real `prefect server start` (triggers need the
 server's event services, which the ephemeral server does not run).
 
-The served deployments are the ones `python -m flows.deployments serve` registers; the served
+The served deployments are the ones `python -m medflow.orchestration.deployments serve` registers; the served
 watcher (every 10 s) hashes the real data folder; new files make a new hash, an event, and a
 training run, with nothing else called. A second run asked for while it trains waits for the
 deployment's concurrency slot (ENQUEUE) and starts after it ends."""
@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows.watch import EVENT
-from medflow.infra_validation import free_port
+from medflow.orchestration.watch import EVENT
+from medflow.registry.infra_validation import free_port
 from tests.integration.pipeline_copy import make_copy, run
 
 WAIT_RUN_S = 420  # the tiny pipeline, end to end, on two busy cores
@@ -73,7 +73,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict
 
 
 def test_new_files_start_a_training_run(server, tmp_path_factory):
-    from flows.watch import hash_source
+    from medflow.orchestration.watch import hash_source
 
     url, env = server
     repo = make_copy(
@@ -85,7 +85,7 @@ def test_new_files_start_a_training_run(server, tmp_path_factory):
 
     def watch() -> str:
         proc = subprocess.run(
-            [sys.executable, "-m", "flows.watch", "--root", str(repo)],
+            [sys.executable, "-m", "medflow.orchestration.watch", "--root", str(repo)],
             cwd=repo, env=env, capture_output=True, text=True, timeout=180,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -97,7 +97,7 @@ def test_new_files_start_a_training_run(server, tmp_path_factory):
     # run, the one after the change, the training run) lie on this test's path.
     serve_env = {**env, "PREFECT_RUNNER_POLL_FREQUENCY": str(POLL_S)}
     serving = subprocess.Popen(
-        [sys.executable, "-m", "flows.deployments", "serve", "--root", str(repo)],
+        [sys.executable, "-m", "medflow.orchestration.deployments", "serve", "--root", str(repo)],
         cwd=repo, env=serve_env, stdout=serve_log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

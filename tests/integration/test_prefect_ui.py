@@ -3,7 +3,7 @@
 A real `prefect server start` (own PREFECT_HOME, default SQLite), the project's pipeline flow
 run against it on a clone of the session's reproduced tiny copy (conftest.py `reproduced`: DVC
 reports every stage current, so the run skips them and publishes their outputs, as
-flows/artifacts.py does on every run), then the UI pages of that flow run opened in Debian's
+src/medflow/orchestration/artifacts.py does on every run), then the UI pages of that flow run opened in Debian's
 `chromium` over the DevTools protocol. Screenshots land in test-output/prefect-ui/.
 """
 
@@ -16,13 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows.artifacts import KEYS as ARTIFACT_KEYS
+from medflow.orchestration.artifacts import KEYS as ARTIFACT_KEYS
 from tests.integration.headless_chromium import BINARIES, HeadlessChromium, find_chromium
 from tests.integration.pipeline_copy import ROOT, clone
 from tests.integration.prefect_server import client_env, running_server
 
 OUTPUT = ROOT / "test-output" / "prefect-ui"
-# what flows/artifacts.py publishes on a run whose gate accepted (run or skipped as current)
+# what src/medflow/orchestration/artifacts.py publishes on a run whose gate accepted (run or skipped as current)
 EXPECTED_ARTIFACTS = set(ARTIFACT_KEYS)
 
 CHROMIUM = find_chromium()
@@ -44,7 +44,7 @@ def finished_run(reproduced: tuple[Path, str], tmp_path_factory: pytest.TempPath
     with running_server(tmp / "server_home") as base:
         api = f"{base}/api"
         proc = subprocess.run(
-            [sys.executable, "-m", "flows.pipeline", "--root", "."],
+            [sys.executable, "-m", "medflow.orchestration.pipeline", "--root", "."],
             cwd=repo,
             env=client_env(api, tmp / "client_home"),
             capture_output=True,

@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 import torch
 
-from medflow.champion import read_champion, record_champion
+from medflow.registry.champion import read_champion, record_champion
 from medflow.config import PackageParams
-from medflow.infra_validation import (
+from medflow.registry.infra_validation import (
     REFERENCE_DIR,
     REFERENCE_FILE,
     InfraValidationFailed,
@@ -29,8 +29,8 @@ from medflow.infra_validation import (
     serve_bento,
 )
 from medflow.models.artifact import WEIGHTS_FILE
-from medflow.package import build_bento
-from medflow.registry import promote
+from medflow.registry.packaging import build_bento
+from medflow.registry.store import promote
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = PackageParams().model_name

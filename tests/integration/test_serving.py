@@ -33,11 +33,11 @@ import pytest
 
 from medflow.config import PackageParams, PreprocessParams, ServeParams
 from medflow.errors import GateFailed
-from medflow.infra_validation import InfraValidationFailed, RunningBento, serve_bento
+from medflow.registry.infra_validation import InfraValidationFailed, RunningBento, serve_bento
 from medflow.models.artifact import ModelSpec, load_model, save_model
 from medflow.models.net import SmallCNN
-from medflow.package import PackageResult, run_package
-from medflow.preprocess import preprocess_file
+from medflow.registry.packaging import PackageResult, run_package
+from medflow.imaging.preprocess import preprocess_file
 from medflow.serving.service import decide
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,7 +100,7 @@ Server = RunningBento  # url, pid, log
 
 @contextlib.contextmanager
 def _serve(bento_tag: str, workdir: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
-    """`bentoml serve <bento tag>` (medflow.infra_validation.serve_bento: its own process
+    """`bentoml serve <bento tag>` (medflow.registry.infra_validation.serve_bento: its own process
     group, ready on entry), without the caller's MEDFLOW_SERVE_* or API token, plus `env`."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MEDFLOW_SERVE_")}
     environ.pop(SERVE.api_token_env, None)
@@ -304,7 +304,7 @@ def _check_prediction(body: dict, packaged: Packaged) -> None:
 
 def _computed_here(model_tag: str, path: Path) -> list[float]:
     """The packaged network of the model store, run in this process on `path` preprocessed
-    by medflow.preprocess: what the Bento must answer."""
+    by medflow.imaging.preprocess: what the Bento must answer."""
     import bentoml
     import torch
 

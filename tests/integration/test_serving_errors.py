@@ -28,7 +28,7 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import MPEG4HP41
 
-from medflow.infra_validation import InfraValidationFailed, RunningBento, serve_bento
+from medflow.registry.infra_validation import InfraValidationFailed, RunningBento, serve_bento
 from tests.conftest import shared_data
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import torch
 
 from medflow.config import TrainParams
 from medflow.models.artifact import load_model
-from medflow.train import run_train
+from medflow.models.training import run_train
 from tests.unit.arrays_factory import write_arrays
 
 

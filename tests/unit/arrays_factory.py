@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from medflow.config import PreprocessParams
-from medflow.preprocess_stage import META_FILE
+from medflow.data.preprocessing import META_FILE
 
 
 def write_arrays(folder: Path, n: int = 48, channels: int = 1, classes: int = 2) -> Path:

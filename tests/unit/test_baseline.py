@@ -18,18 +18,18 @@ from pydicom.dataset import Dataset as DicomDataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from medflow.baseline import CLASSES_DIFFER, COMPARED, NO_CHAMPION, UNAVAILABLE
-from medflow.champion import record_champion
+from medflow.registry.baseline import CLASSES_DIFFER, COMPARED, NO_CHAMPION, UNAVAILABLE
+from medflow.registry.champion import record_champion
 from medflow.config import EvaluateParams, GateParams, PackageParams, PreprocessParams
-from medflow.dataset import Dataset, champion_folder
+from medflow.data.dataset import Dataset, champion_folder
 from medflow.errors import GateFailed
-from medflow.evaluate import predict_proba, run_evaluate
+from medflow.evaluation.scoring import predict_proba, run_evaluate
 from medflow.evaluation.metrics import metrics_with_ci
-from medflow.gate import run_gate
+from medflow.evaluation.gate import run_gate
 from medflow.models.artifact import ModelSpec, load_model, save_model
-from medflow.package import save_to_store
-from medflow.preprocess import preprocess_file
-from medflow.preprocess_stage import preprocess_rows
+from medflow.registry.packaging import save_to_store
+from medflow.imaging.preprocess import preprocess_file
+from medflow.data.preprocessing import preprocess_rows
 
 CLASSES = ["normal", "lesion"]
 DATASET = Dataset(source="synthetic", class_names=tuple(CLASSES))
@@ -209,7 +209,7 @@ def test_the_same_network_as_champion_scores_exactly_the_candidates_metrics(work
 def test_a_better_champion_with_its_own_preprocessing_refuses_the_candidate(work: Path) -> None:
     """A trained champion with other preprocess params (16 px, the candidate's arrays are
     8 px) and its own threshold: scored on the test split's DICOM files through
-    medflow.preprocess with its params; better than the untrained candidate, so the change
+    medflow.imaging.preprocess with its params; better than the untrained candidate, so the change
     rule refuses it."""
     pre = PreprocessParams(image_size=16)
     net = _trained(work, pre)

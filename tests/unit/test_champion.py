@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from medflow.champion import (
+from medflow.registry.champion import (
     CHAMPION_METRICS,
     CHAMPION_MODEL,
     HISTORY_FILE,

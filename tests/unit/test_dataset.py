@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from medflow.champion import read_champion, record_champion
+from medflow.registry.champion import read_champion, record_champion
 from medflow.config import DataParams, ValidateParams
-from medflow.dataset import (
+from medflow.data.dataset import (
     Dataset,
     champion_folder,
     check_key,
@@ -121,7 +121,7 @@ def test_validate_keeps_one_reference_per_dataset(tmp_path: Path) -> None:
 def test_promote_refuses_a_model_of_another_dataset(tmp_path: Path) -> None:
     from datetime import datetime
 
-    from medflow.registry import ModelEntry, _promote
+    from medflow.registry.store import ModelEntry, _promote
 
     pneu = Dataset.of(PNEUMONIA)
     entry = ModelEntry(

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medflow.config import EvaluateParams, PreprocessParams
-from medflow.evaluate import run_evaluate
+from medflow.evaluation.scoring import run_evaluate
 from medflow.models.artifact import ModelSpec, save_model
 
 

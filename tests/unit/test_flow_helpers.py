@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from dvc.lock import LockError
 
-from flows.pipeline import is_transient
-from flows.watch import hash_source
+from medflow.orchestration.pipeline import is_transient
+from medflow.orchestration.watch import hash_source
 from medflow.errors import GateFailed
 
 

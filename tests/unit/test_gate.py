@@ -4,7 +4,7 @@ import pytest
 
 from medflow.config import GateParams
 from medflow.errors import GateFailed
-from medflow.gate import NO_CHAMPION, all_rules, judge, run_gate
+from medflow.evaluation.gate import NO_CHAMPION, all_rules, judge, run_gate
 
 GOOD = {
     "auroc": 0.95,

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from medflow.infra_validation import check_prediction
+from medflow.registry.infra_validation import check_prediction
 
 CLASSES = ["normal", "lesion"]
 

@@ -1,10 +1,10 @@
-"""flows/layout.py must name the same paths as dvc.yaml (the single declaration)."""
+"""src/medflow/stages/layout.py must name the same paths as dvc.yaml (the single declaration)."""
 
 from pathlib import Path
 
 import yaml
 
-from flows.layout import Layout
+from medflow.stages.layout import Layout
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ def test_layout_matches_dvc_outs():
     assert f"--baseline {layout.baseline}" in stages["gate"]["cmd"]
     assert str(layout.baseline) in stages["gate"]["deps"]
     assert f"--champions {layout.champion}" in stages["package"]["cmd"]
-    # the stages that derive the dataset key (medflow.dataset) declare what it is made of
+    # the stages that derive the dataset key (medflow.data.dataset) declare what it is made of
     for name in ("validate", "evaluate", "package"):
         assert {"data.source", "data.class_names"} <= set(stages[name]["params"]), name
 

@@ -10,7 +10,7 @@ import pytest
 from medflow.config import PreprocessParams
 from medflow.errors import GateFailed
 from medflow.models.artifact import ModelSpec
-from medflow.package import (
+from medflow.registry.packaging import (
     CHAMPION_METRICS,
     CHAMPION_MODEL,
     PackageResult,

@@ -14,8 +14,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_color_lut, convert_color_space, pixel_array
 from pydicom.uid import CTImageStorage, generate_uid
 
-from medflow.dicom import DicomError
-from medflow.pixels import decode_frame, frame_indices, luminance
+from medflow.imaging.dicom import DicomError
+from medflow.imaging.pixels import decode_frame, frame_indices, luminance
 
 LIMIT = 64 * 1024 * 1024
 

@@ -6,7 +6,7 @@ import pytest
 from pydicom import examples
 
 from medflow.config import PreprocessParams
-from medflow.preprocess import DicomError, preprocess_dataset, preprocess_file, read_dicom
+from medflow.imaging.preprocess import DicomError, preprocess_dataset, preprocess_file, read_dicom
 
 P = PreprocessParams(image_size=32)
 

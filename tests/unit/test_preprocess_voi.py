@@ -14,8 +14,8 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_voi, pixel_array
 
 from medflow.config import PreprocessParams
-from medflow.pixels import decode_frame
-from medflow.preprocess import normalise, preprocess_dataset
+from medflow.imaging.pixels import decode_frame
+from medflow.imaging.preprocess import normalise, preprocess_dataset
 from tests.unit.test_pixels import image_dataset, write_dicom
 
 P = PreprocessParams(image_size=8)

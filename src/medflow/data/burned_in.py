@@ -23,9 +23,9 @@ from pydicom.pixels.utils import pack_bits
 from pydicom.uid import ExplicitVRLittleEndian
 
 from medflow.config import BurnedInTextParams
-from medflow.dicom import DicomError
+from medflow.imaging.dicom import DicomError
 from medflow.errors import IngestFailed
-from medflow.pixels import (
+from medflow.imaging.pixels import (
     decode_frame,
     luminance,
     n_frames,

@@ -1,7 +1,7 @@
 """Where ingest shards run: here, or in a local pool of worker processes.
 
 A mapper takes the shard function and the shards and yields results as they finish (in
-any order). For a cluster, flows/ingest_dask.py supplies a mapper that fans the same
+any order). For a cluster, src/medflow/orchestration/ingest_dask.py supplies a mapper that fans the same
 shards out through Prefect's Dask task runner.
 """
 

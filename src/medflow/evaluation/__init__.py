@@ -1,4 +1,4 @@
 """Evaluation building blocks: metric maths, subgroups, plots and the model card.
 
-The evaluate stage (medflow.evaluate) and the gate stage (medflow.gate) compose them.
+The evaluate stage (medflow.evaluation.scoring) and the gate stage (medflow.evaluation.gate) compose them.
 """

@@ -11,7 +11,7 @@ from http import HTTPStatus
 
 from starlette.responses import JSONResponse
 
-from medflow.dicom import (
+from medflow.imaging.dicom import (
     DicomError,
     ImageTooLarge,
     NoPixelData,

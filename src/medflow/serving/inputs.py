@@ -1,4 +1,4 @@
-"""One upload -> model input, through medflow.preprocess, with every check a client error.
+"""One upload -> model input, through medflow.imaging.preprocess, with every check a client error.
 
 Order matters: size of the upload, what kind of file it is, the header (pixel data present,
 bomb guard on rows x columns x frames, modality) and only then pixel decoding. Nothing here
@@ -16,9 +16,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from medflow.config import PreprocessParams, ServeParams
-from medflow.dicom import DicomError, check_image
-from medflow.pixels import n_frames
-from medflow.preprocess import PreprocessSummary, preprocess_dataset, read_dicom
+from medflow.imaging.dicom import DicomError, check_image
+from medflow.imaging.pixels import n_frames
+from medflow.imaging.preprocess import PreprocessSummary, preprocess_dataset, read_dicom
 from medflow.serving.errors import ServeError, from_dicom_error
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -89,7 +89,7 @@ def check_upload(raw: bytes, serve: ServeParams, params: PreprocessParams) -> Ch
 
 
 def prepare_checked(checked: Checked, params: PreprocessParams) -> Prepared:
-    """The second half of prepare_upload: decoding and medflow.preprocess."""
+    """The second half of prepare_upload: decoding and medflow.imaging.preprocess."""
     try:
         image, summary = preprocess_dataset(checked.ds, params)
     except DicomError as exc:

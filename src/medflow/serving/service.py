@@ -5,7 +5,7 @@
 - auth, body size and form shape: the guard middleware (medflow.serving.guard), which parses
   the form once, in memory, and hands it to `answer` (BentoML's API layer would parse it
   again and write each upload to a temporary file);
-- upload checks and preprocessing in a thread (medflow.serving.inputs -> medflow.preprocess,
+- upload checks and preprocessing in a thread (medflow.serving.inputs -> medflow.imaging.preprocess,
   the code that prepared the training data), or on the event loop for a lone small image;
 - the network, loaded in the worker itself and run on one inference thread; the images of
   concurrent requests are merged into batches (medflow.serving.batcher), a lone request goes
@@ -17,7 +17,7 @@ in processes of its own, and the round trip to it cost ~5 ms per request and dro
 connection now and then under load (benchmarks/README.md, serve section). For more throughput,
 add workers (package.serve.workers): each holds its own copy of the network.
 
-Which model is served is fixed when the Bento is built (`model_tag`, medflow.package); so
+Which model is served is fixed when the Bento is built (`model_tag`, medflow.registry.packaging); so
 are limits, batching and workers (`serve`, package.serve), which BentoML reads from the
 decorators at import. medflow.serving.settings says how to override them where it runs.
 Client errors are 4xx with {"error", "detail"} (medflow.serving.errors), never a 500; no
@@ -42,7 +42,7 @@ from starlette.responses import Response
 
 from medflow.config import PackageParams
 from medflow.models.artifact import load_model
-from medflow.preprocess import PreprocessSummary
+from medflow.imaging.preprocess import PreprocessSummary
 from medflow.serving import MODEL_TAG_ARG, SERVE_ARG
 from medflow.serving.batcher import Overloaded
 from medflow.serving.engine import Engine

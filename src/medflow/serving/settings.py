@@ -5,7 +5,7 @@ decorators, that is when the service module is imported, so the settings are res
 there, in this order (later wins):
 
 1. ServeParams defaults;
-2. the Bento argument `serve`: package.serve from params.yaml, stored by medflow.package at
+2. the Bento argument `serve`: package.serve from params.yaml, stored by medflow.registry.packaging at
    build time (params.yaml itself is not in the Bento);
 3. `$MEDFLOW_SERVE_<FIELD>` where the Bento runs, e.g. MEDFLOW_SERVE_WORKERS=4 or
    MEDFLOW_SERVE_ALLOWED_MODALITIES=CT,MR (lists are comma-separated).

@@ -4,7 +4,7 @@
                               values, warnings, and whether drift was checked
     out_dir/docs/index.html   Great Expectations Data Docs for this run
     reference                 the profile of the last dataset that passed (drift reference),
-                              one per dataset (medflow.dataset: data/reference/<key>/)
+                              one per dataset (medflow.data.dataset: data/reference/<key>/)
 
 summary.json and the docs are written whether the data pass or not, so a failed run can be
 read; then a failure raises ValidationFailed and the pipeline stops. The reference is replaced
@@ -21,7 +21,7 @@ from typing import Any
 
 from medflow.config import ValidateParams
 from medflow.data.manifest import MANIFEST_FILE, read_manifest
-from medflow.dataset import Dataset
+from medflow.data.dataset import Dataset
 from medflow.errors import ValidationFailed
 from medflow.io import atomic_dir, write_json_atomic
 from medflow.validation import drift, report, tables

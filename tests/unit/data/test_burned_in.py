@@ -37,7 +37,7 @@ from medflow.data.ingest import IngestConfig, run_ingest
 from medflow.data.manifest import read_manifest
 from medflow.data.shard import QUARANTINED, ShardSettings, ShardTask, ingest_shard
 from medflow.errors import IngestFailed
-from medflow.pixels import decode_frame, luminance
+from medflow.imaging.pixels import decode_frame, luminance
 from tests.unit.data.phi import KEY
 from tests.unit.test_pixels import image_dataset, write_dicom
 

@@ -248,7 +248,7 @@ def test_stats_in_reused_arrays_are_numpys_bit_for_bit() -> None:
 
 def test_a_frame_decoded_into_a_reused_array_is_the_same() -> None:
     from medflow.data.shard import _Scratch
-    from medflow.pixels import decode_frame
+    from medflow.imaging.pixels import decode_frame
 
     scratch = _Scratch()
     for name in ("CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm"):

@@ -9,7 +9,7 @@ import pytest
 
 from medflow.config import PreprocessParams, SynthParams
 from medflow.data.synthetic import run_synth
-from medflow.preprocess import preprocess_dataset
+from medflow.imaging.preprocess import preprocess_dataset
 from tests.helpers.identifiers import IDENTIFYING_KEYWORDS
 from tests.unit.data.conftest import CLASSES, SMALL
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from medflow.config import PreprocessParams, ServeParams
-from medflow.preprocess import preprocess_dataset
+from medflow.imaging.preprocess import preprocess_dataset
 from medflow.serving.errors import ServeError
 from medflow.serving.inputs import check_upload, prepare_checked, prepare_upload
 

@@ -2,9 +2,9 @@
 scores its baseline model, so that the gate's change rules compare like with like.
 
 The evaluate stage asks `find_baseline` for the champion of the run's dataset
-(reports/champion/<key>/, medflow.champion), loads its model from the BentoML model store
+(reports/champion/<key>/, medflow.registry.champion), loads its model from the BentoML model store
 (the model.pt and model.json the package stage stored), and scores the test split with the
-champion's own preprocessing and threshold (medflow.evaluate). What it found is written to
+champion's own preprocessing and threshold (medflow.evaluation.scoring). What it found is written to
 reports/baseline.json, which the gate reads:
 
     compared                    change rules apply (metrics measured on this test split)
@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medflow.champion import read_champion
-from medflow.dataset import Dataset
+from medflow.registry.champion import read_champion
+from medflow.data.dataset import Dataset
 
 if TYPE_CHECKING:  # the gate imports this module for its statuses: no torch at import
     import torch

@@ -8,7 +8,7 @@ probability per class of the model, summing to 1, and the model tag we expect; a
 answer's probabilities are those the evaluation scored for that image (within
 REFERENCE_ATOL). The samples and their evaluated probabilities are the model's reference:
 a few de-identified test-split DICOM files the package stage stored beside the weights in the
-model store entry (reference/, medflow.package.write_reference), posted as a client would.
+model store entry (reference/, medflow.registry.packaging.write_reference), posted as a client would.
 Any failure raises InfraValidationFailed with every problem found and the end of the server
 log.
 """

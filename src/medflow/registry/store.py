@@ -2,10 +2,10 @@
 
 `medflow models list` shows every packaged model with its metrics, gate decision, data hash,
 dataset, date and Bento; `promote TAG` infra-validates the model's Bento and, only if it
-passes, makes it the champion of a dataset (reports/champion/<key>/, medflow.champion);
+passes, makes it the champion of a dataset (reports/champion/<key>/, medflow.registry.champion);
 `rollback` makes the dataset's champion before it champion again, validated the same way. The
 champion's Bento is what `make serve` serves (`medflow models served-bento`) and its model is
-what the next evaluate scores beside the candidate for the gate (medflow.baseline).
+what the next evaluate scores beside the candidate for the gate (medflow.registry.baseline).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from medflow.champion import read_champion, record_champion, rollback_target
-from medflow.dataset import known_keys
-from medflow.infra_validation import InfraReport, infra_validate
+from medflow.registry.champion import read_champion, record_champion, rollback_target
+from medflow.data.dataset import known_keys
+from medflow.registry.infra_validation import InfraReport, infra_validate
 from medflow.serving import MODEL_TAG_ARG
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class ModelEntry:
     class_names: list[str]
     bentos: list[str] = field(default_factory=list)
     champion: bool = False
-    dataset: str | None = None  # the key of the dataset it was packaged on (medflow.dataset)
+    dataset: str | None = None  # the key of the dataset it was packaged on (medflow.data.dataset)
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def _gate_word(gate: Any) -> str:
 def bentos_by_model() -> dict[str, list[str]]:
     """model tag -> tags of the Bentos built to serve it, newest first.
 
-    A medflow Bento names its model in the Bento argument model_tag (medflow.package); Bentos
+    A medflow Bento names its model in the Bento argument model_tag (medflow.registry.packaging); Bentos
     built another way are matched by the one model they pack.
     """
     import bentoml
@@ -186,7 +186,7 @@ def promote(
     **infra: Any,
 ) -> Promotion:
     """Infra-validate the Bento of `tag` and make it the champion in champion_dir (the folder
-    of `dataset`, medflow.dataset.Dataset.as_dict(); a model packaged on another dataset is
+    of `dataset`, medflow.data.dataset.Dataset.as_dict(); a model packaged on another dataset is
     refused); on any failure the champion is left as it was. `infra` goes to infra_validate
     (samples, timeout)."""
     entry = resolve(tag, model_name)

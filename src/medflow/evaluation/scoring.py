@@ -9,7 +9,7 @@ Writes into the reports folder (docs/evaluation.md):
                       confusion plot)
     plots/            roc, pr, calibration CSVs (DVC plots) and PNGs (model card)
     baseline.json     the champion of the dataset scored on the same test split with its own
-                      preprocessing and threshold (medflow.baseline), or why there is none:
+                      preprocessing and threshold (medflow.registry.baseline), or why there is none:
                       what the gate's change rules compare with
 """
 
@@ -24,17 +24,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medflow.baseline import BASELINE_FILE, COMPARED, Baseline, ChampionModel, find_baseline
+from medflow.registry.baseline import BASELINE_FILE, COMPARED, Baseline, ChampionModel, find_baseline
 from medflow.config import EvaluateParams, PreprocessParams
 from medflow.data.manifest import MANIFEST_FILE, read_manifest
-from medflow.dataset import Dataset
+from medflow.data.dataset import Dataset
 from medflow.evaluation.metrics import choose_threshold, metrics_with_ci, point_metrics, predict
 from medflow.evaluation.plots import write_plots
 from medflow.evaluation.subgroups import subgroup_metrics
 from medflow.io import write_json_atomic, write_text_atomic
 from medflow.models.artifact import load_model
 from medflow.models.lightning import load_split
-from medflow.preprocess_stage import META_FILE, preprocess_rows
+from medflow.data.preprocessing import META_FILE, preprocess_rows
 from medflow.provenance import git_revision, library_versions
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def score_champion(
 ) -> Baseline:
     """The champion's metrics on the candidate's test split `test` (x, y, patient groups):
     its own preprocessing (the test arrays when its preprocess params are the candidate's,
-    else the split's DICOM files through medflow.preprocess with its params), its own
+    else the split's DICOM files through medflow.imaging.preprocess with its params), its own
     threshold, the same metrics code and bootstrap as the candidate."""
     x, y, groups = test
     own = found.spec.preprocess_params

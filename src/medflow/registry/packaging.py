@@ -3,7 +3,7 @@
 The model folder (model.pt + model.json) is saved as `<package.model_name>:<version>` with
 its metrics, spec, data hash and gate decision as metadata, and with its reference: a few
 de-identified test-split DICOM files and the probabilities evaluate scored for them, which
-infra-validation posts to the Bento and compares (medflow.infra_validation). The Bento is built from
+infra-validation posts to the Bento and compares (medflow.registry.infra_validation). The Bento is built from
 deploy/bentofile.yaml with that exact tag as the Bento argument `model_tag`, which
 medflow.serving.service reads, so the Bento serves the model packaged here and no other.
 Where the stores live is BentoML's business: $BENTOML_HOME (default ~/bentoml).
@@ -21,16 +21,16 @@ from pathlib import Path
 from typing import Any
 
 # The champion's file names are re-exported here for callers that knew them from package.
-from medflow.champion import (  # noqa: F401
+from medflow.registry.champion import (  # noqa: F401
     CHAMPION_METRICS,
     CHAMPION_MODEL,
     record_champion,
     replaced_by_hand,
 )
 from medflow.config import PackageParams
-from medflow.dataset import Dataset
+from medflow.data.dataset import Dataset
 from medflow.errors import GateFailed
-from medflow.infra_validation import REFERENCE_DIR, REFERENCE_FILE
+from medflow.registry.infra_validation import REFERENCE_DIR, REFERENCE_FILE
 from medflow.io import write_json_atomic
 from medflow.models.artifact import CARD_FILE, WEIGHTS_FILE, ModelSpec, load_spec
 from medflow.serving import MODEL_TAG_ARG, SERVE_ARG
@@ -38,7 +38,7 @@ from medflow.serving import MODEL_TAG_ARG, SERVE_ARG
 logger = logging.getLogger(__name__)
 
 BENTOFILE = Path("deploy") / "bentofile.yaml"
-# test-split images stored with the model for infra-validation (medflow.infra_validation)
+# test-split images stored with the model for infra-validation (medflow.registry.infra_validation)
 N_REFERENCE = 4
 BUILD_CONTEXT = Path("src")
 
@@ -275,7 +275,7 @@ def run_package(
     With manifest (the ingested one) and predictions (evaluate's predictions.csv), the model
     store entry gets its reference samples, which infra-validation (promote, rollback) needs.
     Raises GateFailed (and builds nothing) unless gate_file says the model passed. With
-    champion_dir (the dataset's champion folder, medflow.dataset.champion_folder), the packaged
+    champion_dir (the dataset's champion folder, medflow.data.dataset.champion_folder), the packaged
     model becomes the champion the next gate on `dataset` compares against.
     """
     model_dir, project_root = Path(model_dir), Path(project_root)

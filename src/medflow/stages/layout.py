@@ -32,7 +32,7 @@ class Layout:
 
     @property
     def references(self) -> Path:
-        """The drift references, one per dataset (medflow.dataset.reference_profile): the
+        """The drift references, one per dataset (medflow.data.dataset.reference_profile): the
         profile of the last dataset of that source and class names that passed validation."""
         return self.data / "reference"
 
@@ -84,7 +84,7 @@ class Layout:
 
     @property
     def champion(self) -> Path:
-        """The champions, one per dataset (medflow.dataset.champion_folder): the last model
+        """The champions, one per dataset (medflow.data.dataset.champion_folder): the last model
         packaged or promoted on it. Registry state, in the commands of dvc.yaml but no stage's
         output or dependency."""
         return self.reports / "champion"

@@ -5,7 +5,7 @@ Two kinds of rules (docs/evaluation.md), TFX-style:
                 sensitivity, specificity, AUROC of every subgroup not flagged small;
   change rules  against the champion of the dataset (the last model packaged or promoted
                 on it), scored by the evaluate stage on the candidate's own test split
-                (reports/baseline.json, medflow.baseline): no metric worse by more than its
+                (reports/baseline.json, medflow.registry.baseline): no metric worse by more than its
                 allowed delta.
 Without a champion to compare with (the first model on a dataset, a champion of other class
 names, a champion whose model is gone from the store) the value rules alone judge, and the
@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from medflow.baseline import COMPARED
-from medflow.baseline import NO_CHAMPION as NO_CHAMPION
+from medflow.registry.baseline import COMPARED
+from medflow.registry.baseline import NO_CHAMPION as NO_CHAMPION
 from medflow.config import HIGHER_IS_BETTER, GateParams
 from medflow.errors import GateFailed
 from medflow.io import write_json_atomic, write_text_atomic

@@ -1,6 +1,6 @@
 """The preprocess stage: de-identified DICOM -> arrays ready for training, one set per split.
 
-Uses medflow.preprocess, the same path the Bento runs at serving time.
+Uses medflow.imaging.preprocess, the same path the Bento runs at serving time.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pandas as pd
 from medflow.config import PreprocessParams
 from medflow.data.manifest import SPLITS, read_manifest
 from medflow.io import atomic_dir, write_json_atomic
-from medflow.preprocess import preprocess_dataset, read_dicom
+from medflow.imaging.preprocess import preprocess_dataset, read_dicom
 
 log = logging.getLogger(__name__)
 META_FILE = "meta.json"

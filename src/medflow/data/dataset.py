@@ -5,7 +5,7 @@ images (or renaming the classes) must neither compare them with the demo's refer
 judge the model against a champion of other data. Each dataset has its own
 
     data/reference/<key>/profile.json   drift reference (validate)
-    reports/champion/<key>/             champion registry folder (medflow.champion)
+    reports/champion/<key>/             champion registry folder (medflow.registry.champion)
 
 The key is readable and stable: a slug of the source's name and 8 hex of a hash of the
 source as written in params.yaml and the class names, e.g. `synthetic-1a2b3c4d`.

@@ -1,6 +1,6 @@
 """Decoding one frame of a DICOM image: pixel decoders, photometric, modality LUT.
 
-numpy and pydicom only, so ingest workers start fast; medflow.preprocess builds the model
+numpy and pydicom only, so ingest workers start fast; medflow.imaging.preprocess builds the model
 input from what this returns.
 """
 
@@ -11,7 +11,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 
-from medflow.dicom import (
+from medflow.imaging.dicom import (
     DicomError,
     UndecodablePixels,
     UnsupportedImage,

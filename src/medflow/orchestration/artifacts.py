@@ -17,7 +17,7 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 
-from flows.layout import Layout
+from medflow.stages.layout import Layout
 
 KEYS = ("validation-summary", "data-docs", "metrics", "gate-decision", "model-card", "bento")
 

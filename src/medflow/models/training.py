@@ -28,7 +28,7 @@ from medflow.io import atomic_dir, write_json_atomic
 from medflow.models.artifact import ModelSpec, save_model
 from medflow.models.calibration import fit_temperature, fold_temperature, logits_of
 from medflow.models.lightning import ArrayDataModule, Classifier, class_weights
-from medflow.preprocess_stage import META_FILE
+from medflow.data.preprocessing import META_FILE
 from medflow.provenance import git_revision, library_versions
 
 log = logging.getLogger(__name__)

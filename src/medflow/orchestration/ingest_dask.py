@@ -9,8 +9,8 @@ travels with each shard in memory), and the source and output folders on a files
 they all mount at the same path. Start workers with one thread each
 (`dask worker --nthreads 1 ...`): pydicom's settings are per process.
 
-    python -m flows.ingest_dask --root . --workers 4
-    python -m flows.ingest_dask --root . --address tcp://10.0.0.5:8786
+    python -m medflow.orchestration.ingest_dask --root . --workers 4
+    python -m medflow.orchestration.ingest_dask --root . --address tcp://10.0.0.5:8786
 
 Task results are kept in memory only (persist_result=False): a shard's result holds the
 original identifiers for the PHI audit and must never be written anywhere.
@@ -29,7 +29,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
 
-from flows.layout import Layout
+from medflow.stages.layout import Layout
 from medflow.config import load_params
 from medflow.data.deid import resolve_deid_key
 from medflow.data.ingest import IngestConfig, run_ingest

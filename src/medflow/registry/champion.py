@@ -1,6 +1,6 @@
 """The champion: the model the gate compares candidates with and the Bento `make serve` serves.
 
-Each dataset has its own champion (medflow.dataset: reports/champion/<key>/ in the pipeline);
+Each dataset has its own champion (medflow.data.dataset: reports/champion/<key>/ in the pipeline);
 one such folder holds
 
     metrics.json   the champion's metrics as evaluated when it was packaged (on its own test
@@ -90,7 +90,7 @@ def record_champion(
 ) -> dict[str, Any]:
     """Make `model_tag` (served by `bento_tag`) the champion and append it to the history.
 
-    `dataset` (medflow.dataset.Dataset.as_dict()) names the dataset the folder belongs to;
+    `dataset` (medflow.data.dataset.Dataset.as_dict()) names the dataset the folder belongs to;
     without it the previous champion's is kept.
 
     `promoted_by` says what did it: "package", "promote" or "rollback". `weights_sha256`

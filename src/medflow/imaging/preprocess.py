@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from pydicom.dataset import Dataset
 
 from medflow.config import PreprocessParams
-from medflow.dicom import DicomError, NotAnImage, read_dicom
-from medflow.pixels import (
+from medflow.imaging.dicom import DicomError, NotAnImage, read_dicom
+from medflow.imaging.pixels import (
     decode_frame,
     frame_indices,
     luminance,

@@ -1,0 +1,159 @@
+"""Deployments of the pipeline on a Prefect server: scheduled and data-triggered training.
+
+- `medflow-pipeline/train`: the pipeline on params `orchestration.cron`, and on every
+  `medflow.data.changed` event of this project (a DeploymentEventTrigger passes the new hash,
+  which names the run). One training at a time: deployment concurrency limit 1, a second
+  trigger waits (ENQUEUE) or is dropped (CANCEL_NEW), params `orchestration.collision_strategy`.
+- `medflow-data-watch/watch`: the watcher (flows/watch.py) every `watch_interval_seconds`.
+- With params `orchestration.notify_block` set, `register` creates the automation
+  `medflow-run-failed`: a failed or crashed pipeline run sends a notification through that
+  saved block. Nothing is hard-coded; empty: no automation.
+
+Needs a server (triggers and automations do not run in ephemeral mode):
+
+    prefect server start                               # or: make server
+    PREFECT_API_URL=http://127.0.0.1:4200/api python -m medflow.orchestration.deployments serve --root .
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from medflow.stages.layout import Layout
+from medflow.config import OrchestrationParams, load_params
+
+log = logging.getLogger(__name__)
+
+TRAIN = "train"
+WATCH = "watch"
+AUTOMATION = "medflow-run-failed"
+
+
+def training_deployment(root: Path, o: OrchestrationParams) -> Any:
+    """The pipeline: cron schedule, data-change trigger, concurrency limit 1."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+    from prefect.events import DeploymentEventTrigger
+    from prefect.schedules import Cron
+
+    from medflow.orchestration.pipeline import pipeline
+    from medflow.orchestration.watch import EVENT
+
+    trigger = DeploymentEventTrigger(
+        name="retrain-on-data-change",
+        expect={EVENT},
+        match={"prefect.resource.id": "medflow.data.*", "medflow.root": str(root)},
+        parameters={"root": str(root), "data_hash": "{{ event.payload.hash }}"},
+    )
+    return pipeline.to_deployment(
+        name=TRAIN,
+        schedules=[Cron(o.cron, timezone=o.timezone)] if o.cron else None,
+        triggers=[trigger],
+        parameters={"root": str(root)},
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=o.collision_strategy),
+        tags=["medflow", "training"],
+        description="medflow pipeline: scheduled, and on every data change the watcher sees",
+    )
+
+
+def watcher_deployment(root: Path, o: OrchestrationParams) -> Any:
+    """The watcher on an interval; overlapping looks are dropped."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+
+    from medflow.orchestration.watch import watch_data
+
+    return watch_data.to_deployment(
+        name=WATCH,
+        interval=o.watch_interval_seconds,
+        parameters={"root": str(root)},
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy="CANCEL_NEW"),
+        tags=["medflow", "watcher"],
+        description="hash data.source; emit medflow.data.changed when it changes",
+    )
+
+
+def register_notifications(o: OrchestrationParams) -> str | None:
+    """Create (or replace) the failure-notification automation when a block is configured.
+    Returns the automation's name, or None when `notify_block` is empty."""
+    if not o.notify_block:
+        log.info("orchestration.notify_block is empty: no failure notifications")
+        return None
+    from prefect.automations import Automation
+    from prefect.blocks.core import Block
+    from prefect.events.actions import SendNotification
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    if "/" not in o.notify_block:
+        raise ValueError(
+            f"orchestration.notify_block = {o.notify_block!r}: expected "
+            "'<block-type-slug>/<block name>', e.g. 'slack-webhook/medflow-ops' "
+            "(create one with `prefect block create` or in the UI)"
+        )
+    try:
+        block = Block.load(o.notify_block)
+    except ValueError as exc:
+        raise ValueError(
+            f"orchestration.notify_block = {o.notify_block!r} is not a saved block on this "
+            f"server ({exc}); create it first (`prefect block ls` lists them)"
+        ) from exc
+    try:
+        Automation.read(name=AUTOMATION).delete()
+    except ValueError:
+        pass  # none yet
+    automation = Automation(
+        name=AUTOMATION,
+        description="a medflow pipeline run failed or crashed",
+        trigger=EventTrigger(
+            expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+            match_related={
+                "prefect.resource.role": "flow",
+                "prefect.resource.name": "medflow-pipeline",
+            },
+            posture=Posture.Reactive,
+            threshold=1,
+        ),
+        actions=[
+            SendNotification(
+                block_document_id=block._block_document_id,
+                subject="medflow: run {{ flow_run.name }} {{ flow_run.state.name }}",
+                body=(
+                    "Flow run {{ flow_run.name }} ended {{ flow_run.state.name }}:\n"
+                    "{{ flow_run.state.message }}\n{{ flow_run|ui_url }}"
+                ),
+            )
+        ],
+    ).create()
+    log.info("automation %s sends failures through %s", automation.name, o.notify_block)
+    return automation.name
+
+
+def serve_all(root: Path) -> None:
+    """Register the deployments (and the notification automation) and serve them; blocks."""
+    from prefect import serve
+
+    o = load_params(Layout(root).params).orchestration
+    register_notifications(o)
+    serve(training_deployment(root, o), watcher_deployment(root, o))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("command", choices=["serve", "register"], help="serve: register + run")
+    parser.add_argument("--root", default=".", help="project root holding params.yaml")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    root = Path(args.root).resolve()
+    if args.command == "register":
+        register_notifications(load_params(Layout(root).params).orchestration)
+        return 0
+    serve_all(root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

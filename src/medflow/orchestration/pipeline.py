@@ -1,0 +1,340 @@
+"""The medflow pipeline as a Prefect flow: the same run_<stage>() functions dvc.yaml calls.
+
+Each stage is a task that first asks DVC whether the stage is unchanged (`dvc status <stage>`,
+in-process); if so it is skipped ("unchanged, skipped"), else the stage function runs and
+the stage is recorded in dvc.lock (`dvc commit <stage>`), so `dvc repro` and this flow agree
+on what is up to date. Transient failures (I/O, timeouts, a busy DVC lock) are retried, data
+errors (validation, gate) are not; retries and the timeout come from params `orchestration`.
+Flow runs are named train-<data hash>; every run publishes artifacts (src/medflow/orchestration/artifacts.py).
+
+Run it (ephemeral Prefect, no server needed):  python -m medflow.orchestration.pipeline [--root .] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import chdir, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from medflow.orchestration import artifacts
+from medflow.stages.layout import Layout
+from medflow.config import Params, load_params
+
+log = logging.getLogger(__name__)
+
+STAGES = ("synth", "ingest", "validate", "preprocess", "train", "evaluate", "gate", "package")
+
+
+# --- the stages: each calls its run_<stage>() exactly as the CLI does -----------------------
+
+
+def _synth(layout: Layout, p: Params) -> Any:
+    from medflow.data.synthetic import run_synth
+
+    return run_synth(p.synth, p.data.class_names, layout.synthetic)
+
+
+def _ingest(layout: Layout, p: Params) -> Any:
+    from medflow.data.deid import resolve_deid_key
+    from medflow.data.ingest import IngestConfig, run_ingest
+
+    key = resolve_deid_key(
+        os.environ, synthetic=p.data.is_synthetic, allow_demo=p.deid.allow_demo_key_for_synthetic
+    )
+    return run_ingest(
+        IngestConfig.from_params(p), p.data.resolve_source(layout.data), layout.ingested, key
+    )
+
+
+def _validate(layout: Layout, p: Params) -> Any:
+    from medflow.data.dataset import Dataset, reference_profile
+    from medflow.validation.stage import run_validate
+
+    dataset = Dataset.of(p.data)
+    reference = reference_profile(layout.references, dataset.key)
+    return run_validate(
+        p.validate_, p.data.class_names, layout.ingested, layout.validation, reference, dataset
+    )
+
+
+def _preprocess(layout: Layout, p: Params) -> Any:
+    from medflow.data.preprocessing import run_preprocess
+
+    return run_preprocess(p.preprocess, layout.ingested, layout.preprocessed)
+
+
+def _train(layout: Layout, p: Params) -> Any:
+    from medflow.models.training import run_train
+
+    return run_train(p.train, p.data.class_names, layout.preprocessed, layout.models)
+
+
+def _dataset_champion(layout: Layout, p: Params) -> dict[str, Any]:
+    """champion_dir and dataset, as the CLI's --champions gives them: the champion folder of
+    the dataset of data.source and data.class_names (medflow.data.dataset)."""
+    from medflow.data.dataset import Dataset, champion_folder
+
+    dataset = Dataset.of(p.data)
+    return {"champion_dir": champion_folder(layout.champion, dataset.key), "dataset": dataset}
+
+
+def _evaluate(layout: Layout, p: Params) -> Any:
+    from medflow.evaluation.scoring import run_evaluate
+
+    return run_evaluate(
+        p.evaluate,
+        layout.models,
+        layout.preprocessed,
+        layout.manifest,
+        layout.reports,
+        **_dataset_champion(layout, p),
+    )
+
+
+def _gate(layout: Layout, p: Params) -> Any:
+    from medflow.evaluation.gate import run_gate
+
+    return run_gate(
+        p.gate,
+        layout.metrics,
+        layout.gate,
+        subgroups_file=layout.subgroups,
+        baseline_file=layout.baseline,
+        context_file=layout.evaluation,
+        card_file=layout.model_card,
+    )
+
+
+def _package(layout: Layout, p: Params) -> Any:
+    from medflow.evaluation.scoring import PREDICTIONS_FILE
+    from medflow.registry.packaging import run_package
+
+    return run_package(
+        p.package,
+        layout.models,
+        layout.metrics,
+        layout.gate,
+        layout.root,
+        layout.bento,
+        **_dataset_champion(layout, p),
+        manifest=layout.manifest,
+        predictions=layout.reports / PREDICTIONS_FILE,
+    )
+
+
+# name -> stage function; looked up at call time (a test may wrap one to inject a fault)
+STAGE_FUNCS: dict[str, Callable[[Layout, Params], Any]] = {
+    "synth": _synth,
+    "ingest": _ingest,
+    "validate": _validate,
+    "preprocess": _preprocess,
+    "train": _train,
+    "evaluate": _evaluate,
+    "gate": _gate,
+    "package": _package,
+}
+
+
+# --- DVC: is a stage unchanged, and record one that ran -------------------------------------
+
+
+def _target(root: Path, stage: str) -> str:
+    return f"{Path(root).resolve() / 'dvc.yaml'}:{stage}"
+
+
+@contextmanager
+def _in_repo(root: Path) -> Iterator[Any]:
+    """DVC resolves targets and checks outputs against the process's cwd, not the repo root:
+    work from the root (stages run one at a time, and take absolute paths)."""
+    from dvc.repo import Repo
+
+    with chdir(Path(root).resolve()), Repo(".") as repo:
+        yield repo
+
+
+def dvc_stale(root: Path, stage: str | None = None) -> set[str] | None:
+    """Stages `dvc status` reports changed (only `stage`, when given); None: not a DVC repo."""
+    from dvc.exceptions import NotDvcRepoError
+
+    try:
+        with _in_repo(root) as repo:
+            status = repo.status(targets=[_target(root, stage)] if stage else None)
+    except NotDvcRepoError:
+        return None
+    # keys are stage names, or "dvc.yaml:name" for stages of other dvc.yaml files
+    return {key.rsplit(":", 1)[-1] for key in status}
+
+
+def dvc_commit(root: Path, stage: str) -> None:
+    """Record the stage's deps and outs in dvc.lock, as `dvc repro` would after running it."""
+    from dvc.exceptions import NotDvcRepoError
+
+    try:
+        with _in_repo(root) as repo:
+            repo.commit(_target(root, stage), force=True)
+    except NotDvcRepoError:
+        log.info("%s is not a DVC repository: %s not recorded", root, stage)
+
+
+# --- retries: transient errors only ---------------------------------------------------------
+
+# OSError covers TimeoutError and ConnectionError; these subclasses are mistakes, not weather
+_PERMANENT_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """I/O hiccups, timeouts and a DVC lock held by another process: worth another try.
+    Data and config errors (ValueError, StageFailed such as GateFailed) are not."""
+    from dvc.lock import LockError
+
+    if isinstance(exc, LockError):
+        return True
+    return isinstance(exc, OSError | TimeoutError) and not isinstance(exc, _PERMANENT_OS_ERRORS)
+
+
+def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    exc = state.data if isinstance(state.data, BaseException) else None
+    if exc is None:
+        try:
+            state.result()
+        except BaseException as raised:  # noqa: BLE001 - we only classify it
+            exc = raised
+    retry = exc is not None and is_transient(exc)
+    if not retry:
+        get_run_logger().info("not retried: %s is not a transient error", type(exc).__name__)
+    return retry
+
+
+# --- the task -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A stage DVC reported unchanged: its outputs are current, nothing ran."""
+
+    stage: str
+    reason: str = "unchanged (dvc status clean)"
+
+
+class StageRunFailed(RuntimeError):
+    """A stage failed; the message names the stage and carries its reason."""
+
+
+def _run_stage(name: str, root: str, stale: bool | None = None, force: bool = False) -> Any:
+    """Skip the stage when DVC says it is unchanged; else run it and record it in dvc.lock.
+    `stale`: what the flow already knows (None: ask DVC now)."""
+    logger = get_run_logger()
+    layout = Layout(Path(root))
+    try:
+        if force:
+            changed: bool | None = True
+        elif stale is not None:
+            changed = stale
+        else:
+            found = dvc_stale(layout.root, name)
+            changed = None if found is None else name in found
+        if changed is False:
+            logger.info("stage %s: unchanged, skipped", name)
+            return Skipped(name)
+        result = STAGE_FUNCS[name](layout, load_params(layout.params))
+        if changed is not None:  # a DVC repo: keep dvc.lock in step with what ran
+            dvc_commit(layout.root, name)
+        return result
+    finally:
+        publish = artifacts.AFTER_STAGE.get(name)
+        if publish is not None:
+            try:
+                publish(layout)
+            except Exception as exc:  # noqa: BLE001 - an artifact must never fail a stage
+                logger.warning("artifacts after %s not published: %s", name, exc)
+
+
+_TASK = {"cache_policy": NO_CACHE, "log_prints": True, "retry_condition_fn": _retry_transient}
+# one task per stage, so the UI and the task-run names show the stage
+_TASKS = {name: task(name=name, **_TASK)(_run_stage) for name in STAGES}
+
+
+# --- the flow -------------------------------------------------------------------------------
+
+
+def _run_name() -> str:
+    """train-<first 12 hex of the data source hash> (from the trigger's event, or computed)."""
+    from prefect.runtime import flow_run
+
+    from medflow.orchestration.watch import current_hash
+
+    params = flow_run.parameters
+    digest = params.get("data_hash")
+    if not digest:
+        try:
+            h = current_hash(Path(params.get("root", ".")).resolve())
+            digest = h.digest if h.n_files else "nodata"
+        except Exception:  # noqa: BLE001 - a name must never fail the run
+            digest = "unknown"
+    return f"train-{digest[:12]}"
+
+
+@flow(name="medflow-pipeline", flow_run_name=_run_name, log_prints=True)
+def pipeline(
+    root: str = ".",
+    stages: list[str] | None = None,
+    data_hash: str | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Run the stages in order (all by default, or the named subset, e.g. to re-judge a model
+    with new gate thresholds), skipping those DVC reports unchanged (force: run them anyway).
+    A failing stage (e.g. the gate) fails the flow run with the stage's name and reason.
+    data_hash: the data source hash that started this run (the watcher's event), for the name."""
+    layout = Layout(Path(root).resolve())
+    logger = get_run_logger()
+    params = load_params(layout.params)  # fail on config before any heavy work
+    unknown = sorted(set(stages or ()) - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    wanted = [s for s in STAGES if (stages is None or s in stages)]
+    if not params.data.is_synthetic and "synth" in wanted:
+        wanted.remove("synth")  # synthetic data is only made when it is the source
+    o = params.orchestration
+    # one `dvc status` for all stages up front; after a stage ran, the next ones ask again
+    stale = None if force else dvc_stale(layout.root)
+    if stale is None and not force:
+        logger.info("%s is not a DVC repository: every stage runs", layout.root)
+    results: dict[str, Any] = {}
+    ran = False
+    for name in wanted:
+        stage = _TASKS[name].with_options(
+            retries=o.retries,
+            retry_delay_seconds=o.retry_delay_seconds,
+            timeout_seconds=o.stage_timeout_seconds,
+        )
+        known = None if (ran or stale is None) else name in stale
+        try:
+            results[name] = stage(name, str(layout.root), stale=known, force=force)
+        except Exception as exc:
+            raise StageRunFailed(f"stage {name} failed: {type(exc).__name__}: {exc}") from exc
+        ran = ran or not isinstance(results[name], Skipped)
+        logger.info("stage %s: %s", name, results[name])
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--root", default=".", help="project root holding params.yaml")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, help="run only these stages")
+    parser.add_argument("--force", action="store_true", help="run stages DVC says are unchanged")
+    args = parser.parse_args(argv)
+    state = pipeline(root=args.root, stages=args.stages, force=args.force, return_state=True)
+    return 0 if state.is_completed() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
