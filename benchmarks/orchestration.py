@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
 
         first = flow_once()
         warm = [flow_once() for _ in range(args.repeat)]
-        cold_process = _timed([sys.executable, "-m", "medflow.orchestration.pipeline", "--root", str(repo)], ROOT)
+        cold_process = _timed(
+            [sys.executable, "-m", "medflow.orchestration.pipeline", "--root", str(repo)], ROOT
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -123,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'2 flow, every stage skipped (warm)':<46} {flow_s:8.2f}"
           f"  ratio {ratio:.2f}x <= {TARGET_RATIO:.0f}x  {verdict_ratio}")  # fmt: skip
     print(f"{'- first flow run of the process':<46} {first:8.2f}  (reference)")
-    print(f"{'- python -m medflow.orchestration.pipeline, fresh process':<46} {cold_process:8.2f}  (reference)")
+    print(
+        f"{'- python -m medflow.orchestration.pipeline, fresh process':<46} {cold_process:8.2f}  (reference)"
+    )
     print(f"\nratio flow / dvc repro: {ratio:.2f}x  {verdict_ratio}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))

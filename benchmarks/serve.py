@@ -69,8 +69,8 @@ def plain_app(model_dir: Path):  # -> fastapi.FastAPI
     import torch
     from fastapi import FastAPI, HTTPException
 
-    from medflow.models.artifact import load_model
     from medflow.imaging.preprocess import DicomError, preprocess_dataset, read_dicom
+    from medflow.models.artifact import load_model
     from medflow.serving.engine import probabilities
 
     net, spec = load_model(model_dir)
@@ -198,8 +198,8 @@ def in_process_p50(model_dir: Path, data: bytes, n: int) -> float:
     """p50 ms of read + preprocess + forward in this process: the floor of any server."""
     import torch
 
-    from medflow.models.artifact import load_model
     from medflow.imaging.preprocess import preprocess_dataset, read_dicom
+    from medflow.models.artifact import load_model
     from medflow.serving.engine import probabilities
 
     net, spec = load_model(model_dir)

@@ -52,8 +52,10 @@ def _stage(func: F) -> F:
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from medflow.imaging.dicom import DicomError  # not via medflow.imaging.preprocess: that loads torch
         from medflow.errors import StageFailed
+        from medflow.imaging.dicom import (
+            DicomError,  # not via medflow.imaging.preprocess: that loads torch
+        )
 
         _setup_logging()
         try:
@@ -361,8 +363,8 @@ CHAMPIONS = Path("reports/champion")
 
 def _champion_of(params: Path, champions: Path, key: str | None) -> tuple[Path, dict[str, Any]]:
     """The champion folder of the selected dataset and the dataset's description."""
-    from medflow.registry.champion import read_champion
     from medflow.data.dataset import Dataset, champion_folder, check_key
+    from medflow.registry.champion import read_champion
 
     current = Dataset.of(_params(params).data)
     if key is None or key == current.key:
@@ -497,8 +499,8 @@ def models_datasets(
     champions: ChampionRootOpt = CHAMPIONS,
 ) -> None:
     """Every dataset with a champion: key, source, class names, champion; * = params.yaml's."""
-    from medflow.registry.champion import read_champion
     from medflow.data.dataset import Dataset, known_keys
+    from medflow.registry.champion import read_champion
 
     current = Dataset.of(_params(params).data).key
     for key in known_keys(champions):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from medflow.registry.champion import CHAMPION_METRICS, read_champion, record_champion
 from medflow.config import load_params
 from medflow.data.dataset import Dataset, champion_folder
+from medflow.registry.champion import CHAMPION_METRICS, read_champion, record_champion
 from tests.helpers.stages import ran_stages
 from tests.integration.pipeline_copy import clone, run
 

@@ -15,13 +15,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from medflow.registry.champion import CHAMPION_METRICS, CHAMPION_MODEL, HISTORY_FILE, record_champion
 from medflow.cli import app
 from medflow.config import DataParams, PackageParams, PreprocessParams
 from medflow.data.dataset import Dataset, champion_folder
-from medflow.registry.infra_validation import InfraValidationFailed, sample_dicoms
 from medflow.models.artifact import WEIGHTS_FILE, ModelSpec, save_model
 from medflow.models.net import SmallCNN
+from medflow.registry.champion import (
+    CHAMPION_METRICS,
+    CHAMPION_MODEL,
+    HISTORY_FILE,
+    record_champion,
+)
+from medflow.registry.infra_validation import InfraValidationFailed, sample_dicoms
 from medflow.registry.packaging import PackageResult, run_package
 from medflow.registry.store import list_models, promote, rollback, served_bento
 

@@ -19,8 +19,9 @@ import pandas as pd
 import pytest
 import torch
 
-from medflow.registry.champion import read_champion, record_champion
 from medflow.config import PackageParams
+from medflow.models.artifact import WEIGHTS_FILE
+from medflow.registry.champion import read_champion, record_champion
 from medflow.registry.infra_validation import (
     REFERENCE_DIR,
     REFERENCE_FILE,
@@ -28,7 +29,6 @@ from medflow.registry.infra_validation import (
     infra_validate,
     serve_bento,
 )
-from medflow.models.artifact import WEIGHTS_FILE
 from medflow.registry.packaging import build_bento
 from medflow.registry.store import promote
 

@@ -33,11 +33,11 @@ import pytest
 
 from medflow.config import PackageParams, PreprocessParams, ServeParams
 from medflow.errors import GateFailed
-from medflow.registry.infra_validation import InfraValidationFailed, RunningBento, serve_bento
+from medflow.imaging.preprocess import preprocess_file
 from medflow.models.artifact import ModelSpec, load_model, save_model
 from medflow.models.net import SmallCNN
+from medflow.registry.infra_validation import InfraValidationFailed, RunningBento, serve_bento
 from medflow.registry.packaging import PackageResult, run_package
-from medflow.imaging.preprocess import preprocess_file
 from medflow.serving.service import decide
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,9 +19,9 @@ import pandas as pd
 import pydicom
 import pytest
 
-from medflow.registry.champion import read_champion
 from medflow.config import load_params
 from medflow.data.dataset import Dataset, champion_folder, reference_profile
+from medflow.registry.champion import read_champion
 from tests.conftest import shared_data
 from tests.helpers.stages import ran_stages
 from tests.integration.pipeline_copy import TEST_DEID_KEY, clone, run, set_params

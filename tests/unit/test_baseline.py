@@ -18,18 +18,18 @@ from pydicom.dataset import Dataset as DicomDataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from medflow.registry.baseline import CLASSES_DIFFER, COMPARED, NO_CHAMPION, UNAVAILABLE
-from medflow.registry.champion import record_champion
 from medflow.config import EvaluateParams, GateParams, PackageParams, PreprocessParams
 from medflow.data.dataset import Dataset, champion_folder
-from medflow.errors import GateFailed
-from medflow.evaluation.scoring import predict_proba, run_evaluate
-from medflow.evaluation.metrics import metrics_with_ci
-from medflow.evaluation.gate import run_gate
-from medflow.models.artifact import ModelSpec, load_model, save_model
-from medflow.registry.packaging import save_to_store
-from medflow.imaging.preprocess import preprocess_file
 from medflow.data.preprocessing import preprocess_rows
+from medflow.errors import GateFailed
+from medflow.evaluation.gate import run_gate
+from medflow.evaluation.metrics import metrics_with_ci
+from medflow.evaluation.scoring import predict_proba, run_evaluate
+from medflow.imaging.preprocess import preprocess_file
+from medflow.models.artifact import ModelSpec, load_model, save_model
+from medflow.registry.baseline import CLASSES_DIFFER, COMPARED, NO_CHAMPION, UNAVAILABLE
+from medflow.registry.champion import record_champion
+from medflow.registry.packaging import save_to_store
 
 CLASSES = ["normal", "lesion"]
 DATASET = Dataset(source="synthetic", class_names=tuple(CLASSES))

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from medflow.registry.champion import read_champion, record_champion
 from medflow.config import DataParams, ValidateParams
 from medflow.data.dataset import (
     Dataset,
@@ -17,6 +16,7 @@ from medflow.data.dataset import (
     known_keys,
     reference_profile,
 )
+from medflow.registry.champion import read_champion, record_champion
 from medflow.validation.stage import NO_REFERENCE, run_validate
 from tests.quality.manifest_factory import valid_manifest, write_manifest
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from dvc.lock import LockError
 
+from medflow.errors import GateFailed
 from medflow.orchestration.pipeline import is_transient
 from medflow.orchestration.watch import hash_source
-from medflow.errors import GateFailed
 
 
 def _tree(root: Path) -> Path:

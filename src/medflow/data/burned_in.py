@@ -23,8 +23,8 @@ from pydicom.pixels.utils import pack_bits
 from pydicom.uid import ExplicitVRLittleEndian
 
 from medflow.config import BurnedInTextParams
-from medflow.imaging.dicom import DicomError
 from medflow.errors import IngestFailed
+from medflow.imaging.dicom import DicomError
 from medflow.imaging.pixels import (
     decode_frame,
     luminance,

@@ -16,8 +16,8 @@ import pandas as pd
 
 from medflow.config import PreprocessParams
 from medflow.data.manifest import SPLITS, read_manifest
-from medflow.io import atomic_dir, write_json_atomic
 from medflow.imaging.preprocess import preprocess_dataset, read_dicom
+from medflow.io import atomic_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 META_FILE = "meta.json"

@@ -38,8 +38,8 @@ from medflow.config import BurnedInTextParams
 from medflow.data import manifest
 from medflow.data.burned_in import screen
 from medflow.data.deid import CLEAN_PIXEL_DATA, Deidentifier, PhiAudit, Profile, add_method_code
-from medflow.imaging.dicom import DicomError, NotAnImage, check_image, read_dicom
 from medflow.errors import StageFailed
+from medflow.imaging.dicom import DicomError, NotAnImage, check_image, read_dicom
 from medflow.imaging.pixels import decode_frame, frame_indices, luminance, n_frames, photometric
 
 IMAGES_DIR = "images"

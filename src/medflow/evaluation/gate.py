@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from medflow.registry.baseline import COMPARED
-from medflow.registry.baseline import NO_CHAMPION as NO_CHAMPION
 from medflow.config import HIGHER_IS_BETTER, GateParams
 from medflow.errors import GateFailed
 from medflow.io import write_json_atomic, write_text_atomic
+from medflow.registry.baseline import COMPARED
+from medflow.registry.baseline import NO_CHAMPION as NO_CHAMPION
 
 log = logging.getLogger(__name__)
 

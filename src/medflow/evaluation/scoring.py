@@ -24,18 +24,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medflow.registry.baseline import BASELINE_FILE, COMPARED, Baseline, ChampionModel, find_baseline
 from medflow.config import EvaluateParams, PreprocessParams
-from medflow.data.manifest import MANIFEST_FILE, read_manifest
 from medflow.data.dataset import Dataset
+from medflow.data.manifest import MANIFEST_FILE, read_manifest
+from medflow.data.preprocessing import META_FILE, preprocess_rows
 from medflow.evaluation.metrics import choose_threshold, metrics_with_ci, point_metrics, predict
 from medflow.evaluation.plots import write_plots
 from medflow.evaluation.subgroups import subgroup_metrics
 from medflow.io import write_json_atomic, write_text_atomic
 from medflow.models.artifact import load_model
 from medflow.models.lightning import load_split
-from medflow.data.preprocessing import META_FILE, preprocess_rows
 from medflow.provenance import git_revision, library_versions
+from medflow.registry.baseline import (
+    BASELINE_FILE,
+    COMPARED,
+    Baseline,
+    ChampionModel,
+    find_baseline,
+)
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"

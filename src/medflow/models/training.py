@@ -24,11 +24,11 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from medflow.config import PreprocessParams, TrainParams
+from medflow.data.preprocessing import META_FILE
 from medflow.io import atomic_dir, write_json_atomic
 from medflow.models.artifact import ModelSpec, save_model
 from medflow.models.calibration import fit_temperature, fold_temperature, logits_of
 from medflow.models.lightning import ArrayDataModule, Classifier, class_weights
-from medflow.data.preprocessing import META_FILE
 from medflow.provenance import git_revision, library_versions
 
 log = logging.getLogger(__name__)

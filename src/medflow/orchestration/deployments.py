@@ -23,8 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medflow.stages.layout import Layout
 from medflow.config import OrchestrationParams, load_params
+from medflow.stages.layout import Layout
 
 log = logging.getLogger(__name__)
 

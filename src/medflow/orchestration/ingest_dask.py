@@ -29,12 +29,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
 
-from medflow.stages.layout import Layout
 from medflow.config import load_params
 from medflow.data.deid import resolve_deid_key
 from medflow.data.ingest import IngestConfig, run_ingest
 from medflow.data.shard import ShardResult, ShardTask, ingest_shard
 from medflow.data.workers import ShardFn
+from medflow.stages.layout import Layout
 
 
 @task(name="ingest-shard", cache_policy=NO_CACHE, persist_result=False, log_prints=False)

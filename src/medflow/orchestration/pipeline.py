@@ -25,9 +25,9 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from medflow.config import Params, load_params
 from medflow.orchestration import artifacts
 from medflow.stages.layout import Layout
-from medflow.config import Params, load_params
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from medflow.stages.layout import Layout
 from medflow.config import load_params
+from medflow.stages.layout import Layout
 
 EVENT = "medflow.data.changed"
 STATE_FILE = Path(".medflow") / "watch_state.json"

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medflow.registry.champion import read_champion
 from medflow.data.dataset import Dataset
+from medflow.registry.champion import read_champion
 
 if TYPE_CHECKING:  # the gate imports this module for its statuses: no torch at import
     import torch

@@ -20,6 +20,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from medflow.config import PackageParams
+from medflow.data.dataset import Dataset
+from medflow.errors import GateFailed
+from medflow.io import write_json_atomic
+from medflow.models.artifact import CARD_FILE, WEIGHTS_FILE, ModelSpec, load_spec
+
 # The champion's file names are re-exported here for callers that knew them from package.
 from medflow.registry.champion import (  # noqa: F401
     CHAMPION_METRICS,
@@ -27,12 +33,7 @@ from medflow.registry.champion import (  # noqa: F401
     record_champion,
     replaced_by_hand,
 )
-from medflow.config import PackageParams
-from medflow.data.dataset import Dataset
-from medflow.errors import GateFailed
 from medflow.registry.infra_validation import REFERENCE_DIR, REFERENCE_FILE
-from medflow.io import write_json_atomic
-from medflow.models.artifact import CARD_FILE, WEIGHTS_FILE, ModelSpec, load_spec
 from medflow.serving import MODEL_TAG_ARG, SERVE_ARG
 
 logger = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from medflow.registry.champion import read_champion, record_champion, rollback_target
 from medflow.data.dataset import known_keys
+from medflow.registry.champion import read_champion, record_champion, rollback_target
 from medflow.registry.infra_validation import InfraReport, infra_validate
 from medflow.serving import MODEL_TAG_ARG
 

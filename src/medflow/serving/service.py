@@ -41,8 +41,8 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.responses import Response
 
 from medflow.config import PackageParams
-from medflow.models.artifact import load_model
 from medflow.imaging.preprocess import PreprocessSummary
+from medflow.models.artifact import load_model
 from medflow.serving import MODEL_TAG_ARG, SERVE_ARG
 from medflow.serving.batcher import Overloaded
 from medflow.serving.engine import Engine

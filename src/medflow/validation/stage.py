@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from medflow.config import ValidateParams
-from medflow.data.manifest import MANIFEST_FILE, read_manifest
 from medflow.data.dataset import Dataset
+from medflow.data.manifest import MANIFEST_FILE, read_manifest
 from medflow.errors import ValidationFailed
 from medflow.io import atomic_dir, write_json_atomic
 from medflow.validation import drift, report, tables
