@@ -1,14 +1,9 @@
 """Merges the model calls of concurrent requests into batches, in the serving worker.
 
-The network runs in the worker that parses the requests (medflow.serving.service), on one
-inference thread. While it computes a batch, the images of new requests queue up; when it is
-free, everything queued goes as the next batch (up to max_batch_size images). A lone request
-goes out at once: nothing waits for company, as BentoML's adaptive batching dispatcher does
-(at concurrency 1 it cost about 4 ms per request; benchmarks/README.md, serve section).
-
-max_latency_ms bounds the wait in the queue, as it does in BentoML's dispatcher: an image
-that waited longer than that is not computed and its caller gets `Overloaded` (HTTP 503), so
-that an overloaded worker sheds load instead of answering ever later.
+While the network computes a batch, new images queue; when it is free, everything queued goes
+as the next batch (up to max_batch_size images). A lone request goes at once. An image that
+waited longer than max_latency_ms is not computed: its caller gets `Overloaded` (HTTP 503).
+Why not BentoML's adaptive batching: docs/decisions/serving-batching.md.
 """
 
 from __future__ import annotations

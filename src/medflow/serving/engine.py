@@ -1,13 +1,8 @@
 """The network of one serving worker: class probabilities, one forward pass at a time.
 
-Two ways in, both under one lock, so that passes never overlap and fight over the cores
-(torch's own threads do the parallel work):
-
-- `try_now(images)`, from the thread that just preprocessed a request (or the event loop, for
-  a lone request): when nothing else is queued or computing, the pass runs right there, with
-  no hand-over to another thread (at concurrency 1 each hand-over cost about 1 ms here);
-- `await engine(images)`: otherwise the images join the batching queue
-  (medflow.serving.batcher.Coalescer) and go with the next batch, on the inference thread.
+Two ways in, under one lock so that passes never fight over the cores: `try_now` runs the
+pass on the calling thread when nothing is queued or computing (why:
+docs/decisions/serving-fast-path.md); `await engine(images)` joins the batching queue.
 """
 
 from __future__ import annotations
@@ -26,9 +21,8 @@ from medflow.serving.batcher import Coalescer
 def probabilities(net: nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
     """Class probabilities (n, classes) of preprocessed images (n, channels, size, size).
 
-    The network is expected in channels_last (as `Engine` keeps it, and as training runs it):
-    on CPU a pass costs 6.6 instead of 9.1 ms for one image and 3.9 instead of 7.9 ms per
-    image in batches of 16 (smallcnn width 24, 64 px, 1 thread; benchmarks/README.md).
+    The network is expected in channels_last, as `Engine` keeps it and as training runs it
+    (why: docs/decisions/channels-last.md).
     """
     x = torch.as_tensor(images, dtype=torch.float32, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
@@ -49,6 +43,7 @@ class Engine:
         self._queue = Coalescer(self._forward_async, max_batch_size, max_latency_ms)
 
     def forward(self, images: np.ndarray) -> np.ndarray:
+        """The probabilities of `images`, waiting for the network if it is busy."""
         with self._lock:
             return probabilities(self.net, images, self.device)
 

@@ -30,6 +30,7 @@ class ServeError(Exception):
         self.status, self.code, self.detail = status, code, detail
 
     def response(self) -> JSONResponse:
+        """The JSON error response, with WWW-Authenticate (401) or Retry-After (503)."""
         headers = None
         if self.status == HTTPStatus.UNAUTHORIZED:
             headers = {"WWW-Authenticate": "Bearer"}

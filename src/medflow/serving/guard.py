@@ -1,18 +1,8 @@
-"""ASGI middleware in front of the prediction routes: bearer token, size, request shape, and
-then the answer itself.
+"""ASGI middleware in front of the prediction routes: bearer token, size, form shape, answer.
 
-Decided before BentoML parses the request, so that an unauthorised or oversized request costs
-no parsing, and a malformed one is a 4xx naming the problem instead of BentoML's 500 (its
-form parsing fails with a 500 on broken multipart bodies or binary values in unknown fields).
-
-A request that passes is parsed here once, into a `Form` held in memory, and handed to the
-service (`answerer`, medflow.serving.service), which answers it. BentoML's API layer would parse
-the body a second time, write each upload to a temporary file and dispatch through its router:
-about 1.5 ms of a request at concurrency 1 (benchmarks/README.md, serve section), and a copy
-of every patient file on disk. This middleware runs inside BentoML's metrics, tracing, access
-log, timeout and concurrency middlewares, so those still see every request. Until the
-service exists (`answerer` returns None), requests go on to BentoML's own routes.
-Health (/healthz, /livez, /readyz) and /metrics are not guarded and stay open.
+A request that passes is parsed once, into an in-memory `Form`, and answered by the service
+(`answerer`); until the service exists, requests go on to BentoML's own routes. Health and
+/metrics stay open. Why around BentoML's API layer: docs/decisions/serving-request-path.md.
 """
 
 from __future__ import annotations
@@ -61,9 +51,8 @@ Answer = Callable[[str, Form], Awaitable[Response]]
 
 
 class _InMemoryParser(MultiPartParser):
-    """Starlette's multipart parser, keeping every upload in memory. Starlette's own spools a
-    file part above 1 MiB to a temporary file on disk: a copy of a patient's file. The body is
-    in memory already, at most max_body bytes."""
+    """Starlette's multipart parser, keeping every upload in memory: Starlette's own spools a
+    file part above 1 MiB to a temporary file on disk, a copy of a patient's file."""
 
     spool_max_size = sys.maxsize
 

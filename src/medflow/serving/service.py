@@ -1,27 +1,9 @@
 """The BentoML service: POST /predict (one image) and /predict_batch (several).
 
-`MedflowClassifier` (the Bento's entry, HTTP, async), in each worker process:
-
-- auth, body size and form shape: the guard middleware (medflow.serving.guard), which parses
-  the form once, in memory, and hands it to `answer` (BentoML's API layer would parse it
-  again and write each upload to a temporary file);
-- upload checks and preprocessing in a thread (medflow.serving.inputs -> medflow.imaging.preprocess,
-  the code that prepared the training data), or on the event loop for a lone small image;
-- the network, loaded in the worker itself and run on one inference thread; the images of
-  concurrent requests are merged into batches (medflow.serving.batcher), a lone request goes
-  at once;
-- the decision and the response.
-
-The network is not a second BentoML service (`bentoml.depends`): `bentoml serve` would run it
-in processes of its own, and the round trip to it cost ~5 ms per request and dropped a
-connection now and then under load (benchmarks/README.md, serve section). For more throughput,
-add workers (package.serve.workers): each holds its own copy of the network.
-
-Which model is served is fixed when the Bento is built (`model_tag`, medflow.registry.packaging); so
-are limits, batching and workers (`serve`, package.serve), which BentoML reads from the
-decorators at import. medflow.serving.settings says how to override them where it runs.
-Client errors are 4xx with {"error", "detail"} (medflow.serving.errors), never a 500; no
-file name or identifying header value is logged or returned.
+`MedflowClassifier` runs, in each worker: the guard (medflow.serving.guard), upload checks and
+medflow.imaging.preprocess (medflow.serving.inputs), the network (medflow.serving.engine) and
+the decision. Client errors are 4xx with {"error", "detail"}; no file name or identifying
+header value is logged or returned. Why one service: docs/decisions/serving-network-in-worker.md.
 """
 
 from __future__ import annotations
@@ -81,13 +63,9 @@ def decide(probabilities: list[float], threshold: float) -> int:
     return max(range(len(probabilities)), key=probabilities.__getitem__)
 
 
-# A single DICOM upload up to this size may be checked on the event loop when its request is
-# alone, and then decoded and preprocessed there too if its header claims at most
-# INLINE_MAX_VALUES values: about 3 ms for a 96x96 file. Anything bigger goes to a thread, so
-# that a big image cannot hold up the loop (health probes, new requests) for long; the second
-# bound is for a small but highly compressed file (a JPEG 2000 of a 4k x 4k image fits in
-# 256 KiB and takes hundreds of ms to decode). PNG/JPEG uploads always go to a thread: Pillow
-# decodes them while they are checked.
+# A lone request's single DICOM upload up to INLINE_MAX_BYTES is checked on the event loop, and
+# decoded there too if its header claims at most INLINE_MAX_VALUES values; anything else goes
+# to a thread. Why: docs/decisions/serving-fast-path.md.
 INLINE_MAX_BYTES = 256 * 1024
 INLINE_MAX_VALUES = 512 * 512
 
@@ -95,14 +73,14 @@ INLINE_MAX_VALUES = 512 * 512
 SERVE = resolve_serve_params(getattr(bentoml.use_arguments(), SERVE_ARG, None))
 
 PREDICT_ROUTES = ("/predict", "/predict_batch")
-# BentoML's tracing middleware makes a span per request even when no trace is collected (its
-# default sample rate is 0): about 0.7 ms per prediction here. Unless package.serve asks for
-# traces of the prediction routes, they skip it. A default only: a BentoML config
-# (BENTOML_CONFIG) that sets tracing.excluded_urls wins.
+# The prediction routes skip BentoML's tracing middleware unless package.serve.trace_predictions
+# (a BENTOML_CONFIG setting tracing.excluded_urls wins). Why: docs/decisions/serving-request-path.md
 TRACING = {} if SERVE.trace_predictions else {"excluded_urls": list(PREDICT_ROUTES)}
 
 
 class Prediction(BaseModel):
+    """The answer for one image: the decision, every class's probability, and provenance."""
+
     label: str
     label_index: int
     probabilities: dict[str, float]
@@ -226,14 +204,10 @@ class MedflowClassifier:
 
     async def _prepare(self, uploads: list[bytes]) -> tuple[list[Prepared], np.ndarray | None]:
         """Checks, preprocessing and (if the network is free) the forward pass, in a thread; or,
-        for a lone request with one small DICOM upload (INLINE_MAX_BYTES, INLINE_MAX_VALUES),
-        right here on the event loop, which saves the hand-over to a thread and back (about
-        1.7 ms of a 17 ms request at concurrency 1; benchmarks/README.md, serve section).
+        for a lone request with one small DICOM upload, right here on the event loop.
 
-        "Lone" is decided after yielding twice to the loop: requests already received (their
-        bytes read from the sockets) start and count themselves in `_active` first. Without
-        that look, under load every request found itself alone and ran on the loop one after
-        the other (measured: 70 instead of 100 req/s at concurrency 32, no batching)."""
+        "Lone" is decided after yielding twice to the loop, so that requests already received
+        count themselves in `_active` first (why: docs/decisions/serving-fast-path.md)."""
         await asyncio.sleep(0)  # the loop runs what is ready, then polls the sockets
         await asyncio.sleep(0)  # and the requests that polling found get to start
         if (
@@ -329,10 +303,8 @@ def _answerer() -> Answer | None:
 
 
 def _json(result: Prediction | list[Prediction]) -> Response:
-    """The response body, serialised here in one piece. Returned as a Response, BentoML sends
-    it as is; a Prediction would go out in chunks, each send passing BentoML's tracing,
-    metrics and access-log middlewares (18 % of the worker's GIL time at concurrency 32). The
-    declared return types still give the OpenAPI schema."""
+    """The response body, serialised here in one piece: BentoML sends a Response as is (why:
+    docs/decisions/serving-request-path.md). The declared return types give the OpenAPI schema."""
     if isinstance(result, list):
         body = _PREDICTIONS.dump_json(result)
     else:

@@ -1,14 +1,7 @@
 """The service's settings: package.serve as carried in the Bento, overridden by the environment.
 
-BentoML reads workers, traffic and batching from the @bentoml.service / @bentoml.api
-decorators, that is when the service module is imported, so the settings are resolved
-there, in this order (later wins):
-
-1. ServeParams defaults;
-2. the Bento argument `serve`: package.serve from params.yaml, stored by medflow.registry.packaging at
-   build time (params.yaml itself is not in the Bento);
-3. `$MEDFLOW_SERVE_<FIELD>` where the Bento runs, e.g. MEDFLOW_SERVE_WORKERS=4 or
-   MEDFLOW_SERVE_ALLOWED_MODALITIES=CT,MR (lists are comma-separated).
+Resolved when the service module is imported, because BentoML reads workers, traffic and
+batching from its decorators then.
 """
 
 from __future__ import annotations
@@ -27,8 +20,18 @@ ENV_PREFIX = "MEDFLOW_SERVE_"
 def resolve_serve_params(
     bento_arg: Mapping[str, Any] | str | None, environ: Mapping[str, str] = os.environ
 ) -> ServeParams:
-    """ServeParams from the Bento argument (a mapping, or JSON when given on a command line)
-    and the MEDFLOW_SERVE_* environment variables; raises ValueError naming a bad value."""
+    """ServeParams from defaults, the Bento argument, then the environment (later wins).
+
+    Args:
+        bento_arg: the Bento argument `serve` (package.serve from params.yaml, stored by
+            medflow.registry.packaging at build time), a mapping, or JSON from a command line.
+        environ: where `$MEDFLOW_SERVE_<FIELD>` overrides are read, e.g.
+            MEDFLOW_SERVE_WORKERS=4 or MEDFLOW_SERVE_ALLOWED_MODALITIES=CT,MR (lists are
+            comma-separated).
+
+    Raises:
+        ValueError: a value does not validate; the message names it.
+    """
     if isinstance(bento_arg, str):
         bento_arg = json.loads(bento_arg) if bento_arg.strip() else {}
     data: dict[str, Any] = dict(bento_arg or {})
