@@ -33,7 +33,7 @@ def _task_runs(flow_run_id) -> dict[str, str]:
 
 
 def test_flow_runs_every_stage(flow_run):
-    from medflow.orchestration.pipeline import STAGES
+    from medflow.stages import STAGES
 
     repo, state = flow_run
     assert list(STAGES) == dvc_stages()  # the flow runs the stages dvc.yaml declares

@@ -47,23 +47,26 @@ def first_run(prefect_server, tmp_path_factory: pytest.TempPathFactory):
     """A copy after one full flow run in which preprocess failed once with a transient I/O
     error; the copy, the run's final state and how often preprocess was called. Tests only
     read the copy: a test that changes it works in a clone."""
+    import dataclasses
+
     import medflow.orchestration.pipeline as fp
+    from medflow.stages import STAGES
 
     repo = make_copy(
         tmp_path_factory.mktemp("orchestrated"),
         {"orchestration": {"retries": 2, "retry_delay_seconds": 0}},
     )
-    real = fp.STAGE_FUNCS["preprocess"]
+    real = STAGES["preprocess"]
     calls = []
 
     def flaky_once(layout, params):  # the real stage, after one transient I/O failure
         calls.append(1)
         if len(calls) == 1:
             raise OSError("[Errno 5] Input/output error (injected, once)")
-        return real(layout, params)
+        return real.run(layout, params)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(fp.STAGE_FUNCS, "preprocess", flaky_once)
+        mp.setitem(STAGES, "preprocess", dataclasses.replace(real, run=flaky_once))
         state = fp.pipeline(root=str(repo), return_state=True)
     return repo, state, len(calls)
 
@@ -103,7 +106,7 @@ def test_unchanged_stages_skip(first_run, tmp_path: Path):
     again = fp.pipeline(root=str(repo), return_state=True)
     assert again.is_completed(), again.message
     results = again.result()
-    assert list(results) == list(fp.STAGES)
+    assert list(results) == list(STAGES)
     assert all(isinstance(r, fp.Skipped) for r in results.values()), results
     digest = hash_source(repo / "data" / "synthetic").digest
     assert _run_name(again.state_details.flow_run_id) == f"train-{digest[:12]}"

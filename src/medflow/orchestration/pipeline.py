@@ -1,23 +1,15 @@
-"""The medflow pipeline as a Prefect flow: the same run_<stage>() functions dvc.yaml calls.
+"""The medflow pipeline as a Prefect flow: a task per stage of medflow.stages.STAGES.
 
-Each stage is a task that first asks DVC whether the stage is unchanged (`dvc status <stage>`,
-in-process); if so it is skipped ("unchanged, skipped"), else the stage function runs and
-the stage is recorded in dvc.lock (`dvc commit <stage>`), so `dvc repro` and this flow agree
-on what is up to date. Transient failures (I/O, timeouts, a busy DVC lock) are retried, data
-errors (validation, gate) are not; retries and the timeout come from params `orchestration`.
-Flow runs are named train-<data hash>; every run publishes artifacts (src/medflow/orchestration/artifacts.py).
-
-Run it (ephemeral Prefect, no server needed):  python -m medflow.orchestration.pipeline [--root .] [--force]
+A stage DVC reports unchanged is skipped; one that ran is recorded in dvc.lock, so `dvc repro`
+and the flow agree. Transient failures are retried, data errors are not (params
+`orchestration`). Runs are named train-<data hash> and publish artifacts (artifacts.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import chdir, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,165 +17,13 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from medflow.config import Params, load_params
+from medflow.config import load_params
 from medflow.orchestration import artifacts
+from medflow.orchestration.dvc import dvc_commit, dvc_stale
+from medflow.stages import STAGES
 from medflow.stages.layout import Layout
 
 log = logging.getLogger(__name__)
-
-STAGES = ("synth", "ingest", "validate", "preprocess", "train", "evaluate", "gate", "package")
-
-
-# --- the stages: each calls its run_<stage>() exactly as the CLI does -----------------------
-
-
-def _synth(layout: Layout, p: Params) -> Any:
-    from medflow.data.synthetic import run_synth
-
-    return run_synth(p.synth, p.data.class_names, layout.synthetic)
-
-
-def _ingest(layout: Layout, p: Params) -> Any:
-    from medflow.data.deid import resolve_deid_key
-    from medflow.data.ingest import IngestConfig, run_ingest
-
-    key = resolve_deid_key(
-        os.environ, synthetic=p.data.is_synthetic, allow_demo=p.deid.allow_demo_key_for_synthetic
-    )
-    return run_ingest(
-        IngestConfig.from_params(p), p.data.resolve_source(layout.data), layout.ingested, key
-    )
-
-
-def _validate(layout: Layout, p: Params) -> Any:
-    from medflow.data.dataset import Dataset, reference_profile
-    from medflow.validation.stage import run_validate
-
-    dataset = Dataset.of(p.data)
-    reference = reference_profile(layout.references, dataset.key)
-    return run_validate(
-        p.validate_, p.data.class_names, layout.ingested, layout.validation, reference, dataset
-    )
-
-
-def _preprocess(layout: Layout, p: Params) -> Any:
-    from medflow.data.preprocessing import run_preprocess
-
-    return run_preprocess(p.preprocess, layout.ingested, layout.preprocessed)
-
-
-def _train(layout: Layout, p: Params) -> Any:
-    from medflow.models.training import run_train
-
-    return run_train(p.train, p.data.class_names, layout.preprocessed, layout.models)
-
-
-def _dataset_champion(layout: Layout, p: Params) -> dict[str, Any]:
-    """champion_dir and dataset, as the CLI's --champions gives them: the champion folder of
-    the dataset of data.source and data.class_names (medflow.data.dataset)."""
-    from medflow.data.dataset import Dataset, champion_folder
-
-    dataset = Dataset.of(p.data)
-    return {"champion_dir": champion_folder(layout.champion, dataset.key), "dataset": dataset}
-
-
-def _evaluate(layout: Layout, p: Params) -> Any:
-    from medflow.evaluation.scoring import run_evaluate
-
-    return run_evaluate(
-        p.evaluate,
-        layout.models,
-        layout.preprocessed,
-        layout.manifest,
-        layout.reports,
-        **_dataset_champion(layout, p),
-    )
-
-
-def _gate(layout: Layout, p: Params) -> Any:
-    from medflow.evaluation.gate import run_gate
-
-    return run_gate(
-        p.gate,
-        layout.metrics,
-        layout.gate,
-        subgroups_file=layout.subgroups,
-        baseline_file=layout.baseline,
-        context_file=layout.evaluation,
-        card_file=layout.model_card,
-    )
-
-
-def _package(layout: Layout, p: Params) -> Any:
-    from medflow.evaluation.scoring import PREDICTIONS_FILE
-    from medflow.registry.packaging import run_package
-
-    return run_package(
-        p.package,
-        layout.models,
-        layout.metrics,
-        layout.gate,
-        layout.root,
-        layout.bento,
-        **_dataset_champion(layout, p),
-        manifest=layout.manifest,
-        predictions=layout.reports / PREDICTIONS_FILE,
-    )
-
-
-# name -> stage function; looked up at call time (a test may wrap one to inject a fault)
-STAGE_FUNCS: dict[str, Callable[[Layout, Params], Any]] = {
-    "synth": _synth,
-    "ingest": _ingest,
-    "validate": _validate,
-    "preprocess": _preprocess,
-    "train": _train,
-    "evaluate": _evaluate,
-    "gate": _gate,
-    "package": _package,
-}
-
-
-# --- DVC: is a stage unchanged, and record one that ran -------------------------------------
-
-
-def _target(root: Path, stage: str) -> str:
-    return f"{Path(root).resolve() / 'dvc.yaml'}:{stage}"
-
-
-@contextmanager
-def _in_repo(root: Path) -> Iterator[Any]:
-    """DVC resolves targets and checks outputs against the process's cwd, not the repo root:
-    work from the root (stages run one at a time, and take absolute paths)."""
-    from dvc.repo import Repo
-
-    with chdir(Path(root).resolve()), Repo(".") as repo:
-        yield repo
-
-
-def dvc_stale(root: Path, stage: str | None = None) -> set[str] | None:
-    """Stages `dvc status` reports changed (only `stage`, when given); None: not a DVC repo."""
-    from dvc.exceptions import NotDvcRepoError
-
-    try:
-        with _in_repo(root) as repo:
-            status = repo.status(targets=[_target(root, stage)] if stage else None)
-    except NotDvcRepoError:
-        return None
-    # keys are stage names, or "dvc.yaml:name" for stages of other dvc.yaml files
-    return {key.rsplit(":", 1)[-1] for key in status}
-
-
-def dvc_commit(root: Path, stage: str) -> None:
-    """Record the stage's deps and outs in dvc.lock, as `dvc repro` would after running it."""
-    from dvc.exceptions import NotDvcRepoError
-
-    try:
-        with _in_repo(root) as repo:
-            repo.commit(_target(root, stage), force=True)
-    except NotDvcRepoError:
-        log.info("%s is not a DVC repository: %s not recorded", root, stage)
-
 
 # --- retries: transient errors only ---------------------------------------------------------
 
@@ -245,7 +85,7 @@ def _run_stage(name: str, root: str, stale: bool | None = None, force: bool = Fa
         if changed is False:
             logger.info("stage %s: unchanged, skipped", name)
             return Skipped(name)
-        result = STAGE_FUNCS[name](layout, load_params(layout.params))
+        result = STAGES[name].run(layout, load_params(layout.params))
         if changed is not None:  # a DVC repo: keep dvc.lock in step with what ran
             dvc_commit(layout.root, name)
         return result

@@ -1,4 +1,7 @@
-"""Where each stage reads and writes, mirroring dvc.yaml (tests/unit/test_layout.py checks)."""
+"""Where each stage reads and writes: the one declaration in code of dvc.yaml's paths.
+
+tests/unit/test_layout.py keeps the two in step.
+"""
 
 from __future__ import annotations
 
@@ -64,6 +67,12 @@ class Layout:
     def evaluation(self) -> Path:
         """What the model card needs besides the metrics (threshold policy, data, model)."""
         return self.reports / "evaluation.json"
+
+    @property
+    def predictions(self) -> Path:
+        """The test split's predictions (per image): the confusion plot and the package
+        stage's reference probabilities."""
+        return self.reports / "predictions.csv"
 
     @property
     def plots(self) -> Path:

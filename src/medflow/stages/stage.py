@@ -1,0 +1,55 @@
+"""What a stage is: a name, its run on the project layout, and its command-line form.
+
+Each module of medflow.stages defines one `STAGE`; medflow.stages.STAGES lists them in
+dvc.yaml order for the CLI and the Prefect flow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from medflow.config import Params, load_params
+from medflow.stages.layout import Layout
+
+ParamsOpt = Annotated[
+    Path, typer.Option("--params", "-p", help="the params.yaml to read", show_default=True)
+]
+ChampionsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--champions",
+        help="folder of champions, one per dataset (<folder>/<dataset key>/); the dataset is"
+        " that of params data.source and data.class_names",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage.
+
+    Attributes:
+        name: the stage's name in dvc.yaml, the CLI and the Prefect flow.
+        run: the stage on the project's layout (the Prefect task calls it).
+        command: the stage with its paths as command-line arguments (the CLI command that
+            dvc.yaml runs). Both call the same stage function of the module.
+    """
+
+    name: str
+    run: Callable[[Layout, Params], Any]
+    command: Callable[..., Any]
+
+    @property
+    def summary(self) -> str:
+        """The first line of the command's help."""
+        return (self.command.__doc__ or self.name).strip().splitlines()[0]
+
+
+def read_params(path: Path) -> Params:
+    """The validated params of `path` (raises ConfigError naming every problem)."""
+    return load_params(path)

@@ -1,0 +1,50 @@
+"""The train stage: fit the classifier with Lightning; write the model artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from medflow.config import Params
+from medflow.stages.layout import Layout
+from medflow.stages.stage import ParamsOpt, Stage, read_params
+
+
+def train(params: Params, arrays_dir: Path, out: Path, checkpoint_dir: Path | None = None) -> Any:
+    """Train on the arrays of `arrays_dir`; write model.pt, model.json and the card into `out`.
+
+    Args:
+        checkpoint_dir: where an interrupted run of the same params and data resumes from
+            (default: .<out>-checkpoints beside `out`).
+    """
+    from medflow.models.training import run_train
+
+    return run_train(
+        params.train, params.data.class_names, arrays_dir, out, checkpoint_dir=checkpoint_dir
+    )
+
+
+def run(layout: Layout, params: Params) -> Any:
+    """The stage on the project layout."""
+    return train(params, layout.preprocessed, layout.models)
+
+
+def command(
+    arrays_dir: Annotated[Path, typer.Argument(help="the preprocess stage's output folder")],
+    out: Annotated[Path, typer.Argument(help="folder for the model artifact")],
+    params: ParamsOpt = Path("params.yaml"),
+    checkpoints: Annotated[
+        Path | None,
+        typer.Option(help="checkpoints to resume from (default: .<OUT>-checkpoints beside OUT)"),
+    ] = None,
+) -> None:
+    """Train the classifier on ARRAYS_DIR; write the model artifact into OUT.
+
+    An interrupted run of the same params and data resumes from its last checkpoint.
+    """
+    train(read_params(params), arrays_dir, out, checkpoints)
+
+
+STAGE = Stage("train", run, command)
