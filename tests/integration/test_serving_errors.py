@@ -4,7 +4,8 @@ the kind that causes it.
 
 The cases are keyed by the codes read from the table: a documented code without a case fails
 here, and so does a case whose code or status the table does not document, so the doc and the
-service stay in step. README.md's summary of the statuses is checked against the same table.
+service stay in step (tests/unit/test_docs.py compares the table with the service's source,
+and README.md's summary with both).
 One server: an API token, PNG/JPEG off, a 2 MB body limit, at most 4 files per batch and a
 10 ms bound on the wait for the network, all set through the environment.
 """
@@ -30,6 +31,7 @@ from pydicom.uid import MPEG4HP41
 
 from medflow.registry.infra_validation import InfraValidationFailed, RunningBento, serve_bento
 from tests.conftest import shared_data
+from tests.helpers.docs import serving_error_table
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "serving-errors-token-not-secret"
@@ -45,20 +47,7 @@ SERVER_ENV = {
 }
 
 
-def documented_errors() -> dict[str, int]:
-    """error code -> HTTP status, from the table under "## Errors" in docs/serving.md."""
-    text = (ROOT / "docs" / "serving.md").read_text()
-    section = text.split("\n## Errors\n", 1)[1].split("\n## ", 1)[0]
-    codes: dict[str, int] = {}
-    for line in section.splitlines():
-        row = re.match(r"\|\s*(\d{3})\s*\|([^|]*)\|", line)
-        if row:
-            for code in re.findall(r"`([a-z_]+)`", row.group(2)):
-                codes[code] = int(row.group(1))
-    return codes
-
-
-DOCUMENTED = documented_errors()
+DOCUMENTED = serving_error_table()
 
 
 # ---------------------------------------------------------------------------- the files
@@ -340,17 +329,3 @@ def test_cases_and_table_name_the_same_codes() -> None:
     assert sorted(set(DOCUMENTED) - set(CASES)) == [], "documented, but no case produces them"
     assert sorted(set(CASES) - set(DOCUMENTED)) == [], "produced here, but not documented"
     assert all(CASES.values()), "a code with an empty list of cases"
-
-
-def test_readme_statuses_agree_with_the_table() -> None:
-    """README.md's one-paragraph summary names statuses and codes; they match the table."""
-    readme = " ".join((ROOT / "README.md").read_text().split())
-    claims = re.findall(r"\b(\d{3}) for [^()]*\(([^()]*)\)", readme)
-    assert claims, "README.md no longer summarises the error statuses"
-    named = {}
-    for status, codes in claims:
-        for code in re.findall(r"`([a-z_]+)`", codes):
-            named[code] = int(status)
-    assert {"not_dicom", "no_pixel_data", "empty_upload"} <= set(named), named
-    wrong = {c: s for c, s in named.items() if DOCUMENTED.get(c) != s}
-    assert not wrong, f"README.md says {wrong}; docs/serving.md says otherwise"

@@ -1,0 +1,133 @@
+"""What the docs claim, compared with the code: serving errors (statuses, codes, the body)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from http import HTTPStatus
+from itertools import pairwise
+
+from medflow.config import load_params
+from medflow.serving.errors import ServeError
+from medflow.serving.inputs import check_upload
+from tests.helpers.docs import (
+    ROOT,
+    USER_DOCS,
+    json_examples,
+    serving_error_table,
+    status_claims,
+)
+
+SERVING = ROOT / "src" / "medflow" / "serving"
+# Codes the service gives that no client reads as a refusal of its request, so the table of
+# docs/serving.md leaves them out: a 400 to a client that has already gone, and the 500 of a
+# bug in the service (docs/serving.md mentions it below the table).
+NOT_IN_TABLE = {"disconnected", "internal_error"}
+
+
+def _statuses(node: ast.expr) -> set[int]:
+    """The statuses an expression such as `HTTPStatus.NOT_FOUND` or `A if c else B` gives."""
+    if isinstance(node, ast.IfExp):
+        return _statuses(node.body) | _statuses(node.orelse)
+    if (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "HTTPStatus"
+    ):
+        return {HTTPStatus[node.attr].value}
+    return set()
+
+
+def code_error_table() -> dict[str, set[int]]:
+    """error code -> every HTTP status medflow.serving gives it, read from the source: each
+    status expression directly followed by a string, as in `ServeError(HTTPStatus.X, "code",
+    ...)` and the (exception, status, code) rows of errors.py."""
+    table: dict[str, set[int]] = {}
+    for path in sorted(SERVING.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            items = getattr(node, "args", None) if isinstance(node, ast.Call) else None
+            items = node.elts if isinstance(node, ast.Tuple) else items
+            found = False
+            for first, second in pairwise(items or []):
+                statuses = _statuses(first)
+                if statuses and isinstance(second, ast.Constant) and isinstance(second.value, str):
+                    table.setdefault(second.value, set()).update(statuses)
+                    found = True
+            is_serve_error = (
+                isinstance(node, ast.Call) and getattr(node.func, "id", "") == "ServeError"
+            )
+            if is_serve_error and not found:
+                # forwarding (status, code) it was given is fine; computing them is not readable
+                assert all(isinstance(a, ast.Name) for a in node.args[:2]), (
+                    f"{path.name}:{node.lineno}: a ServeError whose status or code this test"
+                    " cannot read; write them as HTTPStatus.X and a string literal"
+                )
+    return table
+
+
+CODE = code_error_table()
+TABLE = serving_error_table()
+
+
+def test_the_code_table_is_read() -> None:
+    """The reader finds the codes of inputs.py, guard.py, service.py and errors.py' rows."""
+    assert CODE["not_dicom"] == {415}
+    assert CODE["no_pixel_data"] == {422}  # a row of errors.py's _DICOM_ERRORS
+    assert CODE["unauthorized"] == {401}  # guard.py
+    assert CODE["batch_size"] == {400, 413}  # service.py, a conditional status
+    assert len(CODE) >= 20, CODE
+
+
+def test_serving_table_matches_the_code() -> None:
+    """docs/serving.md's table: each code with a status the service gives it, and every code
+    the service gives in it (but the two it leaves out on purpose)."""
+    wrong = {c: (s, CODE.get(c)) for c, s in TABLE.items() if s not in CODE.get(c, set())}
+    assert not wrong, f"docs/serving.md: code -> (documented, given by the code): {wrong}"
+    missing = sorted(set(CODE) - set(TABLE) - NOT_IN_TABLE)
+    assert not missing, f"the service gives {missing}; docs/serving.md's table lacks them"
+    assert not NOT_IN_TABLE & set(TABLE)
+
+
+def test_every_status_the_docs_give_a_code_is_the_codes() -> None:
+    """Wherever README.md, deploy/README.md or docs/*.md put an error code after an HTTP
+    status, the service gives that code that status."""
+    claims = {
+        doc.relative_to(ROOT).as_posix(): status_claims(doc.read_text(), set(CODE))
+        for doc in USER_DOCS
+    }
+    wrong = {
+        (doc, code): sorted(statuses - CODE[code])
+        for doc, found in claims.items()
+        for code, statuses in found.items()
+        if statuses - CODE[code]
+    }
+    assert not wrong, f"(doc, code): statuses the code never gives it: {wrong}"
+    # the summaries a client reads first name the common refusals
+    for doc in ("README.md", "deploy/README.md"):
+        assert {"not_dicom", "no_pixel_data", "empty_upload"} <= set(claims[doc]), claims[doc]
+
+
+def test_documented_error_body_is_the_services() -> None:
+    """The error bodies deploy/README.md and README.md show are what the service answers to a
+    text file: the same keys and code, and the detail with '...' for what varies."""
+    serve = load_params(ROOT / "params.yaml")
+    try:
+        check_upload(b"this is not an image\n", serve.package.serve, serve.preprocess)
+    except ServeError as exc:
+        response = exc.response()
+    real = json.loads(response.body)
+    assert response.status_code == 415
+
+    examples = [
+        example
+        for doc in (ROOT / "deploy" / "README.md", ROOT / "README.md")
+        for example in json_examples(doc.read_text())
+        if "error" in json.dumps(example)
+    ]
+    assert examples, "deploy/README.md shows no error body"
+    for example in examples:
+        assert isinstance(example, dict) and set(example) == set(real), (example, real)
+        assert example["error"] == real["error"], (example, real)
+        pattern = ".*".join(map(re.escape, example["detail"].split("...")))
+        assert re.fullmatch(pattern, real["detail"]), (example["detail"], real["detail"])
