@@ -37,7 +37,7 @@ run: install
 	@medflow show-bento reports/bento.json
 
 flow: install
-	$(BIN)/python -m medflow.orchestration.pipeline --root .
+	medflow flow --root .
 
 # Orchestration (docs/orchestration.md): a Prefect server (SQLite in $(PREFECT_HOME)), then, in
 # another shell, the training (cron + data-change trigger) and watcher deployments served.
@@ -83,6 +83,7 @@ test: system-deps install
 lint: install
 	$(BIN)/ruff check src flows tests benchmarks
 	$(BIN)/ruff format --check src flows tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf data/synthetic data/ingested data/validation data/preprocessed models reports
