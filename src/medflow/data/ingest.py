@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -43,7 +44,13 @@ from medflow.data.shard import (
     ingest_shard,
     quiet_pydicom,
 )
-from medflow.data.sources import LABELS_FILE, read_labels, walk_source
+from medflow.data.sources import (
+    LABELS_FILE,
+    SourceFile,
+    Unreadable,
+    read_labels,
+    walk_source,
+)
 from medflow.data.splits import assign_splits
 from medflow.data.workers import Mapper, local_mapper
 from medflow.errors import IngestFailed
@@ -148,6 +155,32 @@ def run_ingest(
     )
 
 
+@dataclass(frozen=True)
+class _Listing:
+    """What the source folder holds, and one digest of it: equal to the last run's, nothing
+    changed."""
+
+    files: list[SourceFile]  # labels.csv left out
+    unreadable: list[Unreadable]
+    labels: dict[str, int]  # path -> class index
+    digest: str
+
+    @property
+    def n_files(self) -> int:
+        """Files and unreadable paths: what the quarantine fraction is a fraction of."""
+        return len(self.files) + len(self.unreadable)
+
+
+class _Read(NamedTuple):
+    """What the shards and the unchanged files' previous results gave."""
+
+    manifest: pd.DataFrame
+    outcomes: list[Outcome]
+    hashes: dict[str, str]  # path -> sha256
+    audit: PhiAudit
+    files_scanned: int
+
+
 def _ingest_folder(
     config: IngestConfig,
     source: Path,
@@ -159,164 +192,247 @@ def _ingest_folder(
 ) -> IngestResult:
     Deidentifier(key)  # a bad key fails here, before any work
     class_names = list(config.data.class_names)
-    listed, unreadable = walk_source(source)
-    files = [f for f in listed if f.rel != LABELS_FILE]
-    labels = read_labels(source, [f.rel for f in files], class_names)
+    listing = _list_source(config, source, key, official_splits)
     settings = config.shard_settings()
     fingerprint = incremental.fingerprint(key, settings)
-    extra = repr(
-        (sorted((u.rel, u.reason) for u in unreadable), class_names, config.data.split)
-    ) + repr(official_splits)
-    listing = incremental.listing_digest(key, files, labels, extra)
     previous = incremental.load_previous(out_dir, fingerprint)
-    if previous is not None and previous.listing == listing:
-        quarantine = _read_quarantine(out_dir)
-        # The output stands as it was, but it must still pass this run's threshold.
-        _check_losses(
-            config,
-            len(files) + len(unreadable),
-            int((quarantine.outcome == QUARANTINED).sum()),
-            dict(Counter(quarantine.category).most_common()),
-        )
-        logger.info("nothing changed since the last ingest into %s: output left as it was", out_dir)
-        return _result(
-            read_manifest(out_dir),
-            out_dir,
-            {str(k): int(v) for k, v in quarantine.outcome.value_counts().items()},
-            len(files),
-            len(files),
-            unchanged=True,
-        )
+    if previous is not None and previous.listing == listing.digest:
+        return _unchanged(config, out_dir, listing)
     held_out = incremental.previous_splits(out_dir, key, config.data.split)
+    reused, todo = _plan(key, listing, previous)
 
-    reused: dict[str, str] = {}  # path -> sha256, known without reading the file
-    todo: list[tuple[str, int | None]] = []
-    for f in files:
-        sha = previous.sha_of(key, f) if previous is not None and f.rel in labels else None
-        if sha is not None and (sha in previous.rows_by_hash or sha in previous.outcomes_by_hash):
-            reused[f.rel] = sha
-        else:
-            todo.append((f.rel, labels.get(f.rel)))
-
-    audit = PhiAudit()
     with atomic_dir(out_dir) as tmp, ExitStack() as log_capture:
         log_capture.enter_context(_log_to(tmp / LOG_FILE))
         (tmp / IMAGES_DIR).mkdir()
-        # Rows are kept per shard as compact DataFrames: with 100k files, a dict per row
-        # would be most of the ingest's memory.
-        reused_rows: list[dict[str, object]] = []
-        outcomes: list[Outcome] = []
-        hashes = dict(reused)
-        files_scanned = 0
-        if previous is not None:
-            for rel, sha in reused.items():
-                reused_rows += _reuse(previous, rel, sha, labels[rel], class_names, tmp, outcomes)
-        tables = [_table(reused_rows)]
-        del reused_rows
         size = config.ingest.shard_size
         tasks = [
             ShardTask(str(source), str(tmp), tuple(todo[i : i + size]), key, settings)
             for i in range(0, len(todo), size)
         ]
-        logger.info(
-            "ingesting %d file(s) in %d shard(s); %d unchanged file(s) reused",
-            len(todo),
-            len(tasks),
-            len(reused),
+        manifest, outcomes, hashes, audit, files_scanned = _read_files(
+            listing, previous, reused, tasks, class_names, tmp, mapper, progress
         )
-        done = len(reused)
-        if progress:
-            progress(done, len(files))
-        without_patient_id = text_redacted = 0
-        for shard in mapper(ingest_shard, tasks):
-            tables.append(_table(shard.rows))
-            outcomes += shard.outcomes
-            hashes.update(shard.hashes)
-            audit.merge(shard.audit)
-            files_scanned += shard.files_scanned
-            without_patient_id += shard.without_patient_id
-            text_redacted += shard.text_redacted
-            done += len(shard.hashes) + sum(1 for o in shard.outcomes if not o.sha256)
-            if progress:
-                progress(done, len(files))
-        if without_patient_id:
-            logger.warning(
-                "%d image(s) have no PatientID: each of their studies is treated as its own"
-                " patient",
-                without_patient_id,
-            )
-        if text_redacted:
-            logger.info(
-                "%d image(s) read in this run showed text in their pixels, filled before"
-                " writing (deid.burned_in_text)",
-                text_redacted,
-            )
-        manifest = pd.concat(tables, ignore_index=True)
-        del tables
         manifest, outcomes = _resolve_duplicates(
-            manifest, outcomes, hashes, labels, class_names, tmp
+            manifest, outcomes, hashes, listing.labels, class_names, tmp
         )
-        outcomes += [
-            Outcome(
-                u.rel,
-                "",
-                SKIPPED if "loop" in u.reason or "alias" in u.reason else QUARANTINED,
-                u.reason,
-                u.reason.split(":")[0],
-            )
-            for u in unreadable
-        ]
-        present = {f.rel for f in files}
-        outcomes += [
-            Outcome(rel, "", QUARANTINED, MISSING, MISSING) for rel in sorted(set(labels) - present)
-        ]
-        by_outcome = dict(Counter(o.outcome for o in outcomes))
-        by_category = dict(Counter(o.category for o in outcomes).most_common())
-        lost = sum(1 for o in outcomes if o.outcome == QUARANTINED)
-        _check_losses(config, len(files) + len(unreadable), lost, by_category)
-        if manifest.empty:
-            raise IngestFailed(
-                f"no image could be ingested from {source}: {len(outcomes)} file(s) not"
-                f" ingested ({by_category}); check the labels and that the files are DICOM images"
-            )
-
-        if official_splits is not None:
-            split_of = {sha: official_splits[rel] for rel, sha in hashes.items()}
-            manifest["split"] = manifest["content_hash"].map(split_of)
-        else:
-            splits = assign_splits(
-                manifest[["patient_id", "label"]], config.data.split, previous=held_out
-            )
-            manifest["split"] = manifest["patient_id"].map(splits)
+        outcomes += _not_ingested(listing)
+        by_outcome, by_category = _check_outcomes(config, source, listing, manifest, outcomes)
+        manifest["split"] = _splits(config, manifest, hashes, official_splits, held_out)
         manifest = manifest.sort_values(["file", "frame"]).astype(COLUMNS)
         manifest.to_csv(tmp / MANIFEST_FILE, index=False)
         _write_quarantine(tmp / QUARANTINE_FILE, outcomes, audit)
         write_json_atomic(
             tmp / incremental.STATE_FILE,
-            incremental.state(key, fingerprint, listing, files, hashes, config.data.split, tmp),
+            incremental.state(
+                key, fingerprint, listing.digest, listing.files, hashes, config.data.split, tmp
+            ),
         )
-        result = _result(manifest, out_dir, by_outcome, len(files), len(reused))
-        logger.info(
-            "ingested %d sample(s) of %d patient(s) from %d file(s) (%d reused); outcomes %s,"
-            " reasons %s; per split and class: %s",
-            result.n_images,
-            result.n_patients,
-            len(files),
-            len(reused),
-            by_outcome,
-            by_category,
-            result.counts,
-        )
+        result = _result(manifest, out_dir, by_outcome, len(listing.files), len(reused))
         by_audit = sum(1 for o in outcomes if o.category == PHI_AUDIT)
-        if by_audit:
-            logger.warning(
-                "%d image(s) still held an original identifier after de-identification and"
-                " were quarantined (quarantine.csv names the kinds and attributes)",
-                by_audit,
-            )
+        _log_summary(result, len(listing.files), len(reused), by_outcome, by_category, by_audit)
         log_capture.close()  # the log is complete: audit it with the other shared outputs
         _audit(tmp, audit, files_scanned, by_audit, _vocabulary(class_names))
     return result
+
+
+def _list_source(
+    config: IngestConfig, source: Path, key: bytes, official_splits: dict[str, str] | None
+) -> _Listing:
+    """The source's files and labels; the digest covers everything that decides the output."""
+    class_names = list(config.data.class_names)
+    listed, unreadable = walk_source(source)
+    files = [f for f in listed if f.rel != LABELS_FILE]
+    labels = read_labels(source, [f.rel for f in files], class_names)
+    extra = repr(
+        (sorted((u.rel, u.reason) for u in unreadable), class_names, config.data.split)
+    ) + repr(official_splits)
+    digest = incremental.listing_digest(key, files, labels, extra)
+    return _Listing(files, unreadable, labels, digest)
+
+
+def _unchanged(config: IngestConfig, out_dir: Path, listing: _Listing) -> IngestResult:
+    """The result of the last ingest into out_dir, whose source has not changed since."""
+    quarantine = _read_quarantine(out_dir)
+    # The output stands as it was, but it must still pass this run's threshold.
+    _check_losses(
+        config,
+        listing.n_files,
+        int((quarantine.outcome == QUARANTINED).sum()),
+        dict(Counter(quarantine.category).most_common()),
+    )
+    logger.info("nothing changed since the last ingest into %s: output left as it was", out_dir)
+    return _result(
+        read_manifest(out_dir),
+        out_dir,
+        {str(k): int(v) for k, v in quarantine.outcome.value_counts().items()},
+        len(listing.files),
+        len(listing.files),
+        unchanged=True,
+    )
+
+
+def _plan(
+    key: bytes, listing: _Listing, previous: incremental.Previous | None
+) -> tuple[dict[str, str], list[tuple[str, int | None]]]:
+    """The files whose previous result is reused (path -> sha256, known without reading the
+    file), and the (path, label) pairs to read."""
+    reused: dict[str, str] = {}
+    todo: list[tuple[str, int | None]] = []
+    for f in listing.files:
+        sha = previous.sha_of(key, f) if previous is not None and f.rel in listing.labels else None
+        if sha is not None and (sha in previous.rows_by_hash or sha in previous.outcomes_by_hash):
+            reused[f.rel] = sha
+        else:
+            todo.append((f.rel, listing.labels.get(f.rel)))
+    return reused, todo
+
+
+def _read_files(
+    listing: _Listing,
+    previous: incremental.Previous | None,
+    reused: dict[str, str],
+    tasks: list[ShardTask],
+    class_names: list[str],
+    tmp: Path,
+    mapper: Mapper,
+    progress: Progress | None,
+) -> _Read:
+    """Take the reused files' previous results, and run the shards on the other files."""
+    # Rows are kept per shard as compact DataFrames: with 100k files, a dict per row
+    # would be most of the ingest's memory.
+    reused_rows: list[dict[str, object]] = []
+    outcomes: list[Outcome] = []
+    hashes = dict(reused)
+    audit = PhiAudit()
+    files_scanned = 0
+    if previous is not None:
+        for rel, sha in reused.items():
+            label = listing.labels[rel]
+            reused_rows += _reuse(previous, rel, sha, label, class_names, tmp, outcomes)
+    tables = [_table(reused_rows)]
+    del reused_rows
+    logger.info(
+        "ingesting %d file(s) in %d shard(s); %d unchanged file(s) reused",
+        len(listing.files) - len(reused),
+        len(tasks),
+        len(reused),
+    )
+    done = len(reused)
+    if progress:
+        progress(done, len(listing.files))
+    without_patient_id = text_redacted = 0
+    for shard in mapper(ingest_shard, tasks):
+        tables.append(_table(shard.rows))
+        outcomes += shard.outcomes
+        hashes.update(shard.hashes)
+        audit.merge(shard.audit)
+        files_scanned += shard.files_scanned
+        without_patient_id += shard.without_patient_id
+        text_redacted += shard.text_redacted
+        done += len(shard.hashes) + sum(1 for o in shard.outcomes if not o.sha256)
+        if progress:
+            progress(done, len(listing.files))
+    _log_shard_notes(without_patient_id, text_redacted)
+    return _Read(pd.concat(tables, ignore_index=True), outcomes, hashes, audit, files_scanned)
+
+
+def _log_shard_notes(without_patient_id: int, text_redacted: int) -> None:
+    if without_patient_id:
+        logger.warning(
+            "%d image(s) have no PatientID: each of their studies is treated as its own patient",
+            without_patient_id,
+        )
+    if text_redacted:
+        logger.info(
+            "%d image(s) read in this run showed text in their pixels, filled before"
+            " writing (deid.burned_in_text)",
+            text_redacted,
+        )
+
+
+def _not_ingested(listing: _Listing) -> list[Outcome]:
+    """Outcomes of the paths no shard read: unreadable, or listed in labels.csv but missing."""
+    outcomes = [
+        Outcome(
+            u.rel,
+            "",
+            SKIPPED if "loop" in u.reason or "alias" in u.reason else QUARANTINED,
+            u.reason,
+            u.reason.split(":")[0],
+        )
+        for u in listing.unreadable
+    ]
+    present = {f.rel for f in listing.files}
+    return outcomes + [
+        Outcome(rel, "", QUARANTINED, MISSING, MISSING)
+        for rel in sorted(set(listing.labels) - present)
+    ]
+
+
+def _check_outcomes(
+    config: IngestConfig,
+    source: Path,
+    listing: _Listing,
+    manifest: pd.DataFrame,
+    outcomes: list[Outcome],
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Counts by outcome and by category; fails if too many files were lost, or all were.
+
+    Raises:
+        IngestFailed: more than ingest.max_quarantine_fraction lost, or no image ingested.
+    """
+    by_outcome = dict(Counter(o.outcome for o in outcomes))
+    by_category = dict(Counter(o.category for o in outcomes).most_common())
+    lost = sum(1 for o in outcomes if o.outcome == QUARANTINED)
+    _check_losses(config, listing.n_files, lost, by_category)
+    if manifest.empty:
+        raise IngestFailed(
+            f"no image could be ingested from {source}: {len(outcomes)} file(s) not"
+            f" ingested ({by_category}); check the labels and that the files are DICOM images"
+        )
+    return by_outcome, by_category
+
+
+def _splits(
+    config: IngestConfig,
+    manifest: pd.DataFrame,
+    hashes: dict[str, str],
+    official_splits: dict[str, str] | None,
+    held_out: dict[str, str],
+) -> pd.Series:
+    """Each row's split: the archive's own, or assigned by patient (keeping earlier ones)."""
+    if official_splits is not None:
+        split_of = {sha: official_splits[rel] for rel, sha in hashes.items()}
+        return manifest["content_hash"].map(split_of)
+    splits = assign_splits(manifest[["patient_id", "label"]], config.data.split, previous=held_out)
+    return manifest["patient_id"].map(splits)
+
+
+def _log_summary(
+    result: IngestResult,
+    n_files: int,
+    n_reused: int,
+    by_outcome: dict[str, int],
+    by_category: dict[str, int],
+    by_audit: int,
+) -> None:
+    logger.info(
+        "ingested %d sample(s) of %d patient(s) from %d file(s) (%d reused); outcomes %s,"
+        " reasons %s; per split and class: %s",
+        result.n_images,
+        result.n_patients,
+        n_files,
+        n_reused,
+        by_outcome,
+        by_category,
+        result.counts,
+    )
+    if by_audit:
+        logger.warning(
+            "%d image(s) still held an original identifier after de-identification and"
+            " were quarantined (quarantine.csv names the kinds and attributes)",
+            by_audit,
+        )
 
 
 def _reuse(

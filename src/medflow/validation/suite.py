@@ -24,6 +24,7 @@ from great_expectations.expectations.row_conditions import Column
 
 from medflow.config import DriftCheckParams, DriftParams, ValidateParams
 from medflow.data.manifest import COLUMNS, IDENTIFYING_COLUMNS, SPLITS
+from medflow.validation import docs_site
 from medflow.validation.drift import CHECKS
 from medflow.validation.tables import NEEDS, ROW_KEYS
 
@@ -62,8 +63,38 @@ def build_suites(params: ValidateParams, class_names: Sequence[str]) -> list[Sui
     One suite per table is the GX layout (a suite describes one asset), and each suite costs a
     Data Docs page build, so rule groups are sections of a suite rather than suites.
     """
+    return [
+        SuiteSpec("manifest", "manifest", _manifest_checks(params, class_names)),
+        *_integrity_suites(class_names),
+        *_balance_suites(params),
+    ]
+
+
+def _manifest_checks(params: ValidateParams, class_names: Sequence[str]) -> list[gxe.Expectation]:
+    """The manifest suite: schema, completeness, value sets and ranges, uniqueness."""
+    value_checks = [*_value_checks(params, class_names), *_image_statistics_checks(params)]
+    # Set and range checks ignore nulls, so every column they check must also be non-null;
+    # pixel_spacing alone may be absent (then NaN), up to min_pixel_spacing_present.
+    checked = [c for e in value_checks for c in sorted(_columns_of(e))]
+    not_null = dict.fromkeys([*REQUIRED, *checked])
+    return [
+        # schema
+        gxe.ExpectTableColumnsToMatchSet(column_set=list(COLUMNS), exact_match=False),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        # completeness
+        *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in not_null),
+        # value sets and ranges
+        *value_checks,
+        *_spacing_checks(params),
+        # uniqueness
+        *_uniqueness_checks(),
+    ]
+
+
+def _value_checks(params: ValidateParams, class_names: Sequence[str]) -> list[gxe.Expectation]:
+    """Value sets and ranges of the label, split and DICOM attribute columns."""
     labels = list(range(len(class_names)))
-    value_checks: list[gxe.Expectation] = [
+    return [
         gxe.ExpectColumnValuesToBeInSet(column="label", value_set=labels),
         gxe.ExpectColumnValuesToBeInSet(column="label_name", value_set=list(class_names)),
         gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
@@ -85,7 +116,12 @@ def build_suites(params: ValidateParams, class_names: Sequence[str]) -> list[Sui
             notes="frame is a 0-based index into the file's frames.",
         ),
         gxe.ExpectColumnValuesToBeBetween(column="bits_stored", min_value=1, max_value=32),
-        # image statistics: a blank, black or saturated frame, or a failed decode
+    ]
+
+
+def _image_statistics_checks(params: ValidateParams) -> list[gxe.Expectation]:
+    """Image statistics: a blank, black or saturated frame, or a failed decode."""
+    return [
         gxe.ExpectColumnValuesToBeBetween(
             column="pixel_std",
             min_value=0,
@@ -123,10 +159,10 @@ def build_suites(params: ValidateParams, class_names: Sequence[str]) -> list[Sui
             meta={"rule": "pixel_max >= pixel_mean"},
         ),
     ]
-    # Set and range checks ignore nulls, so every column they check must also be non-null;
-    # pixel_spacing alone may be absent (then NaN), up to min_pixel_spacing_present.
-    checked = [c for e in value_checks for c in sorted(_columns_of(e))]
-    not_null = dict.fromkeys([*REQUIRED, *checked])
+
+
+def _spacing_checks(params: ValidateParams) -> list[gxe.Expectation]:
+    """pixel_spacing's range, and how often it may be absent."""
     spacing: list[gxe.Expectation] = [
         gxe.ExpectColumnValuesToBeBetween(
             column="pixel_spacing",
@@ -141,16 +177,12 @@ def build_suites(params: ValidateParams, class_names: Sequence[str]) -> list[Sui
                 column="pixel_spacing", mostly=params.min_pixel_spacing_present
             )
         )
-    manifest = [
-        # schema
-        gxe.ExpectTableColumnsToMatchSet(column_set=list(COLUMNS), exact_match=False),
-        gxe.ExpectTableRowCountToBeBetween(min_value=1),
-        # completeness
-        *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in not_null),
-        # value sets and ranges
-        *value_checks,
-        *spacing,
-        # uniqueness
+    return spacing
+
+
+def _uniqueness_checks() -> list[gxe.Expectation]:
+    """One row per image, per frame of a file, and per frame of a content."""
+    return [
         gxe.ExpectColumnValuesToBeUnique(column="image_id"),
         gxe.ExpectCompoundColumnsToBeUnique(
             column_list=["sop_instance_id", "frame"],
@@ -164,8 +196,11 @@ def build_suites(params: ValidateParams, class_names: Sequence[str]) -> list[Sui
             " per frame, with one content hash).",
         ),
     ]
+
+
+def _integrity_suites(class_names: Sequence[str]) -> list[SuiteSpec]:
+    """Cross-row rules on derived tables: label names, identifying columns, patient leakage."""
     return [
-        SuiteSpec("manifest", "manifest", manifest),
         SuiteSpec(
             "label_names",
             "label_pairs",
@@ -204,6 +239,12 @@ def build_suites(params: ValidateParams, class_names: Sequence[str]) -> list[Sui
                 )
             ],
         ),
+    ]
+
+
+def _balance_suites(params: ValidateParams) -> list[SuiteSpec]:
+    """Class balance: images per (split, class), and each class's share of all images."""
+    return [
         SuiteSpec(
             "class_balance",
             "class_balance",
@@ -265,20 +306,7 @@ def _context(docs_dir: Path) -> Any:
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     # An ephemeral context would write its docs under a random $TMPDIR folder; pin them.
-    ctx.add_data_docs_site(
-        site_name=DOCS_SITE,
-        site_config={
-            "class_name": "SiteBuilder",
-            "store_backend": {
-                "class_name": "TupleFilesystemStoreBackend",
-                "base_directory": str(Path(docs_dir).resolve()),
-            },
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            # The index links each suite's own page, so those are built too (a link to a
-            # missing page would break the docs); the profiling section is unused.
-            "site_section_builders": {"profiling": "None"},
-        },
-    )
+    ctx.add_data_docs_site(site_name=DOCS_SITE, site_config=docs_site.site_config(docs_dir))
     return ctx
 
 
