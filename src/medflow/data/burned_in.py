@@ -1,9 +1,8 @@
 """Burned-in text: OCR of the pixels of images that usually carry it, then redact or refuse.
 
-Ultrasound, secondary captures and screenshots often show the patient's name in the pixels
-without setting BurnedInAnnotation. The tesseract OCR program (Debian `tesseract-ocr`) finds
-word boxes; `screen` fills them in every frame, or quarantines the file, per
-deid.burned_in_text. The text read is PHI: it never leaves this module (only counts do).
+Ultrasound, secondary captures and screenshots often show the patient's name in the pixels.
+tesseract (Debian `tesseract-ocr`) finds word boxes; `screen` fills them in every frame, or
+quarantines the file, per deid.burned_in_text. The text read never leaves this module.
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
 """Which dataset a run is on: a key from `data.source` and `data.class_names`.
 
-The drift reference and the champion belong to a dataset: switching `data.source` to other
-images (or renaming the classes) must neither compare them with the demo's reference nor
-judge the model against a champion of other data. Each dataset has its own
-
-    data/reference/<key>/profile.json   drift reference (validate)
-    reports/champion/<key>/             champion registry folder (medflow.registry.champion)
-
-The key is readable and stable: a slug of the source's name and 8 hex of a hash of the
-source as written in params.yaml and the class names, e.g. `synthetic-1a2b3c4d`.
+The drift reference (data/reference/<key>/) and the champion (reports/champion/<key>/) belong
+to a dataset, so other images or renamed classes never meet the demo's. The key is a slug of
+the source's name and 8 hex of a hash of source and class names, e.g. `synthetic-1a2b3c4d`.
 """
 
 from __future__ import annotations
@@ -38,13 +32,16 @@ class Dataset:
 
     @classmethod
     def of(cls, data: DataParams) -> Dataset:
+        """The dataset that params `data` names."""
         return cls(_normal_source(data.source), tuple(data.class_names))
 
     @property
     def key(self) -> str:
+        """The folder name of this dataset's reference and champion."""
         return dataset_key(self.source, self.class_names)
 
     def as_dict(self) -> dict[str, Any]:
+        """Key, source and class names, as written into summaries and champion files."""
         return {"key": self.key, "source": self.source, "class_names": list(self.class_names)}
 
 

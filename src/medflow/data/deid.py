@@ -1,12 +1,8 @@
-"""De-identification by DICOM PS3.15 Annex E, the Basic Application Level Confidentiality
-Profile, with keyed pseudonyms.
+"""De-identification by DICOM PS3.15 Annex E (Basic Application Level Confidentiality Profile).
 
-`resolve_deid_key` is the only reader of the key's environment variables and is called by
-the entry points (CLI, Prefect flow), never by a stage. `Deidentifier` applies the action of
-every attribute of Table E.1-1 (the table dicom-anonymizer maintains) and the profile options
-of a `Profile`; what it replaces it derives from the key, so the same key gives the same
-pseudonyms, UIDs and date shifts on every run and in every process. `PhiAudit`
-(medflow.data.phi_audit) checks the result.
+`Deidentifier` applies Table E.1-1 and a `Profile`'s options with keyed pseudonyms: the same
+key gives the same pseudonyms, UIDs and date shifts on every run and in every process.
+`resolve_deid_key` is the only reader of the key's environment (entry points call it).
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """What the last ingest into a folder already did, so a re-ingest only does the new work.
 
-The state file records, per source file, its size, modification time and content hash,
-keyed by an HMAC of its path (folder names can name patients), plus a fingerprint of
-everything that decides what a file turns into (key, frame policy, size cap, burned-in
-policy, format version). A file whose size and time match is not even read again; a file
-whose content hash matches reuses its de-identified image and manifest rows.
+Per source file, keyed by an HMAC of its path (folder names can name patients): size, mtime
+and content hash, plus a fingerprint of the settings. Same size and time: not read again;
+same content hash: its de-identified image and manifest rows are reused.
 """
 
 from __future__ import annotations
@@ -33,6 +31,7 @@ DEPENDS_ON_OTHER_FILES = (DUPLICATE, "conflicting duplicate", "conflicting SOPIn
 
 
 def path_token(key: bytes, rel: str) -> str:
+    """The state file's key for a source path: an HMAC, so the path itself is not stored."""
     return hmac.new(key, f"medflow/path/{rel}".encode(), hashlib.sha256).hexdigest()[:32]
 
 

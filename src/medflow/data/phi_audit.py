@@ -1,9 +1,8 @@
 """The PHI audit: remember a file's original identifying values, then look for them in outputs.
 
-`PhiAudit.collect` remembers the values of one original dataset; `kinds_in_dataset` searches a
-de-identified dataset element by element before it is written (values medflow wrote itself
-and coded strings are not searched), `scan` searches written files (manifest, reports, logs)
-byte by byte. Findings name the *kind* of identifier and where it was found, never the value.
+`PhiAudit.collect` remembers one original dataset's values; `kinds_in_dataset` searches a
+de-identified dataset before it is written, `scan` searches written files byte by byte.
+Findings name the *kind* of identifier and where it was found, never the value.
 """
 
 from __future__ import annotations
@@ -382,7 +381,7 @@ def _words_in_bytes(text: bytes, tokens: Iterable[bytes]) -> tuple[set[bytes], l
     A token is looked for by its longest part without letters (upper() leaves those bytes as
     they are; the whole of a UID), once for all tokens sharing it; each hit is then compared
     in full. Returns (found, tokens without such a part of _MIN_ANCHOR bytes, which the
-    caller searches in upper-cased text). bytes.find is faster the longer the part.
+    caller searches in upper-cased text). Why: docs/decisions/ingest-speed.md.
     """
     by_key: dict[bytes, dict[bytes, int]] = {}  # key -> {token: where the key starts in it}
     no_key = []

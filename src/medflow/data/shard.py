@@ -1,13 +1,8 @@
 """The unit of ingest work: one shard of source files, read, checked, de-identified, written.
 
-`ingest_shard` is a plain, picklable function of a `ShardTask`, so the same work runs in
-the calling process, in a local process pool, or on a Dask cluster through Prefect. Each
-de-identified image is audited for the identifiers of its own source file right here, in
-parallel; the small shared outputs (manifest, reports) are audited by the caller against
-the identifiers of every shard.
-
-The result carries the original identifying values (inside `audit`) back to the caller in
-memory only: never persist or log a ShardResult.
+`ingest_shard` is a plain, picklable function of a `ShardTask`: it runs here, in a process
+pool or on a Dask cluster. Each image is audited here for its own file's identifiers. The
+result holds original identifying values (in `audit`): never persist or log a ShardResult.
 """
 
 from __future__ import annotations
@@ -63,6 +58,8 @@ class ShardSettings:
 
 @dataclass(frozen=True)
 class ShardTask:
+    """One shard's work: which files, where to write, the key and the settings."""
+
     source: str  # the source folder
     out_dir: str  # the (temporary) output folder; images go to out_dir/images
     files: tuple[tuple[str, int | None], ...]  # (path relative to source, label or None)
@@ -86,6 +83,8 @@ class Outcome:
 
 @dataclass
 class ShardResult:
+    """What a shard produced: manifest rows, outcomes, hashes and the audit's originals."""
+
     rows: list[dict[str, object]] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     hashes: dict[str, str] = field(default_factory=dict)  # path -> sha256 of its bytes
@@ -275,13 +274,13 @@ def _std(grey: np.ndarray, deviation: np.ndarray) -> np.floating:
 
 class _Scratch:
     """Arrays reused from frame to frame and file to file (one per name, of the last shape
-    asked for): a new array of a frame's size costs its pages faulting in every time, more
-    than the arithmetic done in it."""
+    asked for). Why: docs/decisions/ingest-speed.md."""
 
     def __init__(self) -> None:
         self._arrays: dict[str, np.ndarray] = {}
 
     def array(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        """The array kept under `name`, new only when shape or dtype changed."""
         array = self._arrays.get(name)
         if array is None or array.shape != shape or array.dtype != dtype:
             array = self._arrays[name] = np.empty(shape, dtype)

@@ -15,6 +15,8 @@ LABELS_FILE = "labels.csv"
 
 @dataclass(frozen=True)
 class SourceFile:
+    """A regular file of the source folder, as listed."""
+
     rel: str  # POSIX path relative to the source folder
     size: int
     mtime_ns: int

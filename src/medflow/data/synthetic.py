@@ -1,10 +1,8 @@
 """Synthetic chest-X-ray-like DICOM: a learnable, de-identification-worthy demo dataset.
 
-Three fictional sites store the same kind of anatomy differently (bit depth, rescale,
-matrix size, pixel spacing, MONOCHROME1), so preprocessing has real work to do; every
-file carries fake identifying attributes, so de-identification has real work to do.
-Class 1 images hold a faint round lesion in one lung. Everything is derived from
-`SynthParams.seed`: the same seed gives the same pixels, labels and UIDs.
+Three fictional sites store the same anatomy differently (bit depth, rescale, matrix size,
+spacing, MONOCHROME1) and every file carries fake identifiers. Class 1 images hold a faint
+round lesion in one lung. The same `SynthParams.seed` gives the same pixels, labels and UIDs.
 """
 
 from __future__ import annotations
@@ -33,9 +31,8 @@ logger = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.csv"
 
-# Lesion and noise strength in display units (soft tissue ~0.62, lung ~0.30). Tuned so that
-# on the default params SmallCNN(width=32) at 64 px, AdamW 3e-3, goes from a test AUROC of
-# ~0.3-0.5 after epoch 1 to ~0.97-0.99 after 12 epochs (patient-disjoint 75/25 split).
+# Lesion and noise strength in display units (soft tissue ~0.62, lung ~0.30), tuned to be
+# learnable but not trivial (why: docs/decisions/synthetic-data.md).
 LESION_AMPLITUDE = (0.14, 0.22)
 LESION_SIGMA = (0.065, 0.095)  # fraction of the short image side
 NOISE_SIGMA = 0.045
@@ -81,6 +78,8 @@ _SYLLABLES = (
 
 @dataclass(frozen=True)
 class SynthResult:
+    """Where the synthetic dataset was written and how big it is."""
+
     out_dir: Path
     n_images: int
     n_patients: int
@@ -218,9 +217,7 @@ def _dataset(
         ds.RescaleType = "US"
     if site.window:
         # Like a DX console's auto-window: from this image's own histogram (no rescale here).
-        # A fixed window per site would leave that site's exposure unnormalised: a shift
-        # the model then has to learn around, which made the three-site mixture far harder
-        # to learn than any one site.
+        # Why not per site: docs/decisions/synthetic-data.md.
         lo, hi = np.percentile(pixels, [0.5, 99.5])
         ds.WindowCenter, ds.WindowWidth = f"{(lo + hi) / 2:.0f}", f"{max(hi - lo, 1):.0f}"
     return ds

@@ -1,8 +1,8 @@
 """Where ingest shards run: here, or in a local pool of worker processes.
 
 A mapper takes the shard function and the shards and yields results as they finish (in
-any order). For a cluster, src/medflow/orchestration/ingest_dask.py supplies a mapper that fans the same
-shards out through Prefect's Dask task runner.
+any order). For a cluster, medflow.orchestration.ingest_dask supplies a mapper that fans the
+same shards out through Prefect's Dask task runner.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ Mapper = Callable[[ShardFn, Sequence[ShardTask]], Iterator[ShardResult]]
 
 
 def serial_mapper(fn: ShardFn, tasks: Sequence[ShardTask]) -> Iterator[ShardResult]:
+    """Each shard in turn, in this process."""
     for task in tasks:
         yield fn(task)
 

@@ -1,0 +1,1 @@
+"""Reading DICOM safely, decoding pixels, and the one preprocessing path the Bento imports."""

@@ -59,6 +59,7 @@ class UndecodablePixels(DicomError):
 
 
 def sop_class_name(ds: Dataset) -> str:
+    """The SOP class's registry name and UID, for messages (no identifying value)."""
     sop = ds.get("SOPClassUID")
     if sop is None:
         return "no SOP Class UID"

@@ -24,10 +24,12 @@ _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COL
 
 
 def photometric(ds: Dataset) -> str:
+    """PhotometricInterpretation, stripped and upper-cased ('' when absent)."""
     return str(ds.get("PhotometricInterpretation", "")).strip().upper()
 
 
 def n_frames(ds: Dataset) -> int:
+    """NumberOfFrames, 1 when absent or empty."""
     return int(ds.get("NumberOfFrames", 1) or 1)
 
 
@@ -84,7 +86,7 @@ def decode_frame(
 
     `out`, a float64 array: a grey frame of its shape with a rescale (slope and intercept)
     is written into it and `out` returned, the same values without new arrays (a caller
-    decoding many frames reuses one; fresh pages of a new array cost more than the rescale).
+    decoding many frames reuses one; why: docs/decisions/ingest-speed.md).
 
     Raises DicomError naming the problem: not an image, too large, unsupported
     photometric interpretation, or pixel data that cannot be decoded.

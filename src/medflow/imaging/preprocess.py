@@ -1,11 +1,9 @@
 """The one preprocessing path, imported by preprocess (training), evaluation and serving.
 
-DICOM dataset -> one frame (decoded alone) -> modality LUT -> VOI: a window for the
-modality from params, else the file's VOI LUT or window, else robust percentiles ->
-MONOCHROME1 inverted -> padded square -> resized -> float32 (channels, size, size) in [0, 1].
-Colour (RGB, YBR, PALETTE COLOR) stays RGB for 3 channels and becomes luminance for 1.
-
-Keep this module light (numpy, pydicom, torch): the Bento imports it.
+DICOM dataset -> one frame -> modality LUT -> VOI (params window, else the file's, else robust
+percentiles) -> MONOCHROME1 inverted -> padded square -> resized -> float32 (channels, size,
+size) in [0, 1]; colour stays RGB for 3 channels. Light (numpy, pydicom, torch): the Bento
+imports it.
 """
 
 from __future__ import annotations

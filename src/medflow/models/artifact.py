@@ -1,9 +1,8 @@
 """The model artifact: weights plus everything needed to use them, in one folder.
 
-    model.pt    state_dict of the network (torch.save, loaded with weights_only=True)
-    model.json  architecture, class names, preprocessing params, threshold, provenance
-
-Written by train, read by evaluate, package and the Bento service.
+`model.pt` (the state_dict, loaded with weights_only=True) and `model.json` (architecture,
+class names, preprocessing params, threshold, provenance). Written by train; read by evaluate,
+package and the Bento service.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ class ModelSpec:
 
     @property
     def preprocess_params(self) -> PreprocessParams:
+        """The preprocessing the model was trained with, as validated params."""
         return PreprocessParams.model_validate(self.preprocess)
 
     def build(self) -> torch.nn.Module:
@@ -59,6 +59,7 @@ def save_model(folder: Path, net: torch.nn.Module, spec: ModelSpec) -> None:
 
 
 def load_spec(folder: Path) -> ModelSpec:
+    """The model's spec (model.json) alone; raises FileNotFoundError naming the path."""
     path = Path(folder) / CARD_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no model spec at {path}: run the train stage first")

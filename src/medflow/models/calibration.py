@@ -1,9 +1,8 @@
 """Temperature scaling (Guo et al., 2017): one scalar T > 0 fitted on the validation split.
 
-Dividing the logits by T leaves the ranking (AUROC, argmax) unchanged and makes the softmax
-probabilities match observed frequencies better: networks trained with cross-entropy are
-usually over-confident. T is folded into the network's final linear layer, so evaluation and
-the Bento apply it without knowing it exists (one inference path).
+Dividing the logits by T keeps the ranking (AUROC, argmax) and makes over-confident softmax
+probabilities match observed frequencies. T is folded into the final linear layer, so
+evaluation and the Bento apply it unawares (why: docs/decisions/calibration.md).
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ MAX_LOG_T = math.log(20.0)
 
 @torch.inference_mode()
 def logits_of(net: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The network's logits for x, in eval mode, computed in batches."""
     net = net.eval()
     return torch.cat([net(x[i : i + batch_size].float()) for i in range(0, len(x), batch_size)])
 
@@ -30,14 +30,12 @@ def logits_of(net: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The T minimising the negative log-likelihood of softmax(logits / T) on these labels.
 
-    The NLL is convex in 1/T, so a bounded golden-section search on log T finds the optimum
-    deterministically (no learning rate, no iterations to tune).
+    A golden-section search on log T within [-MAX_LOG_T, MAX_LOG_T]. When the search ends on
+    its lower bound (a validation split the logits separate), T is not identifiable and 1.0 is
+    returned, with a warning (why: docs/decisions/calibration.md).
 
-    When every validation image is already ranked right (the split is separated by the
-    logits), the NLL keeps falling as T shrinks and the search ends on its lower bound:
-    T is then not identifiable from this split, and taking the bound would make every
-    probability 0 or 1 (seen on a 200-patient synthetic set: T = 0.05, threshold 1.000). The
-    network is left as it is (T = 1), with a warning: a larger validation split calibrates.
+    Raises:
+        ValueError: the validation split is empty.
     """
     logits, labels = logits.detach().double(), labels.detach().long()
     if len(labels) == 0:

@@ -69,8 +69,7 @@ class Classifier(pl.LightningModule):
         return self.net(x)
 
     def on_fit_start(self) -> None:
-        # NHWC: oneDNN's convolutions on CPU and tensor cores on GPU are faster (~10% here).
-        # One process only: with DDP on gloo, channels_last gradients crash a spawned rank.
+        # NHWC, in one process only (why: docs/decisions/channels-last.md)
         self._channels_last = self.trainer.world_size == 1
         if self._channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -141,6 +140,7 @@ class EpochSampler(Sampler[int]):
         self.n, self.seed, self.weights, self.epoch = n, seed, weights, 0
 
     def set_epoch(self, epoch: int) -> None:
+        """The epoch whose order the next pass draws."""
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -165,6 +165,7 @@ class ArrayDataModule(pl.LightningDataModule):
         self.params = params
 
     def setup(self, stage: str | None = None) -> None:
+        """Load the train and val arrays (once)."""
         if getattr(self, "data", None):
             return  # already loaded (run_train checks the labels before fit)
         self.data = {}
@@ -190,6 +191,7 @@ class ArrayDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Train batches in the epoch-seeded order (weighted by class if balanced_sampler)."""
         # Under DDP Lightning wraps the sampler in a DistributedSamplerWrapper (a shard each).
         labels = self.data["train"].tensors[1]
         weights = None
@@ -198,4 +200,5 @@ class ArrayDataModule(pl.LightningDataModule):
         return self._loader("train", EpochSampler(len(labels), self.params.seed, weights))
 
     def val_dataloader(self) -> DataLoader:
+        """Validation batches, in order."""
         return self._loader("val")

@@ -1,0 +1,1 @@
+"""What the Prefect flows and the CLI share: the pipeline, deployments, watcher, artifacts."""

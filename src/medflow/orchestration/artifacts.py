@@ -34,6 +34,7 @@ def _num(value: Any) -> str:
 
 
 def validation(layout: Layout) -> None:
+    """Publish the validation summary table and a link to the Data Docs."""
     summary = _json(layout.validation / "summary.json")
     if summary is None:
         return
@@ -61,6 +62,7 @@ def validation(layout: Layout) -> None:
 
 
 def metrics(layout: Layout) -> None:
+    """Publish the test metrics with their intervals."""
     m = _json(layout.metrics)
     if m is None:
         return
@@ -80,6 +82,7 @@ def metrics(layout: Layout) -> None:
 
 
 def gate(layout: Layout) -> None:
+    """Publish the gate's decision and the model card."""
     g = _json(layout.gate)
     if g is None:
         return
@@ -106,6 +109,7 @@ def gate(layout: Layout) -> None:
 
 
 def bento(layout: Layout) -> None:
+    """Publish the Bento's tag, model and how to serve it."""
     b = _json(layout.bento)
     if b is None:
         return

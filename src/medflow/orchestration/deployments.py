@@ -13,7 +13,7 @@ Needs a server (triggers and automations do not run in ephemeral mode):
 
     prefect server start                               # or: make server
     PREFECT_API_URL=http://127.0.0.1:4200/api python -m medflow.orchestration.deployments serve --root .
-"""
+"""  # noqa: E501 (the module docstring is the command's --help)
 
 from __future__ import annotations
 
@@ -140,6 +140,7 @@ def serve_all(root: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m medflow.orchestration.deployments serve|register`."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )

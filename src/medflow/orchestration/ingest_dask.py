@@ -1,19 +1,8 @@
 """The ingest stage on a Dask cluster, through Prefect's Dask task runner (prefect-dask).
 
-The same shards as a local run (medflow.data.shard.ingest_shard), each a Prefect task on a
-Dask worker; the same run_ingest merges them, so the manifest is the same as with one
-worker. By default a temporary local cluster of `n_workers` processes is started; pass
-`address` (tcp://scheduler:8786) to use a running cluster. A cluster's workers need
-medflow installed, the de-identification key in their environment is NOT needed (the key
-travels with each shard in memory), and the source and output folders on a filesystem
-they all mount at the same path. Start workers with one thread each
-(`dask worker --nthreads 1 ...`): pydicom's settings are per process.
-
-    python -m medflow.orchestration.ingest_dask --root . --workers 4
-    python -m medflow.orchestration.ingest_dask --root . --address tcp://10.0.0.5:8786
-
-Task results are kept in memory only (persist_result=False): a shard's result holds the
-original identifiers for the PHI audit and must never be written anywhere.
+The same shards as a local run, each a Prefect task on a Dask worker, merged by the same
+run_ingest. Task results stay in memory (persist_result=False): a shard's result holds the
+original identifiers. Cluster set-up and commands: docs/ingest.md.
 """
 
 from __future__ import annotations
@@ -39,6 +28,7 @@ from medflow.stages.layout import Layout
 
 @task(name="ingest-shard", cache_policy=NO_CACHE, persist_result=False, log_prints=False)
 def ingest_shard_task(shard: ShardTask) -> ShardResult:
+    """One shard, as a Prefect task on a Dask worker (its result is never persisted)."""
     return ingest_shard(shard)
 
 
@@ -95,6 +85,7 @@ def dask_runner(n_workers: int = 2, address: str | None = None) -> DaskTaskRunne
 
 
 def main() -> None:
+    """`python -m medflow.orchestration.ingest_dask`: the ingest stage on a Dask cluster."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default=".", help="project root (params.yaml, data/)")
     parser.add_argument("--source", help="source folder (default: data.source)")

@@ -1,10 +1,9 @@
 """The data watcher: hash the data source, emit `medflow.data.changed` when the hash moves.
 
-The training deployment's trigger (flows/deployments.py) turns the event into a training run.
-The last hash seen is kept in .medflow/watch_state.json (written atomically), with each file's
-size, mtime and digest, so an unchanged file is not read again.
+The training deployment's trigger turns the event into a run. The last hash, with each file's
+size, mtime and digest, is kept in .medflow/watch_state.json (unchanged files are not re-read).
 
-    python -m medflow.orchestration.watch --root .        # one look (PREFECT_API_URL: the server to tell)
+    python -m medflow.orchestration.watch --root .   # one look (PREFECT_API_URL: the server)
 """
 
 from __future__ import annotations
@@ -31,6 +30,8 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class DataHash:
+    """A data source's content hash, with the per-file digests it was computed from."""
+
     source: Path
     digest: str  # sha256 over (relative path, file digest) of every file, in path order
     n_files: int
@@ -72,6 +73,7 @@ def hash_source(source: Path, known: dict[str, list[Any]] | None = None) -> Data
 
 
 def read_state(root: Path) -> dict[str, Any]:
+    """The watcher's last state ({} when absent or unreadable)."""
     path = root / STATE_FILE
     try:
         return json.loads(path.read_text())
@@ -90,6 +92,7 @@ def write_state(root: Path, state: dict[str, Any]) -> None:
 
 
 def source_of(root: Path) -> Path:
+    """The data source params.yaml names, resolved against the project's data folder."""
     layout = Layout(root)
     return load_params(layout.params).data.resolve_source(layout.data)
 
@@ -101,6 +104,7 @@ def current_hash(root: Path) -> DataHash:
 
 
 def resource_id(source: Path) -> str:
+    """The Prefect event resource id of a data source."""
     return f"medflow.data.{source.name or 'source'}"
 
 
@@ -148,6 +152,7 @@ def watch_data(root: str = ".") -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m medflow.orchestration.watch`: one look at the data source."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", default=".", help="project root holding params.yaml")
     args = parser.parse_args(argv)

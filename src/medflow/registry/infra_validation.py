@@ -1,16 +1,8 @@
-"""Infra-validation, as TFX's InfraValidator does for TF Serving: before a Bento becomes the
-champion, start it for real, send it DICOM files and check what it answers.
+"""Infra-validation, as TFX's InfraValidator does: start a Bento for real before it is champion.
 
-`bentoml serve <bento>` runs in a subprocess on a free loopback port, in its own process
-group (so that stopping it stops its workers too). The checks: /readyz and /healthz (the
-Kubernetes probes of deploy/k8s) answer 200, and every sample gets HTTP 200 with one
-probability per class of the model, summing to 1, and the model tag we expect; and each
-answer's probabilities are those the evaluation scored for that image (within
-REFERENCE_ATOL). The samples and their evaluated probabilities are the model's reference:
-a few de-identified test-split DICOM files the package stage stored beside the weights in the
-model store entry (reference/, medflow.registry.packaging.write_reference), posted as a client would.
-Any failure raises InfraValidationFailed with every problem found and the end of the server
-log.
+`bentoml serve` runs on a free loopback port in its own process group. /readyz and /healthz
+must answer 200, and the model's reference DICOM files (stored beside the weights by
+medflow.registry.packaging) must get the probabilities evaluation scored, within REFERENCE_ATOL.
 """
 
 from __future__ import annotations
@@ -57,6 +49,8 @@ class InfraValidationFailed(StageFailed):
 
 @dataclass(frozen=True)
 class RunningBento:
+    """A started `bentoml serve`: its base URL, process id and log file."""
+
     url: str
     pid: int
     log: Path
@@ -74,6 +68,7 @@ class InfraReport:
 
 
 def free_port() -> int:
+    """A TCP port free on the loopback interface just now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -1,11 +1,8 @@
 """The model registry: the BentoML model store, the Bentos built for it, and the champion.
 
-`medflow models list` shows every packaged model with its metrics, gate decision, data hash,
-dataset, date and Bento; `promote TAG` infra-validates the model's Bento and, only if it
-passes, makes it the champion of a dataset (reports/champion/<key>/, medflow.registry.champion);
-`rollback` makes the dataset's champion before it champion again, validated the same way. The
-champion's Bento is what `make serve` serves (`medflow models served-bento`) and its model is
-what the next evaluate scores beside the candidate for the gate (medflow.registry.baseline).
+`medflow models list` shows every packaged model with its metrics and gate decision;
+`promote` infra-validates a model's Bento and, if it passes, makes it its dataset's champion
+(medflow.registry.champion); `rollback` restores the previous champion, validated alike.
 """
 
 from __future__ import annotations
@@ -41,6 +38,8 @@ class ModelEntry:
 
 @dataclass(frozen=True)
 class Promotion:
+    """A model made champion: its Bento, the champion it replaced and the infra report."""
+
     model_tag: str
     bento_tag: str
     previous: str | None
@@ -56,8 +55,9 @@ def _gate_word(gate: Any) -> str:
 def bentos_by_model() -> dict[str, list[str]]:
     """model tag -> tags of the Bentos built to serve it, newest first.
 
-    A medflow Bento names its model in the Bento argument model_tag (medflow.registry.packaging); Bentos
-    built another way are matched by the one model they pack.
+    A medflow Bento names its model in the Bento argument model_tag
+    (medflow.registry.packaging); Bentos built another way are matched by the one model they
+    pack.
     """
     import bentoml
 

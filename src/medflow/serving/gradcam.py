@@ -1,9 +1,8 @@
 """Grad-CAM with plain torch hooks, and the heatmap as a PNG.
 
-The target layer is the last convolutional stage of the network (`features[-1]` of SmallCNN
-and SmallResNet in medflow.models.net: the last conv block, or the last residual block);
-for other networks, the last nn.Conv2d. Its activations are weighted by the mean gradient
-of the explained class's logit (Selvaraju et al., 2017), ReLU'd, upsampled to the input.
+The target layer is the network's last conv stage (`features[-1]` of medflow.models.net's
+networks, else the last nn.Conv2d); its activations are weighted by the mean gradient of the
+explained class's logit (Selvaraju et al., 2017), ReLU'd and upsampled to the input.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """Drift against the last accepted dataset: a compact profile, and its comparison as a table.
 
-When validation passes, the stage stores the manifest's profile (class shares, manufacturer
-shares, per-modality intensity statistics) as the reference. The next run compares its own
-profile with it; `compare` gives one row per compared quantity with its observed change, which
-the drift suites check against params (`medflow.validation.suite.build_drift_suites`).
-Plain pandas and JSON: no Great Expectations import.
+A passing run's profile (class and manufacturer shares, per-modality intensity statistics)
+becomes the reference; `compare` gives one row per quantity with its change, which the drift
+suites check against params. Plain pandas and JSON: no Great Expectations import.
 """
 
 from __future__ import annotations

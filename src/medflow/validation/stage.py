@@ -1,14 +1,8 @@
 """The validate stage: the ingest manifest against its Great Expectations suites.
 
-    out_dir/summary.json      verdict, statistics, every failed expectation with offending
-                              values, warnings, and whether drift was checked
-    out_dir/docs/index.html   Great Expectations Data Docs for this run
-    reference                 the profile of the last dataset that passed (drift reference),
-                              one per dataset (medflow.data.dataset: data/reference/<key>/)
-
-summary.json and the docs are written whether the data pass or not, so a failed run can be
-read; then a failure raises ValidationFailed and the pipeline stops. The reference is replaced
-only when the run passes, so the next run compares against the last accepted dataset.
+summary.json and Data Docs are written whether the data pass or not, then a failure raises
+ValidationFailed; the drift reference is replaced only when the run passes (outputs:
+docs/validation.md).
 """
 
 from __future__ import annotations
@@ -88,7 +82,8 @@ def run_validate(
     }
     current = _profile(manifest, class_names)
     drift_info = _compare(reference, ref_profile, current, derived, dataset)
-    # Importing Great Expectations takes ~6 s; only this stage should pay for it.
+    # Imported here so that only this stage pays for GX's slow import
+    # (why: docs/decisions/validation-speed.md).
     from medflow.validation.suite import build_drift_suites, build_suites, run_suites
 
     suites = build_suites(params, class_names)
