@@ -74,3 +74,38 @@ def status_claims(text: str, codes: set[str]) -> dict[str, set[int]]:
 def json_examples(text: str) -> list[object]:
     """The parsed contents of every ```json fenced block of `text`, in order."""
     return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", text, re.DOTALL)]
+
+
+def repo_paths(text: str) -> set[str]:
+    """The paths into the repository's code folders that `text` names (src/..., flows/...,
+    tests/..., benchmarks/..., deploy/..., docs/*.md, docs/decisions/...), without a trailing
+    full stop. A path inside another (data/validation/docs/...) is not one of them, nor one
+    under docs/ that is no page (the Data Docs' own docs/ folder)."""
+    found = re.findall(
+        r"(?<![\w./<-])((?:src|flows|tests|benchmarks|deploy|docs)/[\w./-]*[\w/])", text
+    )
+    return {
+        p for p in found if not p.startswith("docs/") or re.match(r"docs/(.*\.md$|decisions)", p)
+    }
+
+
+def module_names(text: str) -> set[str]:
+    """The Python names `text` gives: under medflow (medflow.x, medflow.x.y.Attr, ...) and
+    every module run by `python -m`."""
+    names = re.findall(r"(?<![\w.])(medflow(?:\.[A-Za-z_]\w*)+)", text)
+    return {*names, *re.findall(r"python -m ([A-Za-z_][\w.]*\w)", text)}
+
+
+def medflow_commands(text: str) -> list[list[str]]:
+    """Each `medflow ...` command line of `text` (in code spans and code blocks), as words up to
+    a shell operator or comment; brackets of optional parts dropped."""
+    spans = re.findall(r"```[a-z]*\n(.*?)```", text, re.DOTALL)
+    spans += re.findall(r"(?<!`)`([^`\n]+)`(?!`)", re.sub(r"```.*?```", "", text, flags=re.DOTALL))
+    commands = []
+    for span in spans:
+        for line in span.splitlines():
+            line = re.split(r"(?:^|\s)#", line)[0]  # not a shell comment
+            for match in re.finditer(r"(?:^|[\s(=$])(?:\S*/)?medflow((?: [^\s|;&#)`]+)*)", line):
+                words = [w.strip("[]") for w in match.group(1).split()]
+                commands.append([w for w in words if w])
+    return commands

@@ -1,4 +1,6 @@
-"""What the docs claim, compared with the code: serving errors (statuses, codes, the body)."""
+"""What the docs claim, compared with the code: serving errors (statuses, codes, the body),
+the paths, Python names and `medflow` commands they give, and the benchmark figures they
+quote."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ import re
 from http import HTTPStatus
 from itertools import pairwise
 
+import typer
+
+from medflow.cli import app
 from medflow.config import load_params
 from medflow.serving.errors import ServeError
 from medflow.serving.inputs import check_upload
@@ -15,6 +20,10 @@ from tests.helpers.docs import (
     ROOT,
     USER_DOCS,
     json_examples,
+    medflow_commands,
+    module_names,
+    repo_paths,
+    section,
     serving_error_table,
     status_claims,
 )
@@ -131,3 +140,127 @@ def test_documented_error_body_is_the_services() -> None:
         assert example["error"] == real["error"], (example, real)
         pattern = ".*".join(map(re.escape, example["detail"].split("...")))
         assert re.fullmatch(pattern, real["detail"]), (example["detail"], real["detail"])
+
+
+# ---------------------------------------------------------------------------- names and commands
+
+SRC = ROOT / "src"
+# dotted names that are not Python: Prefect event names and labels, a file name
+NOT_MODULES = {"medflow.data.changed", "medflow.root", "medflow.bento"}
+PAGES = (*USER_DOCS, ROOT / "benchmarks" / "README.md")
+
+
+def _defined(tree: ast.Module | ast.ClassDef, name: str) -> ast.AST | None:
+    """The top-level definition, assignment or import of `name` in a module or class body."""
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            if node.name == name:
+                return node
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(getattr(t, "id", None) == name for t in targets):
+                return node
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            if any((a.asname or a.name.split(".")[0]) == name for a in node.names):
+                return node
+    return None
+
+
+def _resolves(dotted: str) -> bool:
+    """Whether a module (src/ or the repository root, as flows/) defines the dotted name,
+    read from the source: the longest prefix that is a module, then its attributes."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        for base in (SRC, ROOT):
+            folder = base.joinpath(*parts[:i])
+            path = folder / "__init__.py" if folder.is_dir() else folder.with_suffix(".py")
+            if not path.is_file():
+                continue
+            scope: ast.AST | None = ast.parse(path.read_text())
+            for name in parts[i:]:
+                if not isinstance(scope, ast.Module | ast.ClassDef):
+                    return False
+                scope = _defined(scope, name)
+                if scope is None:
+                    return False
+            return True
+    return False
+
+
+def test_named_paths_exist() -> None:
+    missing = {
+        (page.relative_to(ROOT).as_posix(), path)
+        for page in PAGES
+        for path in repo_paths(page.read_text())
+        if not (ROOT / path).exists()
+    }
+    assert not missing, f"(page, path) that does not exist: {sorted(missing)}"
+
+
+def test_named_modules_and_attributes_exist() -> None:
+    missing = {
+        (page.relative_to(ROOT).as_posix(), name)
+        for page in PAGES
+        for name in module_names(page.read_text())
+        if name not in NOT_MODULES and not _resolves(name)
+    }
+    assert not missing, f"(page, name) that the code does not define: {sorted(missing)}"
+
+
+def test_markdown_links_resolve() -> None:
+    broken = {
+        (page.relative_to(ROOT).as_posix(), target)
+        for page in PAGES
+        for target in re.findall(r"\]\(([^)#\s]+)[^)]*\)", page.read_text())
+        if "://" not in target and not (page.parent / target).exists()
+    }
+    assert not broken, f"(page, link) to nothing: {sorted(broken)}"
+
+
+def test_medflow_commands_and_options_exist() -> None:
+    """Every `medflow ...` the docs show names a command, and its --options are that
+    command's."""
+    root = typer.main.get_command(app)
+    wrong = set()
+    for page in PAGES:
+        for words in medflow_commands(page.read_text()):
+            cmd, path = root, ["medflow"]
+            while words and hasattr(cmd, "commands") and words[0] in cmd.commands:
+                cmd = cmd.commands[words[0]]
+                path.append(words.pop(0))
+            opts = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
+            if hasattr(cmd, "commands") and words and not words[0].startswith(("-", "<")):
+                wrong.add((page.name, " ".join(path), words[0]))
+            for word in words:
+                option = word.split("=")[0]
+                if option.startswith("-") and option not in opts:
+                    wrong.add((page.name, " ".join(path), option))
+    assert not wrong, f"(page, command, unknown word): {sorted(wrong)}"
+
+
+# ---------------------------------------------------------------------------- benchmark figures
+
+RATIO = r"(?<![\w.])(\d+\.\d+x)"
+
+
+def test_quoted_benchmark_ratios_are_benchmarks_readmes() -> None:
+    """benchmarks/README.md holds the latest figures; README.md's Benchmarks paragraph and the
+    Speed sections of docs/*.md quote them: every ratio they give is one of its figures."""
+    latest = set(re.findall(RATIO, (ROOT / "benchmarks" / "README.md").read_text()))
+    readme = (ROOT / "README.md").read_text()
+    quotes = {"README.md": re.search(r"\nBenchmarks \(.*?(?:\n\n|$)", readme, re.DOTALL)}
+    assert quotes["README.md"], "README.md has no Benchmarks paragraph"
+    quoted = {"README.md": quotes["README.md"].group(0)}
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        try:
+            quoted[page.name] = section(page.read_text(), "## Speed")
+        except KeyError:
+            continue
+    assert "ingest.md" in quoted, "docs/ingest.md has no Speed section"
+    stale = {
+        (name, ratio)
+        for name, text in quoted.items()
+        for ratio in re.findall(RATIO, text)
+        if ratio not in latest
+    }
+    assert not stale, f"(page, ratio) that benchmarks/README.md does not give: {sorted(stale)}"
