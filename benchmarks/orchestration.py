@@ -53,7 +53,7 @@ def _prepare(root: Path | None, work: Path) -> Path:
     if root is not None:
         return root.resolve()
     sys.path.insert(0, str(ROOT))
-    from tests.integration.pipeline_copy import make_copy
+    from tests.helpers.pipeline_copy import make_copy
 
     repo = make_copy(work / "project")
     print(f"setup: tiny project copy in {repo}; dvc repro (real, once) ...", flush=True)

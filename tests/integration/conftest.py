@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.pipeline_copy import (
+from tests.helpers.pipeline_copy import (
     BackgroundRepro,
     make_copy,
     run,

@@ -11,8 +11,8 @@ import pytest
 from medflow.config import load_params
 from medflow.data.dataset import Dataset, champion_folder
 from medflow.registry.champion import CHAMPION_METRICS, read_champion, record_champion
+from tests.helpers.pipeline_copy import clone, run
 from tests.helpers.stages import ran_stages
-from tests.integration.pipeline_copy import clone, run
 
 UP_TO_DATE = "Data and pipelines are up to date"
 

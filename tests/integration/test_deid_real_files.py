@@ -18,22 +18,22 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UltrasoundImageStorage
 
 from medflow.imaging.pixels import decode_frame
-from tests.conftest import SHARED_DATA
+from tests.helpers.dicom_files import image_dataset
 from tests.helpers.identifiers import identifying_values
-from tests.integration.test_ingest_zoo import (
+from tests.helpers.ingest_runs import (
     Run,
-    _sop_uid,
     assert_accounted,
     assert_manifest_rows_sane,
     assert_succeeded,
     ingest,
     pydicom_selection,
+    sop_uid,
     source_files,
     write_labels,
     write_params,
 )
-from tests.unit.data.test_burned_in import _read as read_text
-from tests.unit.test_pixels import image_dataset
+from tests.helpers.ocr import read_text
+from tests.helpers.shared_data import SHARED_DATA
 
 PATIENT = {"PatientName": "Vexmoorian^Albastra", "PatientID": "MRN-7734219"}
 # Every value below must be absent from every output: the patient's, other people's names,
@@ -143,7 +143,7 @@ def deid_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         (source / path.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, source / path.parent.name / path.name)
     (source / "pydicom").mkdir(parents=True)
-    for path in pydicom_selection({_sop_uid(p) for p in public} - {""}):
+    for path in pydicom_selection({sop_uid(p) for p in public} - {""}):
         shutil.copy2(path, source / "pydicom" / path.name)
     crafted = {
         "free_text.dcm": _free_text(),

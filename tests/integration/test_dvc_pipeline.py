@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.pipeline_copy import TINY_PARAMS, clone, run, set_params
 from tests.helpers.stages import dvc_stages, ran_stages
-from tests.integration.pipeline_copy import TINY_PARAMS, clone, run, set_params
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ import pytest
 
 from medflow.config import load_params
 from medflow.data.dataset import Dataset, reference_profile
+from tests.helpers.pipeline_copy import clone, run, set_params
 from tests.helpers.stages import ran_stages, stages_after
-from tests.integration.pipeline_copy import clone, run, set_params
 
 DOWNSTREAM = stages_after("validate")
 

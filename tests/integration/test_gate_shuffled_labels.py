@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.helpers.pipeline_copy import TINY_PARAMS, make_copy, package_in_background, run
 from tests.helpers.stages import ran_stages
-from tests.integration.pipeline_copy import TINY_PARAMS, make_copy, package_in_background, run
 
 
 def _prepare(dest: Path) -> None:

@@ -10,7 +10,7 @@ import yaml
 
 from medflow.config import DataParams, DeidParams, IngestParams, PreprocessParams
 from medflow.data.ingest import IngestConfig, run_ingest
-from tests.unit.data.phi import KEY
+from tests.helpers.deid_key import KEY
 
 
 @pytest.fixture(scope="module")

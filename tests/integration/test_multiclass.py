@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers.pipeline_copy import make_copy, package_in_background
 from tests.helpers.stages import dvc_stages, ran_stages
-from tests.integration.pipeline_copy import make_copy, package_in_background
 
 CLASSES = ["normal", "nodule", "effusion"]
 SIZES = {"train": 180, "val": 60, "test": 90}

@@ -17,7 +17,7 @@ import pytest
 
 from medflow.data.deid import DEMO_KEY, KEY_ENV, KEY_FILE_ENV
 from tests.helpers.hashing import tree_hashes
-from tests.integration.pipeline_copy import ROOT, clone, set_params
+from tests.helpers.pipeline_copy import ROOT, clone, set_params
 
 WARNING = "using the PUBLIC demo key"
 # what the refusal must tell the user: why, and how to set a key (either way)

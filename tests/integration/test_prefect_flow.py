@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.pipeline_copy import clone, make_copy, set_params
 from tests.helpers.stages import dvc_stages
-from tests.integration.pipeline_copy import clone, make_copy, set_params
 
 
 @pytest.fixture(scope="module")

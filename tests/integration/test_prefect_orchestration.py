@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from medflow.orchestration.artifacts import KEYS as ARTIFACT_KEYS
-from tests.integration.pipeline_copy import clone, make_copy, set_params
+from tests.helpers.pipeline_copy import clone, make_copy, set_params
 
 
 def _task_runs(flow_run_id) -> dict[str, object]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from medflow.registry.infra_validation import free_port
-from tests.integration.prefect_server import client_env, running_server
+from tests.helpers.prefect_server import client_env, running_server
 
 pytestmark = pytest.mark.timeout(300)
 

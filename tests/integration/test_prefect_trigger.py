@@ -22,7 +22,7 @@ import pytest
 
 from medflow.orchestration.watch import EVENT
 from medflow.registry.infra_validation import free_port
-from tests.integration.pipeline_copy import make_copy, run
+from tests.helpers.pipeline_copy import make_copy, run
 
 WAIT_RUN_S = 420  # the tiny pipeline, end to end, on two busy cores
 POLL_S = 2  # how often the served runner looks for due runs

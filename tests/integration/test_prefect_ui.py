@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from medflow.orchestration.artifacts import KEYS as ARTIFACT_KEYS
-from tests.integration.headless_chromium import BINARIES, HeadlessChromium, find_chromium
-from tests.integration.pipeline_copy import ROOT, clone
-from tests.integration.prefect_server import client_env, running_server
+from tests.helpers.headless_chromium import BINARIES, HeadlessChromium, find_chromium
+from tests.helpers.pipeline_copy import ROOT, clone
+from tests.helpers.prefect_server import client_env, running_server
 
 OUTPUT = ROOT / "test-output" / "prefect-ui"
 # what src/medflow/orchestration/artifacts.py publishes on a run whose gate accepted (run or skipped as current)

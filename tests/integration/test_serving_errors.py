@@ -30,8 +30,8 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import MPEG4HP41
 
 from medflow.registry.infra_validation import InfraValidationFailed, RunningBento, serve_bento
-from tests.conftest import shared_data
 from tests.helpers.docs import serving_error_table
+from tests.helpers.shared_data import shared_data
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "serving-errors-token-not-secret"

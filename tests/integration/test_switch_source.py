@@ -22,9 +22,9 @@ import pytest
 from medflow.config import load_params
 from medflow.data.dataset import Dataset, champion_folder, reference_profile
 from medflow.registry.champion import read_champion
-from tests.conftest import shared_data
+from tests.helpers.pipeline_copy import TEST_DEID_KEY, clone, run, set_params
+from tests.helpers.shared_data import shared_data
 from tests.helpers.stages import ran_stages
-from tests.integration.pipeline_copy import TEST_DEID_KEY, clone, run, set_params
 
 DEMO = {"source": "synthetic", "class_names": ["normal", "lesion"]}
 PNEUMONIA_CLASSES = ["normal", "pneumonia"]

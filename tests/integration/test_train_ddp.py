@@ -11,7 +11,7 @@ import torch
 from medflow.config import TrainParams
 from medflow.models.artifact import load_model
 from medflow.models.training import run_train
-from tests.unit.arrays_factory import write_arrays
+from tests.helpers.arrays_factory import write_arrays
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import pytest
 from medflow.config import ValidateParams
 from medflow.errors import ValidationFailed
 from medflow.validation.stage import NO_REFERENCE, SUMMARY_FILE, ValidationResult, run_validate
-from tests.quality.manifest_factory import (
+from tests.helpers.manifest_factory import (
     CLASS_NAMES,
     shifted_manifest,
     valid_manifest,

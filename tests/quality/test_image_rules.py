@@ -18,7 +18,7 @@ import pytest
 from medflow.config import ValidateParams
 from medflow.errors import ValidationFailed
 from medflow.validation.stage import SUMMARY_FILE, run_validate
-from tests.quality.manifest_factory import CLASS_NAMES, valid_manifest, write_manifest
+from tests.helpers.manifest_factory import CLASS_NAMES, valid_manifest, write_manifest
 
 # row -> (column, value): each broken row breaks exactly the rule listed against it in BROKEN
 MUTATIONS: dict[str, dict[str, Any]] = {

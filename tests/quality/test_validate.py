@@ -16,7 +16,7 @@ import pytest
 from medflow.config import ValidateParams
 from medflow.errors import ValidationFailed
 from medflow.validation.stage import DOCS_DIR, SUMMARY_FILE, run_validate
-from tests.quality.manifest_factory import CLASS_NAMES, valid_manifest, write_manifest
+from tests.helpers.manifest_factory import CLASS_NAMES, valid_manifest, write_manifest
 
 Mutation = Callable[[pd.DataFrame], pd.DataFrame]
 

@@ -18,7 +18,7 @@ from medflow.data.dataset import (
 )
 from medflow.registry.champion import read_champion, record_champion
 from medflow.validation.stage import NO_REFERENCE, run_validate
-from tests.quality.manifest_factory import valid_manifest, write_manifest
+from tests.helpers.manifest_factory import valid_manifest, write_manifest
 
 DEMO = DataParams()  # synthetic, [normal, lesion]
 PNEUMONIA = DataParams(source="pneumoniamnist.npz", class_names=["normal", "pneumonia"])

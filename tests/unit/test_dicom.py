@@ -23,7 +23,7 @@ from pydicom.uid import (
 )
 
 from medflow.imaging.dicom import DicomError, NotAnImage, check_image, read_dicom
-from tests.unit.test_pixels import image_dataset, raw_dataset_bytes, write_dicom
+from tests.helpers.dicom_files import image_dataset, raw_dataset_bytes, write_dicom
 
 LIMIT = 64 * 1024 * 1024
 

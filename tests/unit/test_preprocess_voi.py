@@ -16,7 +16,7 @@ from pydicom.pixels import apply_color_lut, apply_voi, pixel_array
 from medflow.config import PreprocessParams
 from medflow.imaging.pixels import decode_frame
 from medflow.imaging.preprocess import normalise, preprocess_dataset
-from tests.unit.test_pixels import image_dataset, write_dicom
+from tests.helpers.dicom_files import image_dataset, write_dicom
 
 P = PreprocessParams(image_size=8)
 LIMIT = P.max_frame_pixels

@@ -17,7 +17,7 @@ from medflow.models.artifact import load_model
 from medflow.models.calibration import fit_temperature, logits_of
 from medflow.models.lightning import Classifier, load_split
 from medflow.models.training import default_checkpoint_dir, run_train
-from tests.unit.arrays_factory import write_arrays
+from tests.helpers.arrays_factory import write_arrays
 
 TINY = {"max_epochs": 3, "width": 4, "batch_size": 16, "early_stopping_patience": 10}
 

@@ -6,11 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from medflow.config import SynthParams
 from medflow.data.synthetic import run_synth
-
-CLASSES = ["normal", "lesion"]
-SMALL = SynthParams(n_patients=12, images_per_patient=2, lesion_prevalence=0.5, seed=3)
+from tests.helpers.synthetic import CLASSES, SMALL
 
 
 @pytest.fixture(scope="session")

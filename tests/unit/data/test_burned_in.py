@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import io
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +35,9 @@ from medflow.data.manifest import read_manifest
 from medflow.data.shard import QUARANTINED, ShardSettings, ShardTask, ingest_shard
 from medflow.errors import IngestFailed
 from medflow.imaging.pixels import decode_frame, luminance
-from tests.unit.data.phi import KEY
-from tests.unit.test_pixels import image_dataset, write_dicom
+from tests.helpers.deid_key import KEY
+from tests.helpers.dicom_files import image_dataset, write_dicom
+from tests.helpers.ocr import read_text
 
 needs_tesseract = pytest.mark.skipif(
     shutil.which("tesseract") is None, reason="tesseract-ocr is not installed: make system-deps"
@@ -72,24 +70,6 @@ def _picture(rgb: bool = False, text: bool = True) -> tuple[np.ndarray, np.ndarr
 def _dicom(pixels: np.ndarray, sop_class: str, modality: str, **attrs: object) -> Dataset:
     photometric = "RGB" if pixels.ndim == 3 and pixels.shape[-1] == 3 else "MONOCHROME2"
     return image_dataset(pixels, photometric, 8, sop_class, Modality=modality, **attrs)
-
-
-def _read(frame: np.ndarray) -> str:
-    """All the text tesseract reads in a decoded frame, at twice the size, no threshold."""
-    grey = luminance(frame.astype(np.float64))
-    span = max(float(grey.max() - grey.min()), 1.0)
-    image = Image.fromarray(((grey - grey.min()) * (255 / span)).astype(np.uint8))
-    image = image.resize((image.width * 2, image.height * 2), Image.LANCZOS)
-    png = io.BytesIO()
-    image.save(png, format="PNG")
-    done = subprocess.run(
-        ["tesseract", "stdin", "stdout", "--psm", "11"],
-        input=png.getvalue(),
-        capture_output=True,
-        env={**os.environ, "OMP_THREAD_LIMIT": "1"},
-        check=True,
-    )
-    return done.stdout.decode()
 
 
 def _shows_identifiers(text: str) -> bool:
@@ -175,12 +155,12 @@ def test_redacted_output_shows_no_name_or_id(
 ) -> None:
     pixels, mask = _picture(rgb)
     ds = _dicom(pixels, sop_class, modality)
-    assert _shows_identifiers(_read(decode_frame(ds, 0, MAX_PIXELS)))  # the test can fail
+    assert _shows_identifiers(read_text(decode_frame(ds, 0, MAX_PIXELS)))  # the test can fail
     result, out = _ingest(tmp_path, ds)
     assert result.outcomes == [] and len(result.rows) == 1
     assert out is not None
     written = out.pixel_array
-    assert not _shows_identifiers(_read(decode_frame(out, 0, MAX_PIXELS)))
+    assert not _shows_identifiers(read_text(decode_frame(out, 0, MAX_PIXELS)))
     assert (written[mask] == written[mask][0]).all()  # every text pixel filled
     assert np.array_equal(written[HEADER + 4 :], pixels[HEADER + 4 :])  # the rest untouched
     assert "113101" in _codes(out)
@@ -199,7 +179,7 @@ def test_compressed_source_is_redacted_and_stored_uncompressed(tmp_path: Path) -
     assert result.outcomes == [] and out is not None
     assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert not out["PixelData"].is_undefined_length
-    assert not _shows_identifiers(_read(decode_frame(out, 0, MAX_PIXELS)))
+    assert not _shows_identifiers(read_text(decode_frame(out, 0, MAX_PIXELS)))
     assert (out.pixel_array[mask] == 0).all()
 
 
@@ -213,7 +193,7 @@ def test_ybr_source_is_redacted_and_stored_as_rgb(tmp_path: Path) -> None:
     assert result.outcomes == [] and out is not None
     assert out.PhotometricInterpretation == "RGB" and out.PlanarConfiguration == 0
     assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
-    assert not _shows_identifiers(_read(decode_frame(out, 0, MAX_PIXELS)))
+    assert not _shows_identifiers(read_text(decode_frame(out, 0, MAX_PIXELS)))
     rest = out.pixel_array[HEADER + 4 :].astype(int) - pixels[HEADER + 4 :]
     assert np.abs(rest).max() <= 2  # the YBR round trip, nothing more
 
@@ -304,7 +284,7 @@ def test_ingest_redacts_and_quarantines_per_params(tmp_path: Path) -> None:
     assert len(manifest) == 3
     for row in manifest.itertuples():
         out = pydicom.dcmread(tmp_path / "redacted" / row.file)
-        text = _read(decode_frame(out, 0, MAX_PIXELS))
+        text = read_text(decode_frame(out, 0, MAX_PIXELS))
         # the CT is not screened (not a listed modality): its text is left as it was
         assert _shows_identifiers(text) == (row.modality == "CT")
     log = (tmp_path / "redacted" / "ingest.log").read_text()

@@ -17,8 +17,8 @@ from medflow.data.deid import (
     resolve_deid_key,
 )
 from medflow.errors import IngestFailed
+from tests.helpers.deid_key import KEY
 from tests.helpers.identifiers import dataset_values
-from tests.unit.data.phi import KEY
 
 OTHER_KEY = b"another-unit-test-key-987"
 

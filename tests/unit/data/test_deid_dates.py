@@ -10,7 +10,7 @@ from pydicom import examples
 from pydicom.dataset import Dataset
 
 from medflow.data.deid import Deidentifier, PhiAudit
-from tests.unit.data.phi import KEY
+from tests.helpers.deid_key import KEY
 
 OTHER_KEY = b"another-unit-test-key-98765"
 

@@ -28,7 +28,7 @@ from medflow.data.deid import (
     SafePrivateTag,
     add_method_code,
 )
-from tests.unit.data.phi import KEY
+from tests.helpers.deid_key import KEY
 
 # The table's lists and the action each stands for (its combined codes as medflow applies
 # them: docs/ingest.md, "De-identification").

@@ -20,9 +20,9 @@ from medflow.data.shard import ShardResult, ShardTask
 from medflow.data.splits import assign_splits
 from medflow.data.workers import ShardFn, serial_mapper
 from medflow.errors import IngestFailed
+from tests.helpers.deid_key import KEY
 from tests.helpers.hashing import sha256_file
-from tests.unit.data.conftest import CLASSES, SMALL
-from tests.unit.data.phi import KEY
+from tests.helpers.synthetic import CLASSES, SMALL
 
 N_FILES = SMALL.n_patients * SMALL.images_per_patient
 

@@ -18,11 +18,11 @@ from medflow.data.ingest import MISSING, IngestConfig, run_ingest
 from medflow.data.manifest import COLUMNS, IDENTIFYING_COLUMNS, age_band, read_manifest
 from medflow.data.shard import NO_LABEL
 from medflow.errors import IngestFailed
+from tests.helpers.deid_key import KEY
 from tests.helpers.hashing import sha256_file, tree_hashes
 from tests.helpers.identifiers import identifying_values
-from tests.unit.data.conftest import CLASSES, SMALL
-from tests.unit.data.phi import KEY
-from tests.unit.data.test_npz_source import SIZES, make_npz
+from tests.helpers.npz_archives import SIZES, make_npz
+from tests.helpers.synthetic import CLASSES, SMALL
 
 
 def config(data: DataParams, **ingest: object) -> IngestConfig:

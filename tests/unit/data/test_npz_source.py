@@ -10,24 +10,10 @@ import pydicom
 import pytest
 
 from medflow.data.npz_source import npz_to_dicom
-from tests.conftest import shared_data
+from tests.helpers.npz_archives import SIZES, make_npz
+from tests.helpers.shared_data import shared_data
 
 CLASSES = ["normal", "pneumonia"]
-SIZES = {"train": 6, "val": 3, "test": 4}
-
-
-def make_npz(path: Path, *, rgb: bool = False, **override: np.ndarray) -> Path:
-    """A small MedMNIST-style archive with deterministic content."""
-    rng = np.random.default_rng(0)
-    arrays: dict[str, np.ndarray] = {}
-    for split, n in SIZES.items():
-        shape = (n, 28, 28, 3) if rgb else (n, 28, 28)
-        arrays[f"{split}_images"] = rng.integers(0, 256, size=shape, dtype=np.uint8)
-        arrays[f"{split}_labels"] = (np.arange(n) % 2).reshape(n, 1).astype(np.uint8)
-    arrays.update(override)
-    arrays = {k: v for k, v in arrays.items() if v is not None}
-    np.savez(path, **arrays)
-    return path
 
 
 def test_converts_every_image_with_label_and_official_split(tmp_path: Path) -> None:

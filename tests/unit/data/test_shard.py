@@ -26,9 +26,9 @@ from medflow.data.shard import (
     ShardTask,
     ingest_shard,
 )
+from tests.helpers.deid_key import KEY
+from tests.helpers.dicom_files import image_dataset, write_dicom
 from tests.helpers.hashing import sha256_file
-from tests.unit.data.phi import KEY
-from tests.unit.test_pixels import image_dataset, write_dicom
 
 CLASSES = ("normal", "lesion")
 

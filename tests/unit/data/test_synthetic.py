@@ -11,7 +11,7 @@ from medflow.config import PreprocessParams, SynthParams
 from medflow.data.synthetic import run_synth
 from medflow.imaging.preprocess import preprocess_dataset
 from tests.helpers.identifiers import IDENTIFYING_KEYWORDS
-from tests.unit.data.conftest import CLASSES, SMALL
+from tests.helpers.synthetic import CLASSES, SMALL
 
 # what the synthetic source sets: the identifiers and the quasi-identifiers
 IDENTIFYING = (*IDENTIFYING_KEYWORDS, "PatientSex", "PatientAge", "StudyDate", "StudyTime")

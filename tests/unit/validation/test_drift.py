@@ -7,7 +7,7 @@ import json
 import pytest
 
 from medflow.validation.drift import MIN_RELATIVE_SCALE, compare, profile, read_reference
-from tests.quality.manifest_factory import CLASS_NAMES, shifted_manifest, valid_manifest
+from tests.helpers.manifest_factory import CLASS_NAMES, shifted_manifest, valid_manifest
 
 
 def _changes(reference: dict, current: dict) -> dict[str, float]:

@@ -13,7 +13,7 @@ from medflow.validation.suite import (
     build_suites,
     identifying_column_regex,
 )
-from tests.quality.manifest_factory import CLASS_NAMES
+from tests.helpers.manifest_factory import CLASS_NAMES
 
 
 @pytest.mark.parametrize(

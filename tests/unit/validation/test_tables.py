@@ -11,7 +11,7 @@ from medflow.validation.tables import (
     manifest_columns,
     patient_splits,
 )
-from tests.quality.manifest_factory import CLASS_NAMES, N_PATIENTS, valid_manifest
+from tests.helpers.manifest_factory import CLASS_NAMES, N_PATIENTS, valid_manifest
 
 
 def test_patient_splits_has_one_row_per_patient_and_flags_a_second_split() -> None:
