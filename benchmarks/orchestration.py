@@ -8,7 +8,8 @@ script first brings up to date with a real `dvc repro`):
    DVC reports it unchanged, warm (this process already talked to the Prefect API), best of
    --repeat, and the ratio of 2 to 1;
 3. for reference: the first flow run of the process (pays the ephemeral server's start, or
-   the connection to $PREFECT_API_URL) and `python -m medflow.orchestration.pipeline` as a fresh process.
+   the connection to $PREFECT_API_URL) and `python -m medflow.orchestration.pipeline` as a
+   fresh process.
 
 Targets: the flow at most 2x the no-op `dvc repro` (ratio <= 2.0), and the no-op
 `dvc repro` in <= 3 s. It reports, it does not gate: the exit code is 0 either way.
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
           f"  ratio {ratio:.2f}x <= {TARGET_RATIO:.0f}x  {verdict_ratio}")  # fmt: skip
     print(f"{'- first flow run of the process':<46} {first:8.2f}  (reference)")
     print(
-        f"{'- python -m medflow.orchestration.pipeline, fresh process':<46} {cold_process:8.2f}  (reference)"
+        f"{'- python -m medflow.orchestration.pipeline, fresh process':<46}"
+        f" {cold_process:8.2f}  (reference)"
     )
     print(f"\nratio flow / dvc repro: {ratio:.2f}x  {verdict_ratio}")
     if args.json:

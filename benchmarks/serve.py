@@ -2,15 +2,15 @@
 
 Both servers run on loopback, one after the other, and load the same model folder, the same
 medflow preprocessing (medflow.imaging.preprocess) and the same forward pass (channels_last,
-medflow.serving.engine.probabilities), so that they differ in serving only; the Bento is
-built from deploy/bentofile.yaml by
-medflow.registry.packaging, exactly as the pipeline builds it, into a temporary BENTOML_HOME. The model is
-the network of params.yaml's `train` section with random weights (speed does not depend on
-what it learnt). An async aiohttp client POSTs one synthetic DICOM file to /predict, at
-concurrency 1 and 32, and records each request's latency; in-process inference (read +
-preprocess + forward, no HTTP; the median of three fresh processes) gives the floor; an app
-that answers a constant gives the cost of HTTP alone, and a BentoML API that takes the upload
-and does nothing the cost of BentoML alone (benchmarks/bentoml_noop.py).
+medflow.serving.engine.probabilities), so that they differ in serving only; the Bento is built
+from deploy/bentofile.yaml by medflow.registry.packaging, exactly as the pipeline builds it,
+into a temporary BENTOML_HOME. The model is the network of params.yaml's `train` section with
+random weights (speed does not depend on what it learnt). An async aiohttp client POSTs one
+synthetic DICOM file to /predict, at concurrency 1 and 32, and records each request's latency;
+in-process inference (read + preprocess + forward, no HTTP; the median of three fresh
+processes) gives the floor; an app that answers a constant gives the cost of HTTP alone, and a
+BentoML API that takes the upload and does nothing the cost of BentoML alone
+(benchmarks/bentoml_noop.py).
 
 Targets: at concurrency 32 medflow's requests/s >= the plain server's; at concurrency 1 the
 Bento's p50 at most 5 ms above in-process inference. `--soak`: 50 clients for 60 s against

@@ -1,10 +1,10 @@
 """Data change -> event -> training run, on a real `prefect server start` (triggers need the
 server's event services, which the ephemeral server does not run).
 
-The served deployments are the ones `python -m medflow.orchestration.deployments serve` registers; the served
-watcher (every 10 s) hashes the real data folder; new files make a new hash, an event, and a
-training run, with nothing else called. A second run asked for while it trains waits for the
-deployment's concurrency slot (ENQUEUE) and starts after it ends."""
+The served deployments are the ones `python -m medflow.orchestration.deployments serve`
+registers; the served watcher (every 10 s) hashes the real data folder; new files make a new
+hash, an event, and a training run, with nothing else called. A second run asked for while it
+trains waits for the deployment's concurrency slot (ENQUEUE) and starts after it ends."""
 
 from __future__ import annotations
 

@@ -3,8 +3,9 @@
 A real `prefect server start` (own PREFECT_HOME, default SQLite), the project's pipeline flow
 run against it on a clone of the session's reproduced tiny copy (conftest.py `reproduced`: DVC
 reports every stage current, so the run skips them and publishes their outputs, as
-src/medflow/orchestration/artifacts.py does on every run), then the UI pages of that flow run opened in Debian's
-`chromium` over the DevTools protocol. Screenshots land in test-output/prefect-ui/.
+src/medflow/orchestration/artifacts.py does on every run), then the UI pages of that flow run
+opened in Debian's `chromium` over the DevTools protocol. Screenshots land in
+test-output/prefect-ui/.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from tests.helpers.pipeline_copy import ROOT, clone
 from tests.helpers.prefect_server import client_env, running_server
 
 OUTPUT = ROOT / "test-output" / "prefect-ui"
-# what src/medflow/orchestration/artifacts.py publishes on a run whose gate accepted (run or skipped as current)
+# what src/medflow/orchestration/artifacts.py publishes on a run whose gate accepted (run or
+# skipped as current)
 EXPECTED_ARTIFACTS = set(ARTIFACT_KEYS)
 
 CHROMIUM = find_chromium()

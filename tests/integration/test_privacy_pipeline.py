@@ -93,7 +93,8 @@ def test_no_identifier_in_the_model_store_or_the_bento(reproduced, identifiers) 
     bento_dir = Path(bentoml.get(bento["bento_tag"]).path)
     files = [p for d in (model_dir, bento_dir) for p in d.rglob("*") if p.is_file()]
     assert any(p.name == "model.pt" for p in files) and any(p.suffix == ".py" for p in files)
-    # the test-split DICOM files stored for infra-validation (medflow.registry.packaging.write_reference)
+    # the test-split DICOM files stored for infra-validation
+    # (medflow.registry.packaging.write_reference)
     assert any(p.parent.name == "reference" and p.suffix == ".dcm" for p in files)
     assert not _leaks(files, identifiers, model_dir.parents[2])
 
