@@ -1,6 +1,6 @@
 """What the docs claim, compared with the code: serving errors (statuses, codes, the body),
-the paths, Python names and `medflow` commands they give, and the benchmark figures they
-quote."""
+the paths, Python names and `medflow` commands they give, the benchmark figures they quote
+and the defaults they state."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from http import HTTPStatus
 from itertools import pairwise
 
 import typer
+import yaml
 
 from medflow.cli import app
 from medflow.config import load_params
@@ -264,3 +265,156 @@ def test_quoted_benchmark_ratios_are_benchmarks_readmes() -> None:
         if ratio not in latest
     }
     assert not stale, f"(page, ratio) that benchmarks/README.md does not give: {sorted(stale)}"
+
+
+# ---------------------------------------------------------------------------- defaults
+
+
+def _percent(text: str) -> float:
+    return float(text) / 100
+
+
+def _on(text: str) -> bool:
+    return {"on": True, "off": False, "true": True, "false": False, "default": True}[text]
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[A-Za-z_]\w*", text)
+
+
+def _none(text: str) -> list:
+    assert text == "none", text
+    return []
+
+
+# (page, pattern with one group per value, [(params.yaml key, value of the group)]): the
+# defaults the docs state, in their words (whitespace collapsed); params.yaml holds them.
+BURNED_IN = "deid.burned_in_text"
+DRIFT = "validate.drift"
+DEFAULTS = [
+    (
+        "docs/ingest.md",
+        r"`ingest.max_quarantine_fraction` of the files are quarantined \(default (\d+) %\)",
+        [("ingest.max_quarantine_fraction", _percent)],
+    ),
+    (
+        "docs/ingest.md",
+        r"unless `deid.safe_private_tags` lists them \([^)]*; default: (\w+)\)",
+        [("deid.safe_private_tags", _none)],
+    ),
+    *(
+        ("docs/ingest.md", rf"\| `{key}` \|[^|]*\| (on|off) \|", [(f"deid.{key}", _on)])
+        for key in (
+            "retain_modified_dates",
+            "retain_patient_characteristics",
+            "retain_device_identity",
+            "clean_descriptors",
+        )
+    ),
+    (
+        "docs/ingest.md",
+        r"Modality is in `modalities` \(default ([A-Z, ]+)\), and, with `secondary_capture`"
+        r" \((default)\)",
+        [(f"{BURNED_IN}.modalities", _words), (f"{BURNED_IN}.secondary_capture", _on)],
+    ),
+    (
+        "docs/ingest.md",
+        r"up to `max_frames` \(default (\d+)\) per image",
+        [(f"{BURNED_IN}.max_frames", int)],
+    ),
+    ("docs/ingest.md", r"`min_chars` \((\d+)\) letters", [(f"{BURNED_IN}.min_chars", int)]),
+    (
+        "docs/ingest.md",
+        r"`min_confidence` \(default (\d+); `min_confidence_bright`, (\d+),",
+        [(f"{BURNED_IN}.min_confidence", float), (f"{BURNED_IN}.min_confidence_bright", float)],
+    ),
+    ("docs/ingest.md", r"\*\*action\*\* `(\w+)` \(default\)", [(f"{BURNED_IN}.action", str)]),
+    ("docs/ingest.md", r"by `margin` pixels \((\d+)\)", [(f"{BURNED_IN}.margin", int)]),
+    (
+        "docs/validation.md",
+        r"Defaults: label_balance ([\d.]+) (\w+), manufacturer_mix ([\d.]+) (\w+),"
+        r" intensity ([\d.]+) (\w+)\.",
+        [
+            (f"{DRIFT}.{check}.{field}", convert)
+            for check in ("label_balance", "manufacturer_mix", "intensity")
+            for field, convert in (("max_change", float), ("action", str))
+        ],
+    ),
+    (
+        "docs/evaluation.md",
+        r"\(`evaluate.ci_level`, default (\d+)%\)",
+        [("evaluate.ci_level", _percent)],
+    ),
+    (
+        "docs/evaluation.md",
+        r"- `(\w+)` \(default\): the \*\*highest\*\* threshold",
+        [("evaluate.threshold_policy", str)],
+    ),
+    (
+        "docs/evaluation.md",
+        r"at least `evaluate.target_sensitivity` \(([\d.]+)\)",
+        [("evaluate.target_sensitivity", float)],
+    ),
+    (
+        "docs/evaluation.md",
+        r"to slice the test split by \(default ((?:`\w+`,? ?)+)\)",
+        [("evaluate.subgroups", _words)],
+    ),
+    (
+        "docs/evaluation.md",
+        r"evaluate.min_subgroup_n` \(default (\d+)\)",
+        [("evaluate.min_subgroup_n", int)],
+    ),
+    (
+        "docs/serving.md",
+        r"The default, (\d+), matches deploy/k8s",
+        [("package.serve.workers", int)],
+    ),
+    (
+        "docs/serving.md",
+        r"`api_token_env`: the environment variable holding the bearer token \(default `(\w+)`\)",
+        [("package.serve.api_token_env", str)],
+    ),
+    (
+        "docs/serving.md",
+        r"`trace_predictions` \(default (\w+)\)",
+        [("package.serve.trace_predictions", _on)],
+    ),
+    ("docs/orchestration.md", r"`cron: \"([^\"]*)\"`", [("orchestration.cron", str)]),
+    (
+        "docs/orchestration.md",
+        r"`watch_interval_seconds: (\d+)`",
+        [("orchestration.watch_interval_seconds", int)],
+    ),
+    (
+        "docs/orchestration.md",
+        r"`collision_strategy` `(\w+)` \(default",
+        [("orchestration.collision_strategy", str)],
+    ),
+]
+
+
+def _param(params: dict, key: str) -> object:
+    for part in key.split("."):
+        params = params[part]
+    return params
+
+
+def test_documented_defaults_are_params_yaml() -> None:
+    """Each default a doc states is the value params.yaml holds (its one source)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    wrong, unread = [], []
+    for page, pattern, keys in DEFAULTS:
+        text = " ".join((ROOT / page).read_text().split())
+        found = re.findall(pattern, text)
+        if len(found) != 1:
+            unread.append((page, pattern, len(found)))
+            continue
+        values = found[0] if isinstance(found[0], tuple) else (found[0],)
+        for value, (key, convert) in zip(values, keys, strict=True):
+            if convert(value) != _param(params, key):
+                wrong.append((page, key, value, _param(params, key)))
+    assert not unread, (
+        f"(page, pattern, matches): the doc no longer says it; update DEFAULTS: {unread}"
+    )
+    assert not wrong, f"(page, param, the doc's default, params.yaml's): {wrong}"
