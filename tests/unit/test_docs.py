@@ -141,6 +141,16 @@ def test_documented_error_body_is_the_services() -> None:
         assert example["error"] == real["error"], (example, real)
         pattern = ".*".join(map(re.escape, example["detail"].split("...")))
         assert re.fullmatch(pattern, real["detail"]), (example["detail"], real["detail"])
+    # and the shape the pages give in a line: `{"error": <code>, "detail": <...>}`
+    shapes = [
+        (doc.name, shape)
+        for doc in USER_DOCS
+        for shape in re.findall(r'`(\[?\{"error"[^`]*)`', " ".join(doc.read_text().split()))
+    ]
+    assert shapes, "no page gives the shape of an error body"
+    for name, shape in shapes:
+        assert shape.startswith("{"), (name, shape)
+        assert set(re.findall(r'"(\w+)":', shape)) == set(real), (name, shape, real)
 
 
 # ---------------------------------------------------------------------------- names and commands
