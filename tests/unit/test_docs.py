@@ -428,3 +428,40 @@ def test_documented_defaults_are_params_yaml() -> None:
         f"(page, pattern, matches): the doc no longer says it; update DEFAULTS: {unread}"
     )
     assert not wrong, f"(page, param, the doc's default, params.yaml's): {wrong}"
+
+
+def test_deploy_readme_states_the_manifests() -> None:
+    """deploy/README.md's summary of deploy/k8s: replicas, probes, ports and autoscaling."""
+    text = " ".join((ROOT / "deploy" / "README.md").read_text().split())
+    said = re.search(
+        r"a Deployment \((\d+) replicas, rolling updates with no unavailable pod, `(/\w+)`"
+        r" readiness and start-up probes, `(/\w+)` liveness.*?a ClusterIP Service \(port (\d+)"
+        r" to the container's (\d+)\) and a HorizontalPodAutoscaler \((\d+) to (\d+) replicas"
+        r" at (\d+) % CPU\)",
+        text,
+    )
+    assert said, "deploy/README.md no longer summarises deploy/k8s in the words this test reads"
+    k8s = {
+        name: yaml.safe_load((ROOT / "deploy" / "k8s" / f"{name}.yaml").read_text())
+        for name in ("deployment", "service", "hpa")
+    }
+    spec = k8s["deployment"]["spec"]
+    (container,) = spec["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    (service_port,) = k8s["service"]["spec"]["ports"]
+    hpa = k8s["hpa"]["spec"]
+    (metric,) = hpa["metrics"]
+    actual = (
+        str(spec["replicas"]),
+        container["readinessProbe"]["httpGet"]["path"],
+        container["livenessProbe"]["httpGet"]["path"],
+        str(service_port["port"]),
+        str(ports.get(service_port["targetPort"], service_port["targetPort"])),
+        str(hpa["minReplicas"]),
+        str(hpa["maxReplicas"]),
+        str(metric["resource"]["target"]["averageUtilization"]),
+    )
+    assert said.groups() == actual
+    assert container["startupProbe"]["httpGet"]["path"] == said.group(2)
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert metric["resource"]["name"] == "cpu"
