@@ -1,7 +1,9 @@
-"""Typed configuration: pydantic models mirroring params.yaml.
+"""Typed configuration: one pydantic model per params.yaml section.
 
-`load_params()` is the only place that reads params.yaml. Every stage receives
-its own typed section, never the raw file.
+`load_params()` is the only place that reads params.yaml; every stage receives its own typed
+section. The defaults here are the values of params.yaml (tests/unit/test_config.py keeps them
+equal), and each field's description (a docstring under it, or `Field(description=...)`) is
+where its meaning is written down; params.yaml only carries a short reminder.
 """
 
 from __future__ import annotations
@@ -14,15 +16,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 SYNTHETIC = "synthetic"
 
+# The Modality values accepted by validation and served by the Bento.
+MODALITIES = ("CR", "DX", "CT", "MR", "US", "OT", "NM", "XA", "MG", "PX", "RF", "SC")
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class SplitParams(_Section):
     val_fraction: float = Field(0.15, gt=0, lt=1)
+    """share of the patients in the validation split"""
     test_fraction: float = Field(0.25, gt=0, lt=1)
+    """share of the patients in the test split"""
     seed: int = 42
+    """a patient's split follows from a hash of this seed and its pseudonym, so patients
+    added later do not move anyone (small classes aside: medflow.data.splits)"""
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> SplitParams:
@@ -36,8 +45,15 @@ class SplitParams(_Section):
 
 class DataParams(_Section):
     source: str = SYNTHETIC
+    """where the images come from, relative to data/ or absolute: `synthetic` (data/synthetic,
+    written by the synth stage); a folder of DICOM files (any names, read recursively) with a
+    labels.csv (columns path,label) or one sub-folder per class; or a MedMNIST-style .npz
+    archive, whose own train/val/test splits are kept"""
     class_names: list[str] = Field(default_factory=lambda: ["normal", "lesion"], min_length=2)
+    """the labels, in order: a label's index is its class; binary: the second is the positive
+    class"""
     split: SplitParams = SplitParams()
+    """the patient-level train/val/test split (a .npz source keeps its own)"""
 
     @model_validator(mode="after")
     def _unique_classes(self) -> DataParams:
@@ -57,9 +73,14 @@ class DataParams(_Section):
 
 class SynthParams(_Section):
     n_patients: int = Field(240, ge=6)
+    """synthetic patients; 240 gives a val split of about 100 images to fit the temperature on
+    (160 gave 69, and a test ECE of 0.062 against the 0.05 target; docs/training.md)"""
     images_per_patient: int = Field(3, ge=1, le=50)
+    """images written per patient"""
     lesion_prevalence: float = Field(0.5, gt=0, lt=1)
+    """chance that an image shows a lesion"""
     seed: int = 7
+    """the same seed gives the same pixels, labels and UIDs"""
 
 
 class SafePrivateTagParams(_Section):
@@ -82,7 +103,8 @@ class SafePrivateTagParams(_Section):
 
 
 class BurnedInTextParams(_Section):
-    """OCR of text burned into the pixels (docs/ingest.md, "Burned-in text")."""
+    """OCR of text burned into the pixels (docs/ingest.md, "Burned-in text"); needs
+    tesseract-ocr (make system-deps)."""
 
     action: Literal["redact", "quarantine", "off"] = Field(
         "redact",
@@ -145,11 +167,14 @@ class DeidParams(_Section):
     Profile, and which of its options apply (docs/ingest.md, "De-identification")."""
 
     allow_demo_key_for_synthetic: bool = True
-    # Pixels with burned-in text (BurnedInAnnotation YES) may show a name: quarantined unless
-    # the source is known to be clean (e.g. the annotation was masked upstream).
+    """the pseudonymisation key comes from $MEDFLOW_DEID_KEY or the file named by
+    $MEDFLOW_DEID_KEY_FILE; true: the synthetic demo (only) may fall back to a public demo key"""
     allow_burned_in_annotation: bool = False
-    # OCR of the pixels of ultrasound, secondary captures, screenshots... (BurnedInTextParams)
+    """images with BurnedInAnnotation YES may show a name in their pixels: quarantined unless
+    true (for a source known to be clean, e.g. the annotation was masked upstream)"""
     burned_in_text: BurnedInTextParams = BurnedInTextParams()
+    """OCR of the pixels for text burned in without BurnedInAnnotation (ultrasound, secondary
+    captures, screenshots...)"""
     retain_modified_dates: bool = Field(
         True,
         description="Retain Longitudinal Temporal Information with Modified Dates Option:"
@@ -185,54 +210,71 @@ class DeidParams(_Section):
 
 
 class IngestParams(_Section):
-    # Worker processes; 1 decodes in the calling process. A cluster goes through Prefect's
-    # Dask task runner instead (src/medflow/orchestration/ingest_dask.py).
     workers: int = Field(2, ge=1, le=256)
-    shard_size: int = Field(64, ge=1)  # files per unit of work sent to a worker
-    # Fail the stage when more than this fraction of the files had to be quarantined.
+    """worker processes on this machine; 1 decodes in the calling process. A cluster goes
+    through Prefect's Dask task runner instead (src/medflow/orchestration/ingest_dask.py)"""
+    shard_size: int = Field(64, ge=1)
+    """files per unit of work sent to a worker"""
     max_quarantine_fraction: float = Field(0.05, ge=0, le=1)
+    """the stage fails when more than this fraction of the source files cannot be used
+    (unreadable, undecodable, refused); skipped non-images and duplicates do not count"""
 
 
 class DriftCheckParams(_Section):
     """One drift check: the largest change accepted, and what exceeding it does."""
 
     max_change: float = Field(gt=0)
-    # warn: logged and listed in summary.json, the run passes; fail: the stage fails.
+    """the largest change accepted (its unit depends on the check)"""
     action: Literal["warn", "fail"] = "warn"
+    """warn: logged and listed in summary.json, the run passes; fail: the stage fails"""
 
 
 class DriftParams(_Section):
-    """Drift against the last dataset that passed validation (its reference profile)."""
+    """Drift against the last dataset of the same source and class names that passed
+    validation: its reference profile, data/reference/<dataset key>/profile.json
+    (docs/validation.md)."""
 
-    # largest absolute change of one class's share of all images (0.15 = 15 points)
     label_balance: DriftCheckParams = DriftCheckParams(max_change=0.15, action="fail")
-    # total variation distance between the manufacturer mixes (0: same mix, 1: disjoint)
+    """largest absolute change of one class's share of all images (0.15 = 15 points)"""
     manufacturer_mix: DriftCheckParams = DriftCheckParams(max_change=0.25)
-    # per modality: change of the mean/quantiles of pixel_mean and the mean of pixel_std, in
-    # reference standard deviations between images
+    """total variation distance between the manufacturer mixes (0: same mix, 1: disjoint)"""
     intensity: DriftCheckParams = DriftCheckParams(max_change=1.0)
+    """per modality: change of the mean/quantiles of pixel_mean and the mean of pixel_std, in
+    reference standard deviations between images"""
 
 
 class ValidateParams(_Section):
-    allowed_modalities: list[str] = Field(
-        default_factory=lambda: ["CR", "DX", "CT", "MR", "US", "OT", "NM", "XA", "MG", "PX"]
-    )
+    """The dataset's rules; their reasons are in docs/validation.md."""
+
+    allowed_modalities: list[str] = Field(default_factory=lambda: list(MODALITIES))
+    """DICOM Modality values accepted"""
     min_images_per_class_per_split: int = Field(2, ge=1)
-    # each class's share of all images
+    """images each class needs in every split"""
     min_class_fraction: float = Field(0.05, ge=0, le=1)
+    """least share of all images any class may have"""
     max_class_fraction: float = Field(0.95, ge=0, le=1)
+    """largest share of all images any class may have"""
     min_rows: int = Field(8, ge=1)
+    """image height in pixels, at least"""
     max_rows: int = Field(8192, ge=1)
+    """image height in pixels, at most"""
     min_columns: int = Field(8, ge=1)
+    """image width in pixels, at least"""
     max_columns: int = Field(8192, ge=1)
-    # mm; files without PixelSpacing have NaN, which the range check lets through
+    """image width in pixels, at most"""
     min_pixel_spacing: float = Field(0.01, gt=0)
+    """pixel spacing in mm, at least; files without PixelSpacing have NaN, which the range
+    check lets through"""
     max_pixel_spacing: float = Field(10.0, gt=0)
-    # share of images that must carry a pixel spacing (0: none need to)
+    """pixel spacing in mm, at most"""
     min_pixel_spacing_present: float = Field(0.0, ge=0, le=1)
-    # share of pixels at the frame's min or max: 1.0 is a blank image
+    """share of images that must carry a pixel spacing (0: none need to)"""
     max_constant_fraction: float = Field(0.9, gt=0, le=1)
+    """share of a frame's pixels at its min or max (1.0: blank) above which the frame is
+    taken for blank, black or saturated (mammograms and collimated X-rays have large black
+    borders)"""
     drift: DriftParams = DriftParams()
+    """drift checks against the reference profile"""
 
     @model_validator(mode="after")
     def _ranges_are_ordered(self) -> ValidateParams:
@@ -253,21 +295,34 @@ class ValidateParams(_Section):
 
 
 class WindowParams(_Section):
+    """A VOI window (DICOM Window Center and Width) given for one modality."""
+
     center: float
+    """window centre, in the modality's units after the modality LUT (CT: HU)"""
     width: float = Field(gt=0)
+    """window width, in the same units"""
 
 
 class PreprocessParams(_Section):
+    """The one preprocessing path of training, evaluation and serving (medflow.imaging)."""
+
     image_size: int = Field(64, ge=8, le=1024)
+    """side in pixels of the square model input: each frame is padded square, then resized"""
     channels: int = Field(1)
-    # Multi-frame files: the first frame, the middle one, or every frame as its own sample.
+    """1: colour becomes luminance; 3: grey is repeated, colour stays RGB"""
     frames: Literal["first", "middle", "all"] = "first"
-    # Decompression-bomb guard, checked on the header before decoding: pixels per frame.
+    """multi-frame files: the first frame, the middle one, or every frame as its own sample"""
     max_frame_pixels: int = Field(64 * 1024 * 1024, ge=1)
-    # VOI window per modality (e.g. CT: {center: 40, width: 400}); overrides the file's own.
+    """decompression-bomb guard: frames with more pixels than this are refused, from the
+    header, before decoding"""
     windows: dict[str, WindowParams] = Field(default_factory=dict)
+    """a VOI window per modality (e.g. CT: {center: 40, width: 400}) that overrides the
+    file's own; without one: the file's VOI LUT or window, else the percentiles"""
     percentile_low: float = Field(0.5, ge=0, lt=50)
+    """without any window, intensities between the image's percentile_low and percentile_high
+    percentiles are scaled to [0, 1], those outside clipped"""
     percentile_high: float = Field(99.5, gt=50, le=100)
+    """see percentile_low"""
 
     @field_validator("windows")
     @classmethod
@@ -284,40 +339,62 @@ class PreprocessParams(_Section):
 class AugmentParams(_Section):
     """Augmentations applied to each training batch on its device, seeded (docs/training.md)."""
 
-    max_shift: int = Field(4, ge=0)  # pixels, translation in each direction (zero fill)
-    max_rotation: float = Field(10.0, ge=0, le=180)  # degrees, either way
-    max_scale: float = Field(0.1, ge=0, lt=1)  # zoom in or out by up to this fraction
-    brightness: float = Field(0.1, ge=0, le=1)  # added offset, up to this (images in [0, 1])
-    contrast: float = Field(0.1, ge=0, lt=1)  # gain around the image mean, 1 +- this
-    # Off by default: left/right carries meaning in chest and many other images.
+    max_shift: int = Field(4, ge=0)
+    """translation in pixels, each way (zero fill)"""
+    max_rotation: float = Field(10.0, ge=0, le=180)
+    """rotation in degrees, either way"""
+    max_scale: float = Field(0.1, ge=0, lt=1)
+    """zoom in or out by up to this fraction"""
+    brightness: float = Field(0.1, ge=0, le=1)
+    """offset added to the image, up to this (images are in [0, 1])"""
+    contrast: float = Field(0.1, ge=0, lt=1)
+    """gain around the image mean, 1 +- this"""
     horizontal_flip: bool = False
+    """off by default: left and right carry meaning (laterality) in chest and many other
+    images"""
 
 
 class TrainParams(_Section):
+    """The classifier and its fit (docs/training.md: resuming, DDP, GPUs)."""
+
     seed: int = 42
-    # smallcnn: VGG-style; resnet: a small ResNet (residual blocks, BN, global pooling)
+    """seeds initialisation, shuffling, augmentation and dropout"""
     architecture: Literal["smallcnn", "resnet"] = "smallcnn"
-    max_epochs: int = Field(12, ge=1)
-    batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(3e-3, gt=0)
+    """smallcnn: VGG-style; resnet: a small ResNet (residual blocks, batch norm, global
+    pooling), cheaper per image on a CPU"""
+    max_epochs: int = Field(16, ge=1)
+    """the most epochs of a run"""
+    batch_size: int = Field(32, ge=1)
+    """images per batch, per device"""
+    learning_rate: float = Field(1e-3, gt=0)
+    """peak of the one-cycle schedule (AdamW)"""
     weight_decay: float = Field(1e-4, ge=0)
-    width: int = Field(32, ge=4)
+    """AdamW's weight decay"""
+    width: int = Field(24, ge=4)
+    """channels of the network's first stage"""
     dropout: float = Field(0.1, ge=0, lt=1)
-    # early stopping and the kept (best) checkpoint follow this validation metric
+    """dropout before the linear head"""
     monitor: Literal["val_loss", "val_auroc"] = "val_loss"
-    early_stopping_patience: int = Field(4, ge=1)
-    # none; weighted_loss: cross-entropy weighted by inverse train class frequency;
-    # balanced_sampler: batches drawn with replacement so that classes come up equally often
+    """the validation metric that early stopping and the kept (best) checkpoint follow"""
+    early_stopping_patience: int = Field(6, ge=1)
+    """epochs without improvement of `monitor` before stopping"""
     imbalance: Literal["none", "weighted_loss", "balanced_sampler"] = "none"
-    # temperature: one scalar fitted on val and folded into the last layer (calibrated
-    # probabilities, same ranking); none: the raw softmax
+    """none; weighted_loss: cross-entropy weighted by inverse train class frequency;
+    balanced_sampler: batches drawn with replacement (seeded) so that classes come up equally
+    often"""
     calibration: Literal["temperature", "none"] = "temperature"
-    # Lightning Trainer: "auto" | "ddp" | "ddp_spawn" | ...; devices "auto" or a count
+    """temperature: one scalar fitted on val and folded into the last layer (calibrated
+    probabilities, the same ranking and AUROC); none: the raw softmax"""
     strategy: str = "auto"
+    """Lightning Trainer's strategy: auto, ddp, ddp_spawn, ..."""
     devices: Literal["auto"] | int = "auto"
+    """auto or a count: GPUs on a GPU machine, processes on a CPU"""
     num_nodes: int = Field(1, ge=1)
-    num_workers: int = Field(0, ge=0)  # DataLoader worker processes
+    """machines for multi-node DDP"""
+    num_workers: int = Field(0, ge=0)
+    """DataLoader worker processes (the arrays are already in memory)"""
     augment: AugmentParams = AugmentParams()
+    """augmentations of the training batches"""
 
     @field_validator("devices")
     @classmethod
@@ -335,41 +412,63 @@ LOWER_IS_BETTER = ("brier", "ece")
 class EvaluateParams(_Section):
     """How the test split is scored (docs/evaluation.md)."""
 
-    # The operating threshold on p(positive), chosen on the validation split (binary only;
-    # multi-class predicts the argmax): fixed -> `threshold`; target_sensitivity -> the highest
-    # threshold whose val sensitivity reaches `target_sensitivity`; youden -> max(tpr - fpr).
     threshold_policy: Literal["fixed", "target_sensitivity", "youden"] = "target_sensitivity"
+    """how the operating threshold on p(positive) is chosen on the validation split (binary
+    only; multi-class predicts the argmax) and written to metrics.json, which the Bento
+    serves: fixed -> `threshold`; target_sensitivity -> the highest threshold whose val
+    sensitivity reaches `target_sensitivity`; youden -> max(tpr - fpr)"""
     threshold: float = Field(0.5, gt=0, lt=1)
+    """the threshold of the fixed policy"""
     target_sensitivity: float = Field(0.9, gt=0, le=1)
-    # equal-width probability bins of the expected calibration error and reliability diagram
+    """the val sensitivity the target_sensitivity policy reaches"""
     n_bins: int = Field(10, ge=2, le=100)
-    # percentile bootstrap 95% intervals; resamples patients (all their test images together)
+    """equal-width probability bins of the expected calibration error and reliability
+    diagram"""
     n_bootstrap: int = Field(1000, ge=0, le=100_000)
+    """resamples of the percentile bootstrap intervals; patients are resampled (all their
+    test images together); 0: no intervals"""
     ci_level: float = Field(0.95, gt=0.5, lt=1)
+    """the intervals' level"""
     seed: int = 0
-    # manifest columns to slice the test split by; absent columns are reported as missing
+    """seeds the bootstrap"""
     subgroups: list[str] = Field(
         default_factory=lambda: ["site", "manufacturer", "sex", "age_band"]
     )
-    # subgroups with fewer test images are reported but flagged small (and not gated)
+    """manifest columns to slice the test split by; absent columns are reported as missing"""
     min_subgroup_n: int = Field(30, ge=1)
+    """subgroups with fewer test images are reported but flagged small (and not gated)"""
 
 
 class GateParams(_Section):
-    """The evaluation gate (docs/evaluation.md): value rules and changes against the champion."""
+    """The evaluation gate (docs/evaluation.md): value rules on the candidate's own test
+    metrics, and change rules against the champion."""
 
     min_auroc: float = Field(0.85, ge=0, le=1)
-    # lower end of the bootstrap interval: a model that is good only by luck of the test draw
-    min_auroc_ci_low: float = Field(0.0, ge=0, le=1)
+    """test AUROC, at least"""
+    min_auroc_ci_low: float = Field(0.75, ge=0, le=1)
+    """lower end of the AUROC's bootstrap interval, at least: refuses a model that is good
+    only by luck of the test draw"""
     min_sensitivity: float = Field(0.7, ge=0, le=1)
+    """sensitivity at the operating threshold, at least"""
     min_specificity: float = Field(0.7, ge=0, le=1)
-    max_ece: float = Field(1.0, ge=0, le=1)
-    # every subgroup that is not flagged small (evaluate.min_subgroup_n)
-    min_subgroup_auroc: float = Field(0.0, ge=0, le=1)
-    # Largest change for the worse against the current champion, per metric (AUROC 0.02:
-    # the candidate may be at most 0.02 below the champion; ECE 0.02: at most 0.02 above).
-    # Without a champion (the first model) only the value rules apply.
-    max_worse_than_champion: dict[str, float] = Field(default_factory=dict)
+    """specificity at the operating threshold, at least"""
+    max_ece: float = Field(0.15, ge=0, le=1)
+    """expected calibration error, at most"""
+    min_subgroup_auroc: float = Field(0.75, ge=0, le=1)
+    """AUROC of every subgroup not flagged small (evaluate.min_subgroup_n), at least; 0: off"""
+    max_worse_than_champion: dict[str, float] = Field(
+        default_factory=lambda: {
+            "auroc": 0.02,
+            "sensitivity": 0.05,
+            "specificity": 0.05,
+            "ece": 0.05,
+        }
+    )
+    """largest change for the worse against the champion (the last model packaged on the same
+    source and class names, scored by evaluate on the candidate's test split), per metric:
+    auroc 0.02 lets the candidate be at most 0.02 below it, ece 0.05 at most 0.05 above.
+    Without a champion (or one of other class names, or gone from the store): value rules
+    only"""
 
     @field_validator("max_worse_than_champion")
     @classmethod
@@ -383,35 +482,37 @@ class GateParams(_Section):
 
 
 class ServeParams(_Section):
-    """The Bento's HTTP service (docs/serving.md). Carried into the Bento at package time;
-    each field can be overridden where it is served by $MEDFLOW_SERVE_<FIELD> (lists: commas)."""
+    """The Bento's HTTP service (POST /predict, /predict_batch; docs/serving.md). Carried into
+    the Bento at package time; where it is served, $MEDFLOW_SERVE_<FIELD> overrides a field
+    (lists: commas; e.g. MEDFLOW_SERVE_WORKERS=4)."""
 
-    # request bodies above this are refused (413) before they are parsed
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024)
-    # decompression-bomb guard on the header, before decoding: rows x columns x frames x samples
+    """request bodies above this are refused (413) before they are parsed"""
     max_image_pixels: int = Field(256 * 1024 * 1024, ge=1)
-    # accept PNG and JPEG besides DICOM (they carry no modality, window or photometric tags)
+    """decompression-bomb guard: rows x columns x frames x samples from the header, checked
+    before any decoding (preprocess.max_frame_pixels still caps the one frame decoded)"""
     allow_png_jpeg: bool = False
-    # DICOM Modality values served; anything else is refused (422)
-    allowed_modalities: list[str] = Field(
-        default_factory=lambda: ["CR", "DX", "CT", "MR", "US", "OT", "NM", "XA", "MG", "PX"],
-        min_length=1,
-    )
-    # batching of concurrent requests (medflow.serving.batcher): the most images per forward
-    # pass, also the most files one /predict_batch takes; and the longest an image may wait
-    # for the model before it is refused with 503 (overloaded)
+    """accept PNG and JPEG besides DICOM (they carry no modality, window or photometric tags
+    to check)"""
+    allowed_modalities: list[str] = Field(default_factory=lambda: list(MODALITIES), min_length=1)
+    """DICOM Modality values served; anything else is refused (422)"""
     max_batch_size: int = Field(16, ge=2, le=1024)
+    """batching of concurrent requests (medflow.serving.batcher): the most images per forward
+    pass, also the most files one /predict_batch takes"""
     max_latency_ms: int = Field(5000, ge=10)
-    # worker processes, each with its own copy of the network
+    """the longest an image may wait for the model before its request is refused with 503
+    (overloaded: retry later or add workers)"""
     workers: int = Field(1, ge=1, le=64)
+    """worker processes, each with its own copy of the network"""
     timeout_s: int = Field(30, ge=1)
-    # the bearer token is read from this environment variable where the Bento runs; unset or
-    # empty: no authentication
+    """BentoML's request timeout (traffic.timeout), in seconds"""
     api_token_env: str = Field("MEDFLOW_API_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    # OpenTelemetry spans for /predict and /predict_batch (BentoML's tracing, collected only
-    # where a BentoML config sets an exporter and a sample rate). Off, those routes skip the
-    # tracing middleware: about 0.7 ms less per request (docs/serving.md)
+    """the bearer token of /predict* is read from this environment variable where the Bento
+    runs (never stored in the Bento); unset or empty: no authentication. Health stays open"""
     trace_predictions: bool = False
+    """OpenTelemetry spans for /predict and /predict_batch (BentoML's tracing, collected only
+    where a BentoML config sets an exporter and a sample rate). Off, those routes skip the
+    tracing middleware: about 0.7 ms less per request (docs/serving.md)"""
 
     @field_validator("allowed_modalities")
     @classmethod
@@ -421,43 +522,65 @@ class ServeParams(_Section):
 
 class PackageParams(_Section):
     model_name: str = Field("medflow-classifier", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
-    # baked into the Bento (as its `serve` argument), so a change rebuilds it
+    """the name of the model in the BentoML model store and of the Bento"""
     serve: ServeParams = ServeParams()
+    """baked into the Bento (as its `serve` argument), so a change rebuilds it"""
 
 
 class OrchestrationParams(_Section):
-    """Prefect deployments of the pipeline (docs/orchestration.md); read by flows/ only."""
+    """Prefect deployments of the pipeline (docs/orchestration.md: `medflow orchestrate
+    serve`, `make deployments`); read by flows/ only."""
 
-    # the training deployment's schedule (cron, in `timezone`); "" : no schedule
     cron: str = "0 3 * * 1"
+    """the training deployment's schedule (cron, in `timezone`); "": no schedule"""
     timezone: str = "UTC"
-    # how often the watcher hashes the data source; a new hash emits medflow.data.changed
+    """the time zone of `cron`"""
     watch_interval_seconds: int = Field(60, ge=5)
-    # stage retries on transient errors only (OSError, timeouts, DVC lock): never data errors
+    """how often the watcher hashes data.source; a new hash emits medflow.data.changed"""
     retries: int = Field(2, ge=0, le=10)
+    """retries of a stage on transient errors only (OSError, timeouts, a busy DVC lock),
+    never on data errors"""
     retry_delay_seconds: float = Field(10.0, ge=0)
+    """wait before each retry"""
     stage_timeout_seconds: int = Field(6 * 3600, ge=1)
-    # one training run at a time; another trigger waits (ENQUEUE) or is dropped (CANCEL_NEW)
+    """a stage that runs longer fails (Prefect's task timeout)"""
     collision_strategy: Literal["ENQUEUE", "CANCEL_NEW"] = "ENQUEUE"
-    # a saved Prefect notification block ("<block-type-slug>/<name>", e.g.
-    # "slack-webhook/medflow-ops"); "" : no failure notifications
+    """one training run at a time; another trigger waits (ENQUEUE) or is dropped
+    (CANCEL_NEW)"""
     notify_block: str = ""
+    """a saved Prefect notification block ("<block-type-slug>/<name>", e.g.
+    "slack-webhook/medflow-ops") that failed runs notify through; "": none"""
 
 
 class Params(_Section):
-    data: DataParams = DataParams()
-    synth: SynthParams = SynthParams()
-    deid: DeidParams = DeidParams()
-    ingest: IngestParams = IngestParams()
-    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
-    preprocess: PreprocessParams = PreprocessParams()
-    train: TrainParams = TrainParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    gate: GateParams = GateParams()
-    package: PackageParams = PackageParams()
-    orchestration: OrchestrationParams = OrchestrationParams()
+    """The whole of params.yaml: one section per stage."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, use_attribute_docstrings=True
+    )
+
+    data: DataParams = DataParams()
+    """the source of the images and its split (read by ingest and the stages after it)"""
+    synth: SynthParams = SynthParams()
+    """the synthetic demo data (the synth stage)"""
+    deid: DeidParams = DeidParams()
+    """de-identification at ingest"""
+    ingest: IngestParams = IngestParams()
+    """the ingest stage's work and failure threshold"""
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    """the validate stage's rules (key `validate` in params.yaml)"""
+    preprocess: PreprocessParams = PreprocessParams()
+    """DICOM to model input, for training, evaluation and serving alike"""
+    train: TrainParams = TrainParams()
+    """the train stage"""
+    evaluate: EvaluateParams = EvaluateParams()
+    """the evaluate stage"""
+    gate: GateParams = GateParams()
+    """the gate stage"""
+    package: PackageParams = PackageParams()
+    """the package stage and the Bento it builds"""
+    orchestration: OrchestrationParams = OrchestrationParams()
+    """the Prefect deployments"""
 
 
 class ConfigError(ValueError):
