@@ -1,5 +1,6 @@
-"""Errors that stop a stage on purpose. The CLI turns them into a message and exit code 1;
-in the Prefect flow they fail the task, and so the flow run, with the same message."""
+"""Errors that stop a stage on purpose. The CLI turns them into a message and an exit code
+(1; 4 for GateFailed: medflow.cli.common.ExitCode); in the Prefect flow they fail the task,
+and so the flow run, with the same message."""
 
 from __future__ import annotations
 

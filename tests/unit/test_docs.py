@@ -465,3 +465,29 @@ def test_deploy_readme_states_the_manifests() -> None:
     assert container["startupProbe"]["httpGet"]["path"] == said.group(2)
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert metric["resource"]["name"] == "cpu"
+
+
+def test_exit_codes_the_docs_give_an_error_are_the_clis() -> None:
+    """A sentence that names an error (`GateFailed`, `ValidationFailed`, ...) and an exit code
+    gives the code the CLI exits with for that error."""
+    import medflow.errors
+    from medflow.cli.common import exit_code
+    from medflow.config import ConfigError
+
+    errors = {
+        name: kind
+        for name, kind in {**vars(medflow.errors), "ConfigError": ConfigError}.items()
+        if isinstance(kind, type) and issubclass(kind, Exception)
+    }
+    claims, wrong = 0, []
+    for page in USER_DOCS:
+        text = " ".join(page.read_text().split())
+        for sentence in re.split(r"(?<=[.;])\s", text):
+            named = [n for n in re.findall(r"`(\w+)`", sentence) if n in errors]
+            codes = re.findall(r"\bexits?(?: with)?(?: code)? (\d)\b", sentence)
+            for name in named if codes else ():
+                claims += 1
+                if {int(c) for c in codes} != {exit_code(errors[name]("x"))}:
+                    wrong.append((page.name, name, codes, int(exit_code(errors[name]("x")))))
+    assert claims >= 2, "the docs no longer say which exit code an error gives"
+    assert not wrong, f"(page, error, the doc's exit code, the CLI's): {wrong}"
