@@ -153,6 +153,9 @@ def build(workdir: Path, params_file: Path) -> tuple[Path, str]:
     from medflow.models.net import build_network
     from medflow.registry.packaging import run_package
 
+    sys.path.insert(0, str(ROOT))
+    from tests.helpers.handoffs import write_evaluated
+
     p = load_params(params_file)
     torch.manual_seed(p.train.seed)
     n = len(p.data.class_names)
@@ -169,8 +172,7 @@ def build(workdir: Path, params_file: Path) -> tuple[Path, str]:
     )
     model_dir = workdir / "model"
     save_model(model_dir, net, spec)
-    (workdir / "metrics.json").write_text(json.dumps({"auroc": 0.5}))
-    (workdir / "gate.json").write_text(json.dumps({"passed": True, "failures": []}))
+    write_evaluated(workdir, auroc=0.5)
     result = run_package(
         PackageParams(),
         model_dir,

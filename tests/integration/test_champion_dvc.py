@@ -39,7 +39,7 @@ def test_the_packaged_model_is_champion_and_not_in_git(reproduced: tuple[Path, s
     bento = json.loads((repo / "reports/bento.json").read_text())
     champion = read_champion(_champion_dir(repo))
     assert champion is not None, "the package stage recorded no champion"
-    assert (champion["model_tag"], champion["promoted_by"]) == (bento["model_tag"], "package")
+    assert (champion.model_tag, champion.promoted_by) == (bento["model_tag"], "package")
     # ignored by the project's .gitignore, not by a reports/.gitignore DVC writes for outputs
     rel = _champion_dir(repo).relative_to(repo) / "champion.json"
     ignored = run(["git", "check-ignore", "-v", str(rel)], repo).stdout
@@ -66,14 +66,14 @@ def test_a_rollback_by_hand_survives_dvc_status_and_repro(repo: Path) -> None:
     packaged = read_champion(champ)
     _roll_back_by_hand(champ)
     by_hand = _files(champ)
-    assert read_champion(champ)["model_tag"] != packaged["model_tag"]
+    assert read_champion(champ).model_tag != packaged.model_tag
 
     status = run(["dvc", "status"], repo).stdout
     assert UP_TO_DATE in status, f"a rollback by hand made stages stale:\n{status}"
     out = run(["dvc", "repro"], repo).stdout
     assert ran_stages(out) == set(), out
     assert _files(champ) == by_hand, "dvc repro replaced the champion chosen by hand"
-    assert read_champion(champ)["model_tag"] != packaged["model_tag"]
+    assert read_champion(champ).model_tag != packaged.model_tag
 
 
 def test_a_package_rebuild_of_the_same_network_does_not_undo_the_rollback(repo: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from medflow.handoffs import GateReport, Metrics
 from tests.helpers.pipeline_copy import TINY_PARAMS, clone, run, set_params
 from tests.helpers.stages import dvc_stages, ran_stages
 
@@ -24,8 +25,7 @@ def test_repro_runs_every_stage_and_builds_a_bento(reproduced: tuple[Path, str],
     bento = json.loads((src / "reports/bento.json").read_text())
     info = run(["bentoml", "get", bento["bento_tag"], "-o", "json"], tmp_path)
     assert bento["bento_tag"].split(":")[0] in info.stdout
-    gate = json.loads((src / "reports/gate.json").read_text())
-    assert gate["passed"] is True
+    assert GateReport.read(src / "reports/gate.json").passed is True
 
 
 def test_metrics_are_dvc_metrics(repo: Path):
@@ -52,10 +52,10 @@ def test_changing_one_param_reruns_only_its_stages(repo: Path):
 
 def test_gate_refusal_stops_before_packaging(repo: Path):
     before = (repo / "reports/bento.json").read_text()
-    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    metrics = Metrics.read(repo / "reports/metrics.json")
     # demand more than the model achieved on a metric it did not max out
-    metric = next(m for m in ("sensitivity", "specificity", "auroc") if metrics[m] < 1.0)
-    set_params(repo, {"gate": {f"min_{metric}": min(1.0, metrics[metric] + 0.01)}})
+    metric = next(m for m in ("sensitivity", "specificity", "auroc") if getattr(metrics, m) < 1.0)
+    set_params(repo, {"gate": {f"min_{metric}": min(1.0, getattr(metrics, metric) + 0.01)}})
     proc = run(["dvc", "repro"], repo, check=False)
     assert proc.returncode != 0
     assert "refused by the evaluation gate" in proc.stderr + proc.stdout

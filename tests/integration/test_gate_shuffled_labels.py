@@ -3,13 +3,13 @@ gate must refuse it, say which rule failed, write the model card, and package no
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from medflow.handoffs import GateReport, Metrics
 from tests.helpers.pipeline_copy import TINY_PARAMS, make_copy, package_in_background, run
 from tests.helpers.stages import ran_stages
 
@@ -42,16 +42,15 @@ def test_gate_refuses_and_names_the_rule(refused):
     assert "refused by the evaluation gate" in out
     min_auroc = TINY_PARAMS["gate"]["min_auroc"]
     assert "auroc = " in out and f"gate.min_auroc = {min_auroc}" in out
-    gate = json.loads((dest / "reports/gate.json").read_text())
-    assert gate["passed"] is False and gate["decision"] == "refused"
-    failed = {r["rule"] for r in gate["rules"] if not r["passed"]}
+    gate = GateReport.read(dest / "reports/gate.json")
+    assert gate.passed is False and gate.decision == "refused"
+    failed = {r.rule for r in gate.rules if not r.passed}
     assert "gate.min_auroc" in failed
-    assert gate["champion"]["status"] == "no champion"
+    assert gate.champion.status == "no champion"
     # Labels independent of the pixels: the test AUROC is chance's, far from what the real
     # labels give (0.98). Not "0.5 in the interval": on 34 test images chance alone reaches
     # 0.75 (interval 0.54-0.91) with these seeds.
-    metrics = json.loads((dest / "reports/metrics.json").read_text())
-    assert metrics["auroc"] < min_auroc
+    assert Metrics.read(dest / "reports/metrics.json").auroc < min_auroc
 
 
 def test_nothing_is_packaged_and_there_is_no_champion(refused):

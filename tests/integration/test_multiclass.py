@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medflow.handoffs import EvaluationContext, GateReport, Metrics
 from tests.helpers.pipeline_copy import make_copy, package_in_background
 from tests.helpers.stages import dvc_stages, ran_stages
 
@@ -86,19 +87,20 @@ def test_model_has_three_outputs_and_names(repo) -> None:
 
 def test_macro_metrics_and_argmax_decisions(repo) -> None:
     dest, _ = repo
-    metrics = json.loads((dest / "reports/metrics.json").read_text())
+    metrics = Metrics.read(dest / "reports/metrics.json")
     # macro one-vs-rest AUROC of an easy three-class task, with its interval
-    assert metrics["auroc"] >= 0.9, metrics
-    assert metrics["auroc_ci_low"] <= metrics["auroc"] <= metrics["auroc_ci_high"]
-    evaluation = json.loads((dest / "reports/evaluation.json").read_text())
-    assert evaluation["threshold"]["applies"] == "not used: argmax"
+    assert metrics.auroc >= 0.9, metrics
+    assert metrics.auroc_ci_low <= metrics.auroc <= metrics.auroc_ci_high
+    assert metrics.n_test_positive is None  # no positive class among three
+    evaluation = EvaluationContext.read(dest / "reports/evaluation.json")
+    assert evaluation.threshold.applies == "not used: argmax"
     predictions = (dest / "reports/predictions.csv").read_text().splitlines()
     assert len(predictions) == SIZES["test"] + 1
     header = predictions[0].split(",")
     # every class's probability is in the predictions, and the predicted labels use all three
     assert all(any(name in col for col in header) for name in CLASSES), header
-    gate = json.loads((dest / "reports/gate.json").read_text())
-    assert gate["passed"] is True, gate
+    gate = GateReport.read(dest / "reports/gate.json")
+    assert gate.passed is True, gate.failures
 
 
 def test_model_card_lists_every_class(repo) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from medflow.handoffs import Metrics
 from tests.helpers.pipeline_copy import clone, make_copy, set_params
 from tests.helpers.stages import dvc_stages
 
@@ -53,9 +54,9 @@ def test_gate_refusal_fails_the_flow_run(flow_run, tmp_path: Path):
     assert first.is_completed(), f"the module's flow run failed: {first.message}"
     repo = clone(src, tmp_path / "repo")
     before = (repo / "reports/bento.json").read_text()
-    metrics = json.loads((repo / "reports/metrics.json").read_text())
-    metric = next(m for m in ("sensitivity", "specificity", "auroc") if metrics[m] < 1.0)
-    set_params(repo, {"gate": {f"min_{metric}": min(1.0, metrics[metric] + 0.01)}})
+    metrics = Metrics.read(repo / "reports/metrics.json")
+    metric = next(m for m in ("sensitivity", "specificity", "auroc") if getattr(metrics, m) < 1.0)
+    set_params(repo, {"gate": {f"min_{metric}": min(1.0, getattr(metrics, metric) + 0.01)}})
     state = pipeline(root=str(repo), stages=["evaluate", "gate", "package"], return_state=True)
     assert state.is_failed()
     with pytest.raises(Exception, match="refused by the evaluation gate"):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from medflow.handoffs import Metrics
 from medflow.orchestration.artifacts import KEYS as ARTIFACT_KEYS
 from tests.helpers.pipeline_copy import clone, make_copy, set_params
 
@@ -117,9 +118,9 @@ def test_data_error_is_not_retried_and_gate_failure_names_the_rule(first_run, tm
 
     src, _ = _completed(first_run)
     repo = clone(src, tmp_path / "repo")
-    metrics = json.loads((repo / "reports/metrics.json").read_text())
-    metric = next(m for m in ("sensitivity", "specificity", "auroc") if metrics[m] < 1.0)
-    set_params(repo, {"gate": {f"min_{metric}": min(1.0, metrics[metric] + 0.01)}})
+    metrics = Metrics.read(repo / "reports/metrics.json")
+    metric = next(m for m in ("sensitivity", "specificity", "auroc") if getattr(metrics, m) < 1.0)
+    set_params(repo, {"gate": {f"min_{metric}": min(1.0, getattr(metrics, metric) + 0.01)}})
     state = fp.pipeline(root=str(repo), return_state=True)
     assert state.is_failed()
     assert "stage gate failed" in state.message and f"gate.min_{metric}" in state.message

@@ -29,6 +29,7 @@ from medflow.registry.champion import (
 from medflow.registry.infra_validation import InfraValidationFailed, sample_dicoms
 from medflow.registry.packaging import PackageResult, run_package
 from medflow.registry.store import list_models, promote, rollback, served_bento
+from tests.helpers.handoffs import write_evaluated
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = PackageParams().model_name
@@ -59,9 +60,8 @@ def _package(tmp: Path, seed: int, auroc: float) -> tuple[PackageResult, dict[st
         provenance={"data_hash": f"{seed:064d}", "git_revision": f"rev{seed}"},
     )
     save_model(tmp / "model", SmallCNN(1, 2, width=8), spec)
-    metrics = {"auroc": auroc, "sensitivity": 0.8, "specificity": 0.85, "threshold": 0.5}
-    (tmp / "metrics.json").write_text(json.dumps(metrics))
-    (tmp / "gate.json").write_text(json.dumps({"passed": True, "failures": []}))
+    write_evaluated(tmp, auroc=auroc, sensitivity=0.8, specificity=0.85, threshold=0.5)
+    metrics = json.loads((tmp / "metrics.json").read_text())
     result = run_package(
         PackageParams(),
         tmp / "model",

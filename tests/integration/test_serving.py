@@ -39,6 +39,7 @@ from medflow.models.net import SmallCNN
 from medflow.registry.infra_validation import InfraValidationFailed, RunningBento, serve_bento
 from medflow.registry.packaging import PackageResult, run_package
 from medflow.serving.service import decide
+from tests.helpers.handoffs import metrics_values, write_evaluated
 
 ROOT = Path(__file__).resolve().parents[2]
 PATIENT_NAME = "Doe^Jane"
@@ -48,6 +49,9 @@ UPLOAD_NAME = "Doe_Jane_MRN-0042-SECRET.dcm"
 # The served Bento's settings: small enough to test the upload limit with a 3 MB body.
 SERVE = ServeParams(allow_png_jpeg=True, max_upload_bytes=2_000_000, max_batch_size=4)
 TOKEN = "test-token-not-secret"
+
+# As evaluate writes it; package serves the threshold evaluated (and gated), not model.json's.
+EVALUATED = {"auroc": 0.91, "sensitivity": 0.8, "threshold": 0.3, "n_test": 40}
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,7 @@ def _package(
         provenance={"data_hash": data_hash, "git_rev": None},
     )
     save_model(model_dir, SmallCNN(1, len(class_names), width=8), spec)
-    # As evaluate writes it; package serves the threshold evaluated (and gated), not model.json's.
-    metrics = {"auroc": 0.91, "sensitivity": 0.8, "threshold": 0.3, "n_test": 40}
-    (tmp / "metrics.json").write_text(json.dumps(metrics))
-    (tmp / "gate.json").write_text(json.dumps({"passed": True, "failures": []}))
+    write_evaluated(tmp, **EVALUATED)
     out_file = tmp / "package.json"
     result = run_package(
         PackageParams(serve=serve),
@@ -236,7 +237,7 @@ def test_package_pins_its_model_and_records_it(packaged: Packaged) -> None:
         "model.pt",
     ]
     meta = stored.info.metadata
-    assert meta["metrics"] == {"auroc": 0.91, "sensitivity": 0.8, "threshold": 0.3, "n_test": 40}
+    assert meta["metrics"] == metrics_values(**EVALUATED)
     assert json.loads((Path(stored.path) / "model.json").read_text())["threshold"] == 0.3
     assert meta["data_hash"] == "a" * 64
     assert meta["gate"]["passed"] is True
@@ -561,9 +562,7 @@ def test_failed_gate_builds_nothing(tmp_path: Path, packaged: Packaged) -> None:
         SmallCNN(1, 2, width=8),
         ModelSpec("SmallCNN", 1, 2, 8, 0.1, ["normal", "lesion"], PreprocessParams().model_dump()),
     )
-    (tmp_path / "metrics.json").write_text(json.dumps({"auroc": 0.6}))
-    gate = {"passed": False, "failures": ["auroc 0.600 < min_auroc 0.850"]}
-    (tmp_path / "gate.json").write_text(json.dumps(gate))
+    write_evaluated(tmp_path, failures=["auroc 0.600 < min_auroc 0.850"], auroc=0.6)
     with pytest.raises(GateFailed, match="auroc 0.600 < min_auroc 0.850"):
         run_package(
             PackageParams(),
@@ -600,8 +599,7 @@ def test_failed_build_leaves_no_model_behind(tmp_path: Path, packaged: Packaged)
         SmallCNN(1, 2, width=8),
         ModelSpec("SmallCNN", 1, 2, 8, 0.1, ["normal", "lesion"], PreprocessParams().model_dump()),
     )
-    (tmp_path / "metrics.json").write_text(json.dumps({"auroc": 0.9}))
-    (tmp_path / "gate.json").write_text(json.dumps({"passed": True, "failures": []}))
+    write_evaluated(tmp_path)
     before = sorted(str(m.tag) for m in bentoml.models.list())
     with pytest.raises(Exception, match="no_such_module"):
         run_package(

@@ -122,8 +122,9 @@ def test_each_source_has_its_own_reference_and_champion(repo: Path, tmp_path: Pa
     assert "No champion of dataset" in (repo / "reports/model_card.md").read_text()
     bento = _json(repo / "reports/bento.json")
     pneu_champion = read_champion(champion_folder(champions, pneu.key))
-    assert pneu_champion["model_tag"] == bento["model_tag"]
-    assert pneu_champion["dataset"]["class_names"] == PNEUMONIA_CLASSES
+    assert pneu_champion is not None and pneu_champion.model_tag == bento["model_tag"]
+    assert pneu_champion.dataset is not None
+    assert pneu_champion.dataset.class_names == PNEUMONIA_CLASSES
     # the demo's reference and champion are untouched
     assert demo_ref.read_bytes() == demo_ref_bytes
     assert read_champion(champion_folder(champions, demo.key)) == demo_champion
@@ -140,7 +141,7 @@ def test_each_source_has_its_own_reference_and_champion(repo: Path, tmp_path: Pa
     baseline = _json(repo / "reports/baseline.json")
     metrics = _json(repo / "reports/metrics.json")
     assert baseline["status"] == "compared" and baseline["same_split"], baseline
-    assert baseline["champion"]["model_tag"] == demo_champion["model_tag"]
+    assert baseline["champion"]["model_tag"] == demo_champion.model_tag
     assert baseline["evaluated_on"]["n_test"] == metrics["n_test"]
     gate = _json(repo / "reports/gate.json")
     assert gate["champion"]["status"] == "compared" and gate["champion"]["dataset"] == demo.key

@@ -19,6 +19,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from medflow.config import EvaluateParams, GateParams, PackageParams, PreprocessParams
+from medflow.data.arrays import META_FILE, ArraysMeta, write_images, write_labels
 from medflow.data.dataset import Dataset, champion_folder
 from medflow.data.preprocessing import preprocess_rows
 from medflow.errors import GateFailed
@@ -30,6 +31,8 @@ from medflow.models.artifact import ModelSpec, load_model, save_model
 from medflow.registry.baseline import CLASSES_DIFFER, COMPARED, NO_CHAMPION, UNAVAILABLE
 from medflow.registry.champion import record_champion
 from medflow.registry.packaging import save_to_store
+from tests.helpers.handoffs import gate_report
+from tests.helpers.handoffs import metrics as full_metrics
 
 CLASSES = ["normal", "lesion"]
 DATASET = Dataset(source="synthetic", class_names=tuple(CLASSES))
@@ -92,11 +95,12 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     manifest.to_csv(ingest / "manifest.csv", index=False)
     for split in ("train", "val", "test"):
         part = manifest[manifest.split == split].sort_values("image_id")
-        np.save(arrays / f"{split}_x.npy", preprocess_rows(CANDIDATE_PRE, ingest, part))
-        np.save(arrays / f"{split}_y.npy", part.label.to_numpy(dtype=np.int64))
-        np.save(arrays / f"{split}_ids.npy", part.image_id.to_numpy(dtype=str))
-    meta = {"data_hash": "feed", "counts": {}, "preprocess": CANDIDATE_PRE.model_dump()}
-    (arrays / "meta.json").write_text(json.dumps(meta))
+        write_images(arrays, split, preprocess_rows(CANDIDATE_PRE, ingest, part))
+        write_labels(arrays, split, part.label.to_numpy(), part.image_id.to_numpy())
+    counts = manifest.split.value_counts().to_dict()
+    shape = (1, CANDIDATE_PRE.image_size, CANDIDATE_PRE.image_size)
+    meta = ArraysMeta(counts=counts, data_hash="feed", preprocess=CANDIDATE_PRE, shape=shape)
+    meta.write(arrays / META_FILE)
     torch.manual_seed(0)
     spec = _spec(CANDIDATE_PRE, 0.5)
     save_model(root / "candidate", spec.build(), spec)
@@ -138,14 +142,14 @@ def _make_champion(work: Path, name: str, net: torch.nn.Module, spec: ModelSpec)
     """Package-like: the network into the model store, recorded as the dataset's champion
     with metrics measured on other data (what the old gate compared with)."""
     save_model(work / name, net, spec)
-    stored = {"auroc": 0.999, "sensitivity": 0.999, "specificity": 0.999, "ece": 0.001}
-    tag = save_to_store(PackageParams().model_name, work / name, spec, stored, {"passed": True})
+    stored = full_metrics(auroc=0.999, sensitivity=0.999, specificity=0.999, ece=0.001)
+    tag = save_to_store(PackageParams().model_name, work / name, spec, stored, gate_report(stored))
     champions = work / f"champions-{name}"
     record_champion(
         champion_folder(champions, DATASET.key),
         model_tag=tag,
         bento_tag="medflow-service:unused",
-        metrics=stored,
+        metrics=stored.values(),
         data_hash="other-data",
         git_revision=None,
         promoted_by="package",

@@ -36,7 +36,8 @@ def test_record_writes_all_three_files_and_keeps_other_files(tmp_path: Path) -> 
     (folder / "README").write_text("keep me")
     _record(folder, "m:1")
     _record(folder, "m:22")
-    assert read_champion(folder)["bento_tag"] == "bento-m:22"
+    champion = read_champion(folder)
+    assert champion is not None and champion.bento_tag == "bento-m:22"
     assert json.loads((folder / CHAMPION_METRICS).read_text()) == {"auroc": 4.0}
     history = json.loads((folder / HISTORY_FILE).read_text())
     assert [(h["model_tag"], h["previous"]) for h in history] == [("m:1", None), ("m:22", "m:1")]
@@ -61,6 +62,57 @@ def test_a_champion_from_before_the_history_is_the_bottom_of_the_stack(tmp_path:
     assert champion_stack(tmp_path) == ["old"]
     _record(tmp_path, "new")
     assert rollback_target(tmp_path) == "old"
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    dataset = {"key": "synthetic-0123abcd", "source": "synthetic", "class_names": ["a", "b"]}
+    recorded = record_champion(
+        tmp_path,
+        model_tag="m:1",
+        bento_tag="b:1",
+        metrics={"auroc": 0.9},
+        data_hash="h",
+        git_revision="rev",
+        promoted_by="package",
+        weights_sha256="w",
+        dataset=dataset,
+    )
+    assert read_champion(tmp_path) == recorded
+    raw = json.loads((tmp_path / CHAMPION_MODEL).read_text())
+    assert raw == {**recorded.model_dump(), "dataset": dataset}
+    assert sorted(raw) == sorted(
+        [
+            "model_tag",
+            "bento_tag",
+            "data_hash",
+            "git_revision",
+            "promoted_at",
+            "promoted_by",
+            "weights_sha256",
+            "dataset",
+        ]
+    )
+
+
+def test_an_old_champion_json_still_loads(tmp_path: Path) -> None:
+    # written before dataset, weights and git revision were recorded, with a key since dropped
+    old = {"model_tag": "old", "bento_tag": "b", "promoted_at": "2025-01-01", "note": "x"}
+    (tmp_path / CHAMPION_MODEL).write_text(json.dumps(old))
+    champion = read_champion(tmp_path)
+    assert champion is not None and champion.model_tag == "old"
+    assert champion.dataset is None and champion.weights_sha256 is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [({"model_tag": "m:1"}, "bento_tag"), ({"model_tag": "m:1", "bento_tag": ""}, "bento_tag")],
+)
+def test_a_champion_json_without_a_bento_names_the_file_and_field(
+    tmp_path: Path, raw: dict, field: str
+) -> None:
+    (tmp_path / CHAMPION_MODEL).write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=rf"champion\.json is not a valid Champion \({field}: "):
+        read_champion(tmp_path)
 
 
 def test_no_champion(tmp_path: Path) -> None:

@@ -73,8 +73,9 @@ def test_references_and_champions_live_per_dataset(tmp_path: Path) -> None:
         _record(champion_folder(tmp_path / "champion", ds.key), tag, ds=ds)
     assert known_keys(tmp_path / "champion") == sorted([demo.key, pneu.key])
     demo_champion = read_champion(champion_folder(tmp_path / "champion", demo.key))
-    assert demo_champion["model_tag"] == "m:demo"
-    assert demo_champion["dataset"] == {
+    assert demo_champion is not None and demo_champion.model_tag == "m:demo"
+    assert demo_champion.dataset is not None
+    assert demo_champion.dataset.model_dump() == {
         "key": demo.key,
         "source": "synthetic",
         "class_names": ["normal", "lesion"],
@@ -82,7 +83,7 @@ def test_references_and_champions_live_per_dataset(tmp_path: Path) -> None:
     # a promote that does not say the dataset keeps the folder's
     folder = champion_folder(tmp_path / "champion", pneu.key)
     _record(folder, "pneu2", by="promote")
-    assert read_champion(folder)["dataset"]["key"] == pneu.key
+    assert read_champion(folder).dataset.key == pneu.key
 
 
 def test_validate_keeps_one_reference_per_dataset(tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from medflow.config import EvaluateParams, PreprocessParams
+from medflow.data.arrays import META_FILE, ArraysMeta, write_images, write_labels
 from medflow.evaluation.scoring import run_evaluate
+from medflow.handoffs import NO_CHAMPION, Baseline, EvaluationContext, Metrics
 from medflow.models.artifact import ModelSpec, save_model
 
 
@@ -35,9 +37,8 @@ def workspace(tmp_path):
         # a brighter image for the positive class, so the untrained net still ranks somewhat
         x = rng.random((n, 1, 8, 8), dtype=np.float32) + y[:, None, None, None] * 0.5
         ids = np.array([f"{split}-{i}" for i in range(n)])
-        np.save(arrays / f"{split}_x.npy", x)
-        np.save(arrays / f"{split}_y.npy", y)
-        np.save(arrays / f"{split}_ids.npy", ids)
+        write_images(arrays, split, x)
+        write_labels(arrays, split, y, ids)
         for i, image_id in enumerate(ids):
             rows.append(
                 {
@@ -49,7 +50,13 @@ def workspace(tmp_path):
                     "split": split,
                 }
             )
-    (arrays / "meta.json").write_text(json.dumps({"data_hash": "abc123", "counts": {}}))
+    meta = ArraysMeta(
+        counts={"train": 8, "val": 20, "test": 40},
+        data_hash="abc123",
+        preprocess=PreprocessParams(image_size=8),
+        shape=(1, 8, 8),
+    )
+    meta.write(arrays / META_FILE)
     ingested = tmp_path / "ingested"
     ingested.mkdir()
     pd.DataFrame(rows).to_csv(ingested / "manifest.csv", index=False)
@@ -63,7 +70,8 @@ def test_run_evaluate_writes_every_report(workspace):
         params, workspace / "models", workspace / "pre", workspace / "ingested/manifest.csv", out
     )
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics == pytest.approx(result.metrics, nan_ok=True)
+    assert metrics == pytest.approx(result.metrics.values(), nan_ok=True)
+    assert Metrics.read(out / "metrics.json").values() == pytest.approx(metrics, nan_ok=True)
     # flat numbers only: DVC shows them and package reads them
     assert all(isinstance(v, int | float) for v in metrics.values())
     assert {"auroc", "auroc_ci_low", "auroc_ci_high", "ece", "threshold"} <= set(metrics)
@@ -78,10 +86,16 @@ def test_run_evaluate_writes_every_report(workspace):
     assert subgroups["site"]["B"]["n"] == 8 and subgroups["site"]["B"]["small"] == 1
     assert set(subgroups["manufacturer"]) == {"(missing)"}  # blank values are a group too
 
-    context = json.loads((out / "evaluation.json").read_text())
-    assert context["subgroups"]["missing"] == ["sex", "age_band"]
-    assert context["bootstrap"]["unit"] == "patient"
-    assert context["data"]["class_counts"]["test"] == {"normal": 20, "lesion": 20}
+    context = EvaluationContext.read(out / "evaluation.json")
+    assert context.subgroups.missing == ["sex", "age_band"]
+    assert context.bootstrap.unit == "patient"
+    assert context.data.class_counts["test"] == {"normal": 20, "lesion": 20}
+    assert context.data.data_hash == "abc123" and context.params == params
+    raw = json.loads((out / "evaluation.json").read_text())
+    assert raw["data"]["preprocess"] == PreprocessParams(image_size=8).model_dump()
+    baseline = Baseline.read(out / "baseline.json")
+    assert baseline.status == NO_CHAMPION and baseline.metrics is None
+    assert json.loads((out / "baseline.json").read_text())["evaluated_on"] == {}
 
     preds = pd.read_csv(out / "predictions.csv")
     assert list(preds.columns[:4]) == ["image_id", "label", "actual", "predicted"]
@@ -102,5 +116,17 @@ def test_images_missing_from_the_manifest_are_an_error(workspace):
             workspace / "models",
             workspace / "pre",
             manifest,
+            workspace / "reports",
+        )
+
+
+def test_arrays_without_meta_are_an_error_naming_the_file(workspace):
+    (workspace / "pre" / META_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="meta.json.*run the preprocess stage"):
+        run_evaluate(
+            EvaluateParams(n_bootstrap=0),
+            workspace / "models",
+            workspace / "pre",
+            workspace / "ingested/manifest.csv",
             workspace / "reports",
         )

@@ -5,15 +5,10 @@ import pytest
 from medflow.config import GateParams
 from medflow.errors import GateFailed
 from medflow.evaluation.gate import NO_CHAMPION, all_rules, judge, run_gate
+from medflow.handoffs import GateReport, HandoffError
+from tests.helpers.handoffs import metrics_values
 
-GOOD = {
-    "auroc": 0.95,
-    "auroc_ci_low": 0.9,
-    "sensitivity": 0.9,
-    "specificity": 0.85,
-    "ece": 0.03,
-    "brier": 0.08,
-}
+GOOD = metrics_values(auroc_ci_low=0.9)
 
 
 def _write(tmp_path, name, obj):
@@ -103,7 +98,19 @@ def test_baseline_file_is_read_and_reported(tmp_path):
         "dataset": {"key": "synthetic-0123abcd"},
         "champion": {"model_tag": "m:1"},
         "metrics": {**GOOD, "auroc": 0.99},
-        "evaluated_on": {"split": "test", "n_test": 40},
+        "evaluated_on": {
+            "split": "test",
+            "n_test": 40,
+            "data_hash": "feed",
+            "inputs": "the test arrays",
+            "preprocess": {"image_size": 64},
+        },
+    }
+    # the champion's metrics carry no validation figures of the candidate
+    baseline["metrics"] = {
+        k: v
+        for k, v in baseline["metrics"].items()
+        if k not in ("val_sensitivity", "val_specificity", "n_test_patients", "n_test_positive")
     }
     champ = _write(tmp_path, "baseline.json", baseline)
     params = GateParams(max_worse_than_champion={"auroc": 0.01})
@@ -114,6 +121,23 @@ def test_baseline_file_is_read_and_reported(tmp_path):
     assert report["champion"]["metrics"]["auroc"] == 0.99
     assert report["champion"]["dataset"] == "synthetic-0123abcd"
     assert report["champion"]["model_tag"] == "m:1"
+    assert GateReport.read(tmp_path / "gate.json").champion.evaluated_on.n_test == 40
+
+
+def test_a_metrics_file_without_a_metric_is_refused_naming_it(tmp_path):
+    m = _write(tmp_path, "m.json", metrics_values(auroc=None))
+    with pytest.raises(
+        HandoffError, match=r"m\.json is not a valid Metrics \(auroc: Field required"
+    ):
+        run_gate(GateParams(), m, tmp_path / "gate.json")
+    assert not (tmp_path / "gate.json").exists()
+
+
+def test_a_compared_baseline_without_metrics_is_refused(tmp_path):
+    m = _write(tmp_path, "m.json", GOOD)
+    baseline = _write(tmp_path, "baseline.json", {"status": "compared", "reason": "r"})
+    with pytest.raises(HandoffError, match="baseline.json is not a valid Baseline"):
+        run_gate(GateParams(), m, tmp_path / "gate.json", baseline_file=baseline)
 
 
 def test_unknown_champion_metric_is_a_config_error():

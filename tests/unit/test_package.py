@@ -9,19 +9,21 @@ import pytest
 
 from medflow.config import PreprocessParams
 from medflow.errors import GateFailed
+from medflow.handoffs import HandoffError
 from medflow.models.artifact import ModelSpec
+from medflow.registry.champion import Champion, read_champion
 from medflow.registry.packaging import (
     CHAMPION_METRICS,
     CHAMPION_MODEL,
     PackageResult,
     model_labels,
     read_gate,
-    read_metrics,
     served_spec,
     store_safe,
     write_champion,
     write_reference,
 )
+from tests.helpers.handoffs import gate_report, metrics
 
 
 def _spec(threshold: float = 0.5, **provenance: object) -> ModelSpec:
@@ -45,22 +47,32 @@ def _write(tmp_path: Path, obj: object, name: str = "x.json") -> Path:
 
 
 def test_read_gate_passed(tmp_path: Path) -> None:
-    gate = {"passed": True, "failures": [], "metrics": {"auroc": 0.9}}
-    assert read_gate(_write(tmp_path, gate)) == gate
+    gate = gate_report(metrics())
+    gate.write(tmp_path / "gate.json")
+    assert read_gate(tmp_path / "gate.json") == gate
 
 
 def test_read_gate_failed_lists_every_reason(tmp_path: Path) -> None:
-    gate = {"passed": False, "failures": ["auroc = 0.6 is below 0.85", "sensitivity = 0.2"]}
+    failures = ["auroc = 0.6 is below 0.85", "sensitivity = 0.2"]
+    gate_report(metrics(), failures).write(tmp_path / "gate.json")
     with pytest.raises(GateFailed) as exc:
-        read_gate(_write(tmp_path, gate))
+        read_gate(tmp_path / "gate.json")
     assert "auroc = 0.6 is below 0.85" in str(exc.value)
     assert "sensitivity = 0.2" in str(exc.value)
 
 
-@pytest.mark.parametrize("gate", [{}, {"passed": "yes"}, {"passed": 1}, [True]])
-def test_read_gate_refuses_an_unclear_decision(tmp_path: Path, gate: object) -> None:
-    with pytest.raises(ValueError, match="boolean 'passed'"):
+@pytest.mark.parametrize("passed", [None, "yes", 1])
+def test_read_gate_refuses_an_unclear_decision(tmp_path: Path, passed: object) -> None:
+    gate = {**gate_report(metrics()).model_dump(), "passed": passed}
+    if passed is None:
+        del gate["passed"]
+    with pytest.raises(HandoffError, match=r"x\.json is not a valid GateReport \(passed: "):
         read_gate(_write(tmp_path, gate))
+
+
+def test_read_gate_refuses_a_list(tmp_path: Path) -> None:
+    with pytest.raises(HandoffError, match="x.json"):
+        read_gate(_write(tmp_path, [True]))
 
 
 def test_read_gate_missing_file(tmp_path: Path) -> None:
@@ -68,27 +80,12 @@ def test_read_gate_missing_file(tmp_path: Path) -> None:
         read_gate(tmp_path / "gate.json")
 
 
-def test_read_metrics(tmp_path: Path) -> None:
-    path = tmp_path / "m.json"
-    path.write_text('{"auroc": 0.9, "n_test": 120, "specificity": NaN}')
-    metrics = read_metrics(path)
-    assert metrics["auroc"] == 0.9 and metrics["n_test"] == 120.0
-    assert metrics["specificity"] != metrics["specificity"]  # NaN kept
-
-
-@pytest.mark.parametrize("bad", [{"auroc": "0.9"}, {"auroc": None}, {"ok": True}, {"a": [1]}])
-def test_read_metrics_rejects_non_numbers(tmp_path: Path, bad: dict) -> None:
-    with pytest.raises(ValueError, match="not numbers"):
-        read_metrics(_write(tmp_path, bad))
-
-
 def test_served_spec_takes_the_evaluated_threshold() -> None:
     spec = _spec(threshold=0.5)
-    assert served_spec(spec, {"auroc": 0.9}) is spec
-    assert served_spec(spec, {"threshold": 0.5}) is spec
-    assert served_spec(spec, {"threshold": 0.3}).threshold == 0.3
+    assert served_spec(spec, metrics(threshold=0.5)) is spec
+    assert served_spec(spec, metrics(threshold=0.3)).threshold == 0.3
     with pytest.raises(ValueError, match="threshold"):
-        served_spec(spec, {"threshold": 1.5})
+        served_spec(spec, metrics(threshold=1.5))
 
 
 def test_store_safe_drops_none_and_stringifies_nan() -> None:
@@ -106,12 +103,14 @@ def test_model_labels_are_strings() -> None:
 
 def test_write_champion_records_metrics_and_tags(tmp_path: Path) -> None:
     result = PackageResult(model_tag="m:1", bento_tag="b:1")
-    metrics = {"auroc": 0.9, "threshold": 0.4}
-    write_champion(tmp_path / "champion", result, metrics, _spec(data_hash="abc"))
-    assert json.loads((tmp_path / "champion" / CHAMPION_METRICS).read_text()) == metrics
-    model = json.loads((tmp_path / "champion" / CHAMPION_MODEL).read_text())
-    assert model["model_tag"] == "m:1" and model["bento_tag"] == "b:1"
-    assert model["data_hash"] == "abc" and model["promoted_by"] == "package"
+    m = metrics(auroc=0.9, threshold=0.4)
+    write_champion(tmp_path / "champion", result, m, _spec(data_hash="abc"))
+    assert json.loads((tmp_path / "champion" / CHAMPION_METRICS).read_text()) == m.values()
+    model = read_champion(tmp_path / "champion")
+    assert model is not None and (model.model_tag, model.bento_tag) == ("m:1", "b:1")
+    assert model.data_hash == "abc" and model.promoted_by == "package"
+    raw = json.loads((tmp_path / "champion" / CHAMPION_MODEL).read_text())
+    assert set(raw) == set(Champion.model_fields)  # every field written
 
 
 def test_write_reference_stores_test_images_with_their_evaluated_probabilities(

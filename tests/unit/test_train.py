@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_auroc
 
 from medflow.config import TrainParams
+from medflow.data.arrays import load_ids, load_split, write_labels
 from medflow.models.artifact import load_model
 from medflow.models.calibration import fit_temperature, logits_of
-from medflow.models.lightning import Classifier, load_split
+from medflow.models.lightning import Classifier
 from medflow.models.training import default_checkpoint_dir, run_train
 from tests.helpers.arrays_factory import write_arrays
 
@@ -95,8 +96,8 @@ def test_checkpoints_of_another_config_are_not_resumed(tmp_path: Path) -> None:
 
 def test_weighted_loss_records_inverse_frequency_weights(tmp_path: Path) -> None:
     arrays = write_arrays(tmp_path / "arrays")
-    y = np.load(arrays / "train_y.npy")
-    np.save(arrays / "train_y.npy", np.where(np.arange(len(y)) < 36, 0, 1))  # 36 : 12
+    ids = load_ids(arrays, "train")
+    write_labels(arrays, "train", np.where(np.arange(len(ids)) < 36, 0, 1), ids)  # 36 : 12
     run_train(params(imbalance="weighted_loss", max_epochs=1), ["a", "b"], arrays, tmp_path / "m")
     weights = json.loads((tmp_path / "m" / "model.json").read_text())["provenance"]
     assert weights["class_weights"] == pytest.approx([48 / 72, 48 / 24])

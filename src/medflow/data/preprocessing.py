@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 
 from medflow.config import PreprocessParams
+from medflow.data.arrays import META_FILE, ArraysMeta, open_images, write_labels
 from medflow.data.manifest import SPLITS, read_manifest
 from medflow.imaging.preprocess import preprocess_dataset, read_dicom
-from medflow.io import atomic_dir, write_json_atomic
+from medflow.io import atomic_dir
 
 log = logging.getLogger(__name__)
-META_FILE = "meta.json"
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,7 @@ def preprocess_rows(params: PreprocessParams, ingest_dir: Path, rows: pd.DataFra
 
 
 def run_preprocess(params: PreprocessParams, ingest_dir: Path, out_dir: Path) -> PreprocessResult:
-    """Write `<split>_x.npy` (N, C, S, S float32 in [0, 1]), `<split>_y.npy` (int64) and
-    `<split>_ids.npy` (pseudonymous image ids) for train, val and test, plus meta.json."""
+    """Write the arrays of train, val and test and their meta.json (medflow.data.arrays)."""
     manifest = read_manifest(ingest_dir)
     shape = (params.channels, params.image_size, params.image_size)
     counts: dict[str, int] = {}
@@ -64,25 +63,15 @@ def run_preprocess(params: PreprocessParams, ingest_dir: Path, out_dir: Path) ->
         for split in SPLITS:
             rows = manifest[manifest["split"] == split].sort_values("image_id")
             # stream into a memory-mapped file so memory stays flat as the dataset grows
-            x = np.lib.format.open_memmap(
-                tmp / f"{split}_x.npy", mode="w+", dtype=np.float32, shape=(len(rows), *shape)
-            )
+            x = open_images(tmp, split, len(rows), shape)
             for i, image in enumerate(_inputs(params, ingest_dir, rows)):
                 x[i] = image
             x.flush()
             del x
-            np.save(tmp / f"{split}_y.npy", rows["label"].to_numpy(dtype=np.int64))
-            np.save(tmp / f"{split}_ids.npy", rows["image_id"].to_numpy(dtype=str))
+            write_labels(tmp, split, rows["label"].to_numpy(), rows["image_id"].to_numpy())
             counts[split] = len(rows)
         data_hash = dataset_hash(manifest)
-        write_json_atomic(
-            tmp / META_FILE,
-            {
-                "counts": counts,
-                "data_hash": data_hash,
-                "preprocess": params.model_dump(),
-                "shape": list(shape),
-            },
-        )
+        meta = ArraysMeta(counts=counts, data_hash=data_hash, preprocess=params, shape=shape)
+        meta.write(tmp / META_FILE)
     log.info("preprocessed %s images into %s (shape %s)", counts, out_dir, shape)
     return PreprocessResult(out_dir=out_dir, counts=counts, data_hash=data_hash)

@@ -19,15 +19,24 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medflow.config import HIGHER_IS_BETTER, GateParams
 from medflow.errors import GateFailed
-from medflow.io import write_json_atomic, write_text_atomic
-from medflow.registry.baseline import COMPARED
-from medflow.registry.baseline import NO_CHAMPION as NO_CHAMPION
+from medflow.handoffs import (
+    COMPARED,
+    Baseline,
+    ChampionComparison,
+    EvaluationContext,
+    GateReport,
+    GateRule,
+    Metrics,
+)
+from medflow.handoffs import NO_CHAMPION as NO_CHAMPION
+from medflow.io import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +51,6 @@ _VALUE_RULES = {
 
 
 @dataclass(frozen=True)
-class RuleResult:
-    rule: str  # the params key, e.g. gate.min_auroc
-    metric: str  # what was measured, e.g. auroc, or site=SITE-1/auroc
-    observed: float | None
-    threshold: float
-    op: str  # ">=" or "<=": passed when `observed op threshold`
-    passed: bool
-    message: str
-
-
-@dataclass(frozen=True)
 class GateResult:
     passed: bool
     failures: list[str]
@@ -63,7 +61,7 @@ def _fmt(value: float | None) -> str:
     return "missing" if value is None else f"{value:.4f}"
 
 
-def _check(rule: str, metric: str, observed: Any, threshold: float, op: str) -> RuleResult:
+def _check(rule: str, metric: str, observed: Any, threshold: float, op: str) -> GateRule:
     value = float(observed) if isinstance(observed, int | float) else None
     ok = value is not None and (value >= threshold if op == ">=" else value <= threshold)
     word = "below" if op == ">=" else "above"  # NaN compares False: it fails, as it should
@@ -73,10 +71,18 @@ def _check(rule: str, metric: str, observed: Any, threshold: float, op: str) -> 
         message = f"{metric} = {value} is not defined (needs {op} {threshold} by {rule})"
     else:
         message = f"{metric} = {value:.4f} is {word} {rule} = {threshold}"
-    return RuleResult(rule, metric, value, threshold, op, ok, "" if ok else message)
+    return GateRule(
+        rule=rule,
+        metric=metric,
+        observed=value,
+        threshold=threshold,
+        op=op,
+        passed=ok,
+        message="" if ok else message,
+    )
 
 
-def value_rules(params: GateParams, metrics: dict[str, Any]) -> list[RuleResult]:
+def value_rules(params: GateParams, metrics: Mapping[str, Any]) -> list[GateRule]:
     return [
         _check(f"gate.{field}", metric, metrics.get(metric), getattr(params, field), op)
         for metric, (field, op) in _VALUE_RULES.items()
@@ -85,7 +91,7 @@ def value_rules(params: GateParams, metrics: dict[str, Any]) -> list[RuleResult]
 
 def subgroup_rules(
     params: GateParams, subgroups: dict[str, dict[str, dict[str, Any]]]
-) -> list[RuleResult]:
+) -> list[GateRule]:
     """AUROC of every subgroup that is not flagged small; off when min_subgroup_auroc is 0."""
     if params.min_subgroup_auroc <= 0:
         return []
@@ -106,8 +112,8 @@ def subgroup_rules(
 
 
 def champion_rules(
-    params: GateParams, metrics: dict[str, Any], champion: dict[str, Any]
-) -> list[RuleResult]:
+    params: GateParams, metrics: Mapping[str, Any], champion: Mapping[str, Any]
+) -> list[GateRule]:
     """No metric worse than the champion's by more than gate.max_worse_than_champion."""
     out = []
     for metric, delta in sorted(params.max_worse_than_champion.items()):
@@ -126,16 +132,16 @@ def champion_rules(
                 f"{metric} = {result.observed:.4f} is {gap:.4f} {side} the champion's"
                 f" {base:.4f} ({rule} = {delta})"
             )
-            result = RuleResult(**{**asdict(result), "message": msg})
+            result = result.model_copy(update={"message": msg})
         out.append(result)
     return out
 
 
 def judge(
     params: GateParams,
-    metrics: dict[str, Any],
+    metrics: Mapping[str, Any],
     subgroups: dict[str, Any] | None = None,
-    champion: dict[str, Any] | None = None,
+    champion: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Every failed rule, with the observed value and the threshold."""
     return [r.message for r in all_rules(params, metrics, subgroups, champion) if not r.passed]
@@ -143,38 +149,40 @@ def judge(
 
 def all_rules(
     params: GateParams,
-    metrics: dict[str, Any],
+    metrics: Mapping[str, Any],
     subgroups: dict[str, Any] | None = None,
-    champion: dict[str, Any] | None = None,
-) -> list[RuleResult]:
+    champion: Mapping[str, Any] | None = None,
+) -> list[GateRule]:
+    """Every rule of the gate: value and subgroup rules, and the change rules when there is a
+    champion's metrics (name -> number) to compare with."""
     rules = value_rules(params, metrics) + subgroup_rules(params, subgroups or {})
     if champion is not None:
         rules += champion_rules(params, metrics, champion)
     return rules
 
 
-def _read_json(path: Path | None) -> dict[str, Any] | None:
+def _read_subgroups(path: Path | None) -> dict[str, Any]:
+    # subgroups.json: attribute -> value -> metrics (a DVC metrics file of evaluate)
     if path is None or not Path(path).is_file():
-        return None
+        return {}
     return json.loads(Path(path).read_text())
 
 
-def champion_report(baseline: dict[str, Any] | None, baseline_file: Path | None) -> dict[str, Any]:
+def champion_report(baseline: Baseline | None, baseline_file: Path | None) -> ChampionComparison:
     """gate.json's `champion`: what the change rules compared with, or why they did not run."""
+    where = str(baseline_file) if baseline_file else None
     if baseline is None:
-        where = str(baseline_file) if baseline_file else None
-        return {"status": NO_CHAMPION, "reason": f"no baseline ({where})", "file": where}
-    champion = baseline.get("champion") or {}
-    return {
-        "status": baseline.get("status", NO_CHAMPION),
-        "reason": baseline.get("reason", ""),
-        "same_split": baseline.get("status") == COMPARED,
-        "dataset": (baseline.get("dataset") or {}).get("key"),
-        "model_tag": champion.get("model_tag"),
-        "evaluated_on": baseline.get("evaluated_on") or {},
-        "metrics": baseline.get("metrics"),
-        "file": str(baseline_file) if baseline_file else None,
-    }
+        return ChampionComparison(status=NO_CHAMPION, reason=f"no baseline ({where})", file=where)
+    return ChampionComparison(
+        status=baseline.status,
+        reason=baseline.reason,
+        same_split=baseline.same_split,
+        dataset=baseline.dataset.key if baseline.dataset is not None else None,
+        model_tag=baseline.champion.model_tag if baseline.champion is not None else None,
+        evaluated_on=baseline.evaluated_on,
+        metrics=baseline.metrics,
+        file=where,
+    )
 
 
 def run_gate(
@@ -193,40 +201,40 @@ def run_gate(
     baseline_file: the evaluate stage's baseline.json; the change rules apply only when its
     status is `compared` (the champion scored on this test split).
     """
-    metrics = json.loads(Path(metrics_file).read_text())
-    subgroups = _read_json(subgroups_file) or {}
-    baseline = _read_json(baseline_file)
+    metrics = Metrics.read(metrics_file)
+    subgroups = _read_subgroups(subgroups_file)
+    has_baseline = baseline_file is not None and Path(baseline_file).is_file()
+    baseline = Baseline.read(baseline_file) if has_baseline else None
     report_champion = champion_report(baseline, baseline_file)
-    champion = report_champion["metrics"] if report_champion["status"] == COMPARED else None
-    if champion is None and report_champion["status"] == COMPARED:
-        raise ValueError(f"{baseline_file} says compared but holds no metrics: re-run evaluate")
-    rules = all_rules(params, metrics, subgroups, champion)
+    compared = report_champion.metrics if report_champion.status == COMPARED else None
+    champion = compared.values() if compared is not None else None
+    rules = all_rules(params, metrics.values(), subgroups, champion)
     failures = [r.message for r in rules if not r.passed]
-    passed = not failures
-    report = {
-        "passed": passed,
-        "decision": "accepted" if passed else "refused",
-        "failures": failures,
-        "rules": [asdict(r) for r in rules],
-        "champion": report_champion,
-        "thresholds": params.model_dump(),
-        "metrics": metrics,
-    }
-    write_json_atomic(out_file, report)
+    report = GateReport(
+        passed=not failures,
+        decision="refused" if failures else "accepted",
+        failures=failures,
+        rules=rules,
+        champion=report_champion,
+        thresholds=params,
+        metrics=metrics,
+    )
+    report.write(out_file)
     if card_file is not None:
         from medflow.evaluation.model_card import render_model_card
 
-        context = _read_json(context_file) or {}
+        has_context = context_file is not None and Path(context_file).is_file()
+        context = EvaluationContext.read(context_file) if has_context else None
         write_text_atomic(card_file, render_model_card(metrics, subgroups, context, report))
     if champion is None:
         log.info(
             "gate: %s (%s), judged by the value rules alone",
-            report_champion["status"],
-            report_champion["reason"],
+            report_champion.status,
+            report_champion.reason,
         )
     else:
-        log.info("gate: change rules against %s", report_champion["reason"])
-    if not passed:
+        log.info("gate: change rules against %s", report_champion.reason)
+    if failures:
         raise GateFailed("model refused by the evaluation gate:\n  - " + "\n  - ".join(failures))
     log.info("gate passed %d rules: %s", len(rules), ", ".join(f"{r.metric}" for r in rules))
     return GateResult(passed=True, failures=[], report_file=Path(out_file))

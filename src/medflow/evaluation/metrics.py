@@ -12,10 +12,10 @@ import numpy as np
 
 from medflow.config import EvaluateParams
 
-# scipy and sklearn are imported where used: the gate stage imports this module for METRICS
-# only (via the model card), and they cost it about 2 s of start-up.
+# the metric names are part of metrics.json's format, so medflow.handoffs defines them
+from medflow.handoffs import METRICS as METRICS
 
-METRICS = ("auroc", "auprc", "accuracy", "sensitivity", "specificity", "f1", "brier", "ece")
+# scipy and sklearn are imported where used: they cost a stage about 2 s of start-up.
 
 
 def binary_auroc(y: np.ndarray, score: np.ndarray) -> float:

@@ -7,7 +7,15 @@ import json
 import math
 from typing import Any
 
-from medflow.evaluation.metrics import METRICS
+from medflow.handoffs import (
+    COMPARED,
+    METRICS,
+    NO_CHAMPION,
+    EvaluationContext,
+    GateReport,
+    Metrics,
+    ScoredMetrics,
+)
 
 _LABELS = {
     "auroc": "AUROC",
@@ -32,10 +40,13 @@ def _num(value: Any, digits: int = 3) -> str:
     return "n/a" if not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def _ci(row: dict[str, Any], metric: str) -> str:
-    return f"{_num(row.get(metric))} [{_num(row.get(f'{metric}_ci_low'))}, " + (
-        f"{_num(row.get(f'{metric}_ci_high'))}]"
-    )
+def _ci(row: ScoredMetrics | dict[str, Any], metric: str) -> str:
+    """`value [low, high]` of a metric of metrics.json, or of a subgroups.json row."""
+    if isinstance(row, ScoredMetrics):
+        value, low, high = row.interval(metric)
+    else:
+        value, low, high = (row.get(f"{metric}{end}") for end in ("", "_ci_low", "_ci_high"))
+    return f"{_num(value)} [{_num(low)}, {_num(high)}]"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -45,28 +56,54 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def render_model_card(
-    metrics: dict[str, Any],
+    metrics: Metrics,
     subgroups: dict[str, dict[str, dict[str, Any]]],
-    context: dict[str, Any],
-    gate: dict[str, Any],
+    context: EvaluationContext | None,
+    gate: GateReport,
 ) -> str:
     """Markdown: intended use and limits, data, metrics with intervals, subgroups,
-    calibration, the gate decision with its reasons, params, versions and revisions."""
-    model = context.get("model", {})
-    prov = model.get("provenance", {})
-    data = context.get("data", {})
-    thr = context.get("threshold", {})
-    boot = context.get("bootstrap", {})
-    plots = context.get("plots", {})
-    classes = model.get("class_names") or []
-    decision = "ACCEPTED" if gate.get("passed") else "REFUSED"
-    level = boot.get("level", 0.95)
+    calibration, the gate decision with its reasons, params, versions and revisions.
 
+    Without `context` (no evaluation.json) what only it knows is shown as unknown.
+    """
+    decision = "ACCEPTED" if gate.passed else "REFUSED"
+    classes = context.model.class_names if context else []
+    data_hash = context.data.data_hash if context else "unknown"
+    revision = _provenance(context).get("git_revision", "unknown")
     lines = [
         f"# Model card: {' / '.join(classes) or 'image'} classifier",
         "",
-        f"**Gate decision: {decision}.** Data `{data.get('data_hash') or 'unknown'}`,"
-        f" code `{prov.get('git_revision', 'unknown')}`.",
+        f"**Gate decision: {decision}.** Data `{data_hash}`, code `{revision}`.",
+    ]
+    lines += _intended_use(metrics, context)
+    lines += _data(context)
+    lines += _metrics(metrics, context)
+    lines += _subgroups(subgroups, context)
+    lines += _calibration(metrics, context)
+    lines += _gate(gate, decision)
+    lines += _parameters(context, gate)
+    lines += _provenance_section(context)
+    return "\n".join(lines) + "\n"
+
+
+def _provenance(context: EvaluationContext | None) -> dict[str, Any]:
+    # model.json's provenance: its keys grew over releases, so each is looked up
+    return context.model.provenance if context else {}
+
+
+def _missing(context: EvaluationContext | None) -> list[str]:
+    return context.subgroups.missing if context else []
+
+
+def _intended_use(metrics: Metrics, context: EvaluationContext | None) -> list[str]:
+    classes = context.model.class_names if context else []
+    if context is not None:
+        thr = context.threshold
+        rule = f"`{thr.applies}` at threshold {_num(thr.value, 4)} ({thr.policy}, chosen on"
+        rule += f" {thr.chosen_on})"
+    else:
+        rule = f"at threshold {_num(metrics.threshold, 4)}"
+    lines = [
         "",
         "## Intended use and limits",
         "",
@@ -75,21 +112,23 @@ def render_model_card(
         " no regulatory clearance.",
         "- Judged only on the test split below: sites, scanners and patients unlike these"
         " (other modalities, paediatric patients, other vendors) are outside what was measured.",
-        f"- Decides `{thr.get('applies', 'p(positive) >= threshold')}` at threshold"
-        f" {_num(thr.get('value'), 4)} ({thr.get('policy', 'fixed')}, chosen on"
-        f" {thr.get('chosen_on', 'params')}); another threshold changes sensitivity and"
-        " specificity.",
+        f"- Decides {rule}; another threshold changes sensitivity and specificity.",
     ]
-    missing = context.get("subgroups", {}).get("missing") or []
+    missing = _missing(context)
     if missing:
         lines.append(
             f"- Not measured per subgroup: {', '.join(missing)} (not in the manifest):"
             " performance across these groups is unknown."
         )
+    return lines
 
-    lines += ["", "## Data", ""]
-    lines.append(f"Dataset hash `{data.get('data_hash') or 'unknown'}`.")
-    class_counts = data.get("class_counts") or {}
+
+def _data(context: EvaluationContext | None) -> list[str]:
+    if context is None:
+        return ["", "## Data", "", "Dataset hash `unknown` (no evaluation.json)."]
+    lines = ["", "## Data", "", f"Dataset hash `{context.data.data_hash}`."]
+    class_counts = context.data.class_counts
+    classes = context.model.class_names
     if class_counts:
         lines.append("")
         rows = [
@@ -97,14 +136,19 @@ def render_model_card(
             for split, counts in sorted(class_counts.items(), key=lambda kv: _SPLITS.index(kv[0]))
         ]
         lines += _table(["split", *classes, "images"], rows)
+    return lines
 
-    lines += [
+
+def _metrics(metrics: Metrics, context: EvaluationContext | None) -> list[str]:
+    boot = context.bootstrap if context else None
+    level = boot.level if boot else 0.95
+    resamples = f"{boot.n} resamples of {boot.unit}s (seed {boot.seed})" if boot else "? resamples"
+    lines = [
         "",
         f"## Metrics (test split, {level:.0%} bootstrap intervals)",
         "",
-        f"{_num(metrics.get('n_test'))} images of {_num(metrics.get('n_test_patients'))}"
-        f" patients; intervals from {boot.get('n', '?')} resamples of"
-        f" {boot.get('unit', 'image')}s (seed {boot.get('seed', '?')}).",
+        f"{_num(metrics.n_test)} images of {_num(metrics.n_test_patients)} patients;"
+        f" intervals from {resamples}.",
         "",
     ]
     lines += _table(
@@ -113,11 +157,15 @@ def render_model_card(
     lines += [
         "",
         f"At this threshold on the validation split: sensitivity"
-        f" {_num(metrics.get('val_sensitivity'))}, specificity"
-        f" {_num(metrics.get('val_specificity'))}.",
+        f" {_num(metrics.val_sensitivity)}, specificity {_num(metrics.val_specificity)}.",
     ]
+    return lines
 
-    lines += ["", "## Subgroups", ""]
+
+def _subgroups(
+    subgroups: dict[str, dict[str, dict[str, Any]]], context: EvaluationContext | None
+) -> list[str]:
+    lines = ["", "## Subgroups", ""]
     if subgroups:
         rows = []
         for attribute, values in sorted(subgroups.items()):
@@ -139,10 +187,15 @@ def render_model_card(
         lines += _table([*header, "ECE", "flag"], rows)
     else:
         lines.append("No subgroup attribute was available.")
+    missing = _missing(context)
     if missing:
         lines += ["", f"Missing from the manifest, so not reported: {', '.join(missing)}."]
+    return lines
 
-    lines += [
+
+def _calibration(metrics: Metrics, context: EvaluationContext | None) -> list[str]:
+    plots = context.plots if context else {}
+    lines = [
         "",
         "## Calibration",
         "",
@@ -154,72 +207,73 @@ def render_model_card(
     if curves:
         lines += ["", "## Curves (test split)"]
     for name in curves:
-        if name in plots:
-            lines += ["", f"![{name}]({plots[name]})"]
+        lines += ["", f"![{name}]({plots[name]})"]
+    return lines
 
-    lines += ["", f"## Gate decision: {decision}", ""]
-    champion = gate.get("champion", {})
-    status, reason = champion.get("status", "no champion"), champion.get("reason") or ""
-    dataset = f" of dataset `{champion['dataset']}`" if champion.get("dataset") else ""
-    if status == "compared":
+
+def _gate(gate: GateReport, decision: str) -> list[str]:
+    lines = ["", f"## Gate decision: {decision}", ""]
+    champion = gate.champion
+    status, reason = champion.status, champion.reason
+    dataset = f" of dataset `{champion.dataset}`" if champion.dataset else ""
+    if status == COMPARED:
         lines.append(
-            f"Compared with the current champion{dataset}, `{champion.get('model_tag')}`,"
+            f"Compared with the current champion{dataset}, `{champion.model_tag}`,"
             f" scored on this model's test split: {reason}. The change rules"
             " (`max_worse_than_champion`) apply."
         )
-    elif status == "no champion":
+    elif status == NO_CHAMPION:
         lines.append(f"No champion{dataset}: judged by the value rules alone. {reason}".strip())
     else:
         lines.append(
             f"Champion{dataset} not compared ({status}): judged by the value rules alone,"
             f" the change rules were not applied. {reason}".strip()
         )
-    failures = gate.get("failures") or []
-    if failures:
-        lines += ["", "Failed rules:", "", *(f"- {f}" for f in failures)]
-    rules = gate.get("rules") or []
-    if rules:
+    if gate.failures:
+        lines += ["", "Failed rules:", "", *(f"- {f}" for f in gate.failures)]
+    if gate.rules:
         lines.append("")
         lines += _table(
             ["rule", "metric", "observed", "needs", "result"],
             [
                 [
-                    r["rule"],
-                    r["metric"],
-                    _num(r.get("observed"), 4),
-                    f"{r['op']} {_num(r['threshold'], 4)}",
-                    "pass" if r["passed"] else "FAIL",
+                    r.rule,
+                    r.metric,
+                    _num(r.observed, 4),
+                    f"{r.op} {_num(r.threshold, 4)}",
+                    "pass" if r.passed else "FAIL",
                 ]
-                for r in rules
+                for r in gate.rules
             ],
         )
+    return lines
 
+
+def _parameters(context: EvaluationContext | None, gate: GateReport) -> list[str]:
     params = {
-        "train": prov.get("train_params"),
-        "evaluate": context.get("params"),
-        "gate": gate.get("thresholds"),
-        "preprocess": data.get("preprocess"),
+        "train": _provenance(context).get("train_params"),
+        "evaluate": context.params.model_dump() if context else None,
+        "gate": gate.thresholds.model_dump(),
+        "preprocess": context.data.preprocess.model_dump() if context else None,
     }
-    lines += [
-        "",
-        "## Parameters",
-        "",
-        "```json",
-        json.dumps(params, indent=2, sort_keys=True),
-        "```",
+    return ["", "## Parameters", "", "```json", json.dumps(params, indent=2, sort_keys=True), "```"]
+
+
+def _provenance_section(context: EvaluationContext | None) -> list[str]:
+    prov = _provenance(context)
+    architecture = context.model.architecture if context else "unknown"
+    evaluated = context.evaluated_with if context else None
+    lines = [
         "",
         "## Provenance",
         "",
-        f"- model: {model.get('architecture', 'unknown')}, {prov.get('epochs_run', '?')} epochs,"
+        f"- model: {architecture}, {prov.get('epochs_run', '?')} epochs,"
         f" best validation AUROC {_num(prov.get('best_val_auroc'))}",
         f"- trained at git revision `{prov.get('git_revision', 'unknown')}`",
-        "- evaluated at git revision"
-        f" `{context.get('evaluated_with', {}).get('git_revision', 'unknown')}`",
+        f"- evaluated at git revision `{evaluated.git_revision if evaluated else 'unknown'}`",
         "",
     ]
-    versions = prov.get("library_versions") or context.get("evaluated_with", {}).get(
-        "library_versions", {}
-    )
+    versions = prov.get("library_versions") or (evaluated.library_versions if evaluated else {})
     if versions:
         lines += _table(["library", "version"], [[k, v] for k, v in sorted(versions.items())])
-    return "\n".join(lines) + "\n"
+    return lines

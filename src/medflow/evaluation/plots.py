@@ -19,6 +19,7 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_curve, roc_curve
 
 from medflow.evaluation.metrics import calibration_bins
+from medflow.handoffs import ScoredMetrics
 from medflow.io import write_bytes_atomic, write_text_atomic
 
 ROC, PR, CALIBRATION = "roc", "pr", "calibration"
@@ -67,7 +68,7 @@ def write_plots(
     pred: np.ndarray,
     class_names: list[str],
     n_bins: int,
-    metrics: dict[str, float],
+    metrics: ScoredMetrics,
 ) -> dict[str, Path]:
     """Write the CSVs and PNGs into out_dir; returns name -> path of each PNG."""
     import matplotlib
@@ -82,7 +83,7 @@ def write_plots(
     figures = {}
     roc = tables[ROC]
     fig, ax = plt.subplots(figsize=(4, 4))
-    ax.plot(roc["fpr"], roc["tpr"], label=f"AUROC {metrics['auroc']:.3f}")
+    ax.plot(roc["fpr"], roc["tpr"], label=f"AUROC {metrics.auroc:.3f}")
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=0.8)
     ax.set(xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", title="ROC (test)")
     ax.legend(loc="lower right")
@@ -90,7 +91,7 @@ def write_plots(
 
     pr = tables[PR]
     fig, ax = plt.subplots(figsize=(4, 4))
-    ax.plot(pr["recall"], pr["precision"], label=f"AUPRC {metrics['auprc']:.3f}")
+    ax.plot(pr["recall"], pr["precision"], label=f"AUPRC {metrics.auprc:.3f}")
     ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Precision-recall")
     ax.set_ylim(0, 1.02)
     ax.legend(loc="lower left")
@@ -102,7 +103,7 @@ def write_plots(
     ax.plot(cal["mean_predicted"], cal["fraction_positive"], "o-", label="model")
     xlabel = "mean p(positive)" if probs.shape[1] == 2 else "mean top-class confidence"
     ylabel = "fraction positive" if probs.shape[1] == 2 else "accuracy"
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=f"Reliability (ECE {metrics['ece']:.3f})")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=f"Reliability (ECE {metrics.ece:.3f})")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left")

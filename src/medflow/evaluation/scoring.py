@@ -1,47 +1,46 @@
 """The evaluate stage: test-split metrics with bootstrap intervals, per subgroup, and plots.
 
-Writes into the reports folder (docs/evaluation.md):
-    metrics.json      flat numbers (DVC metrics): each metric with _ci_low/_ci_high, the
-                      operating threshold chosen on the validation split, counts
-    subgroups.json    the same metrics per subgroup (DVC metrics)
-    evaluation.json   what the model card needs besides numbers: policy, data, model, params
-    predictions.csv   per test image: probabilities, actual and predicted class (DVC
-                      confusion plot)
-    plots/            roc, pr, calibration CSVs (DVC plots) and PNGs (model card)
-    baseline.json     the champion of the dataset scored on the same test split with its own
-                      preprocessing and threshold (medflow.registry.baseline), or why there is none:
-                      what the gate's change rules compare with
+Writes metrics.json, evaluation.json and baseline.json (medflow.handoffs), subgroups.json,
+predictions.csv and plots/ into the reports folder (docs/evaluation.md).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from medflow.config import EvaluateParams, PreprocessParams
+from medflow.config import EvaluateParams
+from medflow.data.arrays import ArraysMeta, load_ids, load_labels, load_split, read_meta
 from medflow.data.dataset import Dataset
 from medflow.data.manifest import MANIFEST_FILE, read_manifest
-from medflow.data.preprocessing import META_FILE, preprocess_rows
+from medflow.data.preprocessing import preprocess_rows
 from medflow.evaluation.metrics import choose_threshold, metrics_with_ci, point_metrics, predict
 from medflow.evaluation.plots import write_plots
 from medflow.evaluation.subgroups import subgroup_metrics
-from medflow.io import write_json_atomic, write_text_atomic
-from medflow.models.artifact import load_model
-from medflow.models.lightning import load_split
-from medflow.provenance import git_revision, library_versions
-from medflow.registry.baseline import (
-    BASELINE_FILE,
+from medflow.handoffs import (
     COMPARED,
     Baseline,
-    ChampionModel,
-    find_baseline,
+    BootstrapSetup,
+    DatasetRef,
+    DataSummary,
+    EvaluatedOn,
+    EvaluationContext,
+    Metrics,
+    ModelSummary,
+    ScoredMetrics,
+    SubgroupCoverage,
+    ThresholdChoice,
+    Versions,
 )
+from medflow.io import write_json_atomic, write_text_atomic
+from medflow.models.artifact import ModelSpec, load_model
+from medflow.provenance import git_revision, library_versions
+from medflow.registry.baseline import BASELINE_FILE, ChampionModel, find_baseline
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
@@ -53,8 +52,19 @@ PLOTS_DIR = "plots"
 
 @dataclass(frozen=True)
 class EvaluateResult:
-    metrics: dict[str, float]
+    metrics: Metrics
     metrics_file: Path
+
+
+@dataclass(frozen=True)
+class _TestSplit:
+    """The test split as scored: images, labels, ids, manifest rows and patient groups."""
+
+    x: np.ndarray
+    y: np.ndarray
+    ids: np.ndarray
+    rows: pd.DataFrame
+    groups: np.ndarray | None  # patient ids: the independent units of the bootstrap
 
 
 def predict_proba(net: torch.nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -82,13 +92,25 @@ def _test_rows(manifest: pd.DataFrame, ids: np.ndarray) -> pd.DataFrame:
     return rows.loc[list(ids)].reset_index()
 
 
+def _log_metrics(what: str, metrics: ScoredMetrics) -> None:
+    log.info(
+        "%s at threshold %.4g: %s",
+        what,
+        metrics.threshold,
+        ", ".join(
+            "{}={:.3f} [{:.3f}, {:.3f}]".format(m, *metrics.interval(m))
+            for m in ("auroc", "sensitivity", "specificity", "ece")
+        ),
+    )
+
+
 def score_champion(
     found: ChampionModel,
     params: EvaluateParams,
     test: tuple[np.ndarray, np.ndarray, np.ndarray | None],
     rows: pd.DataFrame,
     ingest_dir: Path,
-    meta: dict,
+    meta: ArraysMeta,
 ) -> Baseline:
     """The champion's metrics on the candidate's test split `test` (x, y, patient groups):
     its own preprocessing (the test arrays when its preprocess params are the candidate's,
@@ -96,37 +118,29 @@ def score_champion(
     threshold, the same metrics code and bootstrap as the candidate."""
     x, y, groups = test
     own = found.spec.preprocess_params
-    made = meta.get("preprocess")
-    if made is not None and PreprocessParams.model_validate(made) == own:
+    if meta.preprocess == own:
         inputs, how = x, "the test arrays (its preprocess params are the candidate's)"
     else:
         inputs = preprocess_rows(own, ingest_dir, rows)
         how = "the test split's DICOM files, preprocessed with its own params"
     probs = predict_proba(found.net, inputs)
     threshold = found.spec.threshold
-    metrics = metrics_with_ci(y, probs, threshold, params, groups)
-    metrics.update({"threshold": threshold, "n_test": int(len(y))})
-    tag = found.champion.get("model_tag")
-    log.info(
-        "champion %s on this test split (%d images, threshold %.4g): %s",
-        tag,
-        len(y),
-        threshold,
-        ", ".join(f"{m}={metrics[m]:.3f}" for m in ("auroc", "sensitivity", "specificity", "ece")),
+    metrics = ScoredMetrics(
+        **metrics_with_ci(y, probs, threshold, params, groups),
+        threshold=threshold,
+        n_test=int(len(y)),
     )
+    tag = found.champion.model_tag
+    _log_metrics(f"champion {tag} on this test split ({len(y)} images)", metrics)
     return Baseline(
-        COMPARED,
-        f"champion {tag} scored on this run's test split ({len(y)} images) with its own"
+        status=COMPARED,
+        reason=f"champion {tag} scored on this run's test split ({len(y)} images) with its own"
         f" preprocessing and threshold {threshold:.4g}",
         champion=found.champion,
         metrics=metrics,
-        evaluated_on={
-            "split": "test",
-            "n_test": int(len(y)),
-            "data_hash": meta.get("data_hash"),
-            "inputs": how,
-            "preprocess": own.model_dump(),
-        },
+        evaluated_on=EvaluatedOn(
+            split="test", n_test=int(len(y)), data_hash=meta.data_hash, inputs=how, preprocess=own
+        ),
     )
 
 
@@ -145,113 +159,156 @@ def run_evaluate(
     With champion_dir (the dataset's champion folder), the champion is scored on the same
     test split too (score_champion); baseline.json says what the gate compares with.
     """
-    arrays_dir, out_dir = Path(arrays_dir), Path(out_dir)
+    arrays_dir, out_dir, manifest_file = Path(arrays_dir), Path(out_dir), Path(manifest_file)
     net, spec = load_model(model_dir)
+    meta = read_meta(arrays_dir)
+    test = _test_split(arrays_dir, manifest_file)
+    probs = predict_proba(net, test.x)
+    metrics = _metrics(params, net, arrays_dir, test, probs)
+    threshold = metrics.threshold
+    subgroups, missing = subgroup_metrics(test.rows, test.y, probs, threshold, params, test.groups)
+    preds = _predictions(test, probs, threshold, spec.class_names)
+    plots = write_plots(
+        out_dir / PLOTS_DIR,
+        test.y,
+        probs,
+        predict(probs, threshold),
+        spec.class_names,
+        params.n_bins,
+        metrics,
+    )
+    baseline = _baseline(params, champion_dir, dataset, spec, test, manifest_file.parent, meta)
+    coverage = SubgroupCoverage(reported=sorted(subgroups), missing=missing)
+    context = _context(params, spec, meta, arrays_dir, test, metrics, coverage, plots)
+
+    write_text_atomic(out_dir / PREDICTIONS_FILE, preds.to_csv(index=False))
+    write_json_atomic(out_dir / SUBGROUPS_FILE, subgroups)
+    context.write(out_dir / CONTEXT_FILE)
+    baseline.write(out_dir / BASELINE_FILE)
+    metrics.write(out_dir / METRICS_FILE)
+    _log_metrics(f"test metrics ({params.threshold_policy})", metrics)
+    return EvaluateResult(metrics=metrics, metrics_file=out_dir / METRICS_FILE)
+
+
+def _test_split(arrays_dir: Path, manifest_file: Path) -> _TestSplit:
+    """The test arrays with their manifest rows (ValueError when they do not match)."""
     x, y = load_split(arrays_dir, "test")
     present = np.unique(y)
     if len(present) < 2:
         raise ValueError(f"the test split holds only class(es) {present.tolist()}; AUROC needs two")
-    ids = np.load(arrays_dir / "test_ids.npy")
-    manifest_file = Path(manifest_file)
+    ids = load_ids(arrays_dir, "test")
     if manifest_file.name != MANIFEST_FILE:
         raise ValueError(f"expected the ingest stage's {MANIFEST_FILE}, got {manifest_file}")
     rows = _test_rows(read_manifest(manifest_file.parent), ids)
-    # patients, not images, are the independent units of the bootstrap
     groups = rows["patient_id"].to_numpy(dtype=str) if "patient_id" in rows else None
-    probs = predict_proba(net, x)
-    binary = probs.shape[1] == 2
+    return _TestSplit(x, y, ids, rows, groups)
 
+
+def _metrics(
+    params: EvaluateParams,
+    net: torch.nn.Module,
+    arrays_dir: Path,
+    test: _TestSplit,
+    probs: np.ndarray,
+) -> Metrics:
+    """The test metrics at the operating threshold chosen on the validation split."""
+    binary = probs.shape[1] == 2
     x_val, y_val = load_split(arrays_dir, "val")
     val_probs = predict_proba(net, x_val)
     threshold = choose_threshold(y_val, val_probs[:, 1], params) if binary else params.threshold
     at_val = point_metrics(y_val, val_probs, threshold, params.n_bins)
-
-    metrics = metrics_with_ci(y, probs, threshold, params, groups)
-    metrics.update(
-        {
-            "threshold": threshold,
-            "val_sensitivity": at_val["sensitivity"],
-            "val_specificity": at_val["specificity"],
-            "n_test": int(len(y)),
-            "n_test_patients": int(len(np.unique(groups))) if groups is not None else len(y),
-        }
+    y, groups = test.y, test.groups
+    metrics = Metrics(
+        **metrics_with_ci(y, probs, threshold, params, groups),
+        threshold=threshold,
+        val_sensitivity=at_val["sensitivity"],
+        val_specificity=at_val["specificity"],
+        n_test=int(len(y)),
+        n_test_patients=int(len(np.unique(groups))) if groups is not None else len(y),
+        n_test_positive=int(np.sum(y == 1)) if binary else None,
     )
-    if binary:
-        metrics["n_test_positive"] = int(np.sum(y == 1))
-    subgroups, missing = subgroup_metrics(rows, y, probs, threshold, params, groups)
+    return metrics
 
+
+def _predictions(
+    test: _TestSplit, probs: np.ndarray, threshold: float, class_names: list[str]
+) -> pd.DataFrame:
+    """predictions.csv: per test image its label, prediction and class probabilities."""
+    names = np.asarray(class_names)
     pred = predict(probs, threshold)
-    names = np.asarray(spec.class_names)
     preds = pd.DataFrame(
-        {"image_id": ids, "label": y, "actual": names[y], "predicted": names[pred]}
+        {"image_id": test.ids, "label": test.y, "actual": names[test.y], "predicted": names[pred]}
     )
-    for i, name in enumerate(spec.class_names):
+    for i, name in enumerate(class_names):
         preds[f"p_{name}"] = probs[:, i]
-    plots = write_plots(
-        out_dir / PLOTS_DIR, y, probs, pred, spec.class_names, params.n_bins, metrics
-    )
+    return preds
 
-    meta_file = arrays_dir / META_FILE
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+
+def _baseline(
+    params: EvaluateParams,
+    champion_dir: Path | None,
+    dataset: Dataset | None,
+    spec: ModelSpec,
+    test: _TestSplit,
+    ingest_dir: Path,
+    meta: ArraysMeta,
+) -> Baseline:
+    """The dataset's champion scored on this test split, or why there is none."""
     found = find_baseline(champion_dir, dataset, list(spec.class_names))
     if isinstance(found, ChampionModel):
-        test = (x, y, groups)
-        baseline = score_champion(found, params, test, rows, manifest_file.parent, meta)
-    else:
-        baseline = found
-    baseline = replace(baseline, dataset=dataset.as_dict() if dataset is not None else None)
+        triple = (test.x, test.y, test.groups)
+        found = score_champion(found, params, triple, test.rows, ingest_dir, meta)
+    ref = DatasetRef.model_validate(dataset.as_dict()) if dataset is not None else None
+    return found.model_copy(update={"dataset": ref})
+
+
+def _context(
+    params: EvaluateParams,
+    spec: ModelSpec,
+    meta: ArraysMeta,
+    arrays_dir: Path,
+    test: _TestSplit,
+    metrics: Metrics,
+    subgroups: SubgroupCoverage,
+    plots: dict[str, Path],
+) -> EvaluationContext:
+    """evaluation.json: how the threshold was chosen, the bootstrap, data, model, versions."""
+    binary = spec.num_classes == 2
     class_counts = {}
     for split in ("train", "val", "test"):
-        y_path = arrays_dir / f"{split}_y.npy"
-        if y_path.is_file():
-            counts = np.bincount(np.load(y_path), minlength=len(spec.class_names))
-            class_counts[split] = dict(zip(spec.class_names, map(int, counts), strict=True))
-    context = {
-        "params": params.model_dump(),
-        "threshold": {
-            "policy": params.threshold_policy,
-            "value": threshold,
-            "chosen_on": "val" if binary and params.threshold_policy != "fixed" else "params",
-            "applies": "p(positive) >= threshold" if binary else "not used: argmax",
-        },
-        "bootstrap": {
-            "unit": "patient" if groups is not None else "image",
-            "n": params.n_bootstrap,
-            "level": params.ci_level,
-            "seed": params.seed,
-        },
-        "subgroups": {"reported": sorted(subgroups), "missing": missing},
-        "data": {
-            "data_hash": meta.get("data_hash"),
-            "counts": meta.get("counts"),
-            "class_counts": class_counts,
-            "preprocess": meta.get("preprocess"),
-        },
-        "model": {
-            "architecture": spec.architecture,
-            "class_names": spec.class_names,
-            "num_classes": spec.num_classes,
-            "provenance": spec.provenance,
-        },
-        "plots": {name: f"{PLOTS_DIR}/{path.name}" for name, path in plots.items()},
-        "evaluated_with": {
-            "git_revision": git_revision(),
-            "library_versions": library_versions(),
-        },
-    }
-
-    write_text_atomic(out_dir / PREDICTIONS_FILE, preds.to_csv(index=False))
-    write_json_atomic(out_dir / SUBGROUPS_FILE, subgroups)
-    write_json_atomic(out_dir / CONTEXT_FILE, context)
-    write_json_atomic(out_dir / BASELINE_FILE, baseline.as_dict())
-    write_json_atomic(out_dir / METRICS_FILE, metrics)
-    log.info(
-        "test metrics at threshold %.4g (%s): %s",
-        threshold,
-        params.threshold_policy,
-        ", ".join(
-            f"{m}={metrics[m]:.3f} [{metrics[m + '_ci_low']:.3f}, {metrics[m + '_ci_high']:.3f}]"
-            for m in ("auroc", "sensitivity", "specificity", "ece")
+        try:
+            labels = load_labels(arrays_dir, split)
+        except FileNotFoundError:
+            continue
+        counts = np.bincount(labels, minlength=len(spec.class_names))
+        class_counts[split] = dict(zip(spec.class_names, map(int, counts), strict=True))
+    return EvaluationContext(
+        params=params,
+        threshold=ThresholdChoice(
+            policy=params.threshold_policy,
+            value=metrics.threshold,
+            chosen_on="val" if binary and params.threshold_policy != "fixed" else "params",
+            applies="p(positive) >= threshold" if binary else "not used: argmax",
         ),
+        bootstrap=BootstrapSetup(
+            unit="patient" if test.groups is not None else "image",
+            n=params.n_bootstrap,
+            level=params.ci_level,
+            seed=params.seed,
+        ),
+        subgroups=subgroups,
+        data=DataSummary(
+            data_hash=meta.data_hash,
+            counts=meta.counts,
+            class_counts=class_counts,
+            preprocess=meta.preprocess,
+        ),
+        model=ModelSummary(
+            architecture=spec.architecture,
+            class_names=list(spec.class_names),
+            num_classes=spec.num_classes,
+            provenance=spec.provenance,
+        ),
+        plots={name: f"{PLOTS_DIR}/{path.name}" for name, path in plots.items()},
+        evaluated_with=Versions(git_revision=git_revision(), library_versions=library_versions()),
     )
-    return EvaluateResult(metrics=metrics, metrics_file=out_dir / METRICS_FILE)

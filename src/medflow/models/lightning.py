@@ -14,10 +14,11 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 from torchmetrics.classification import MulticlassAUROC
 
 from medflow.config import TrainParams
+from medflow.data.arrays import load_split
 from medflow.models.augment import augment_batch, random_shift
 from medflow.models.net import build_network
 
-__all__ = ["ArrayDataModule", "Classifier", "EpochSampler", "load_split", "random_shift"]
+__all__ = ["ArrayDataModule", "Classifier", "EpochSampler", "random_shift"]
 
 # Arrays larger than this stay memory-mapped (the OS pages them in); smaller ones are copied
 # into RAM once, so that batches are plain tensor slices.
@@ -110,16 +111,6 @@ class Classifier(pl.LightningModule):
             total_steps=self.trainer.estimated_stepping_batches,
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def load_split(arrays_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Arrays written by the preprocess stage, memory-mapped."""
-    x_path, y_path = arrays_dir / f"{split}_x.npy", arrays_dir / f"{split}_y.npy"
-    if not x_path.is_file() or not y_path.is_file():
-        raise FileNotFoundError(
-            f"no {split} arrays in {arrays_dir}: run the preprocess stage first"
-        )
-    return np.load(x_path, mmap_mode="r"), np.load(y_path)
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> list[float]:

@@ -23,8 +23,8 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
-from medflow.config import PreprocessParams, TrainParams
-from medflow.data.preprocessing import META_FILE
+from medflow.config import TrainParams
+from medflow.data.arrays import ArraysMeta, read_meta
 from medflow.io import atomic_dir, write_json_atomic
 from medflow.models.artifact import ModelSpec, save_model
 from medflow.models.calibration import fit_temperature, fold_temperature, logits_of
@@ -77,11 +77,12 @@ def default_checkpoint_dir(out_dir: Path) -> Path:
     return out_dir.with_name(f".{out_dir.name}-checkpoints")
 
 
-def _fingerprint(params: TrainParams, class_names: list[str], meta: dict) -> str:
+def _fingerprint(params: TrainParams, class_names: list[str], meta: ArraysMeta) -> str:
     # what makes two runs the same run: a checkpoint of another config is never resumed
     keep = params.model_dump(exclude={"num_workers"})
+    shape = list(meta.shape)
     blob = json.dumps(
-        {"train": keep, "classes": class_names, "data": meta["data_hash"], "shape": meta["shape"]},
+        {"train": keep, "classes": class_names, "data": meta.data_hash, "shape": shape},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -151,7 +152,53 @@ def run_train(
     `callbacks` are added to the Trainer's (tests use one to interrupt a run).
     """
     quiet_lightning()
-    meta = json.loads((arrays_dir / META_FILE).read_text())
+    meta = read_meta(arrays_dir)
+    dm, weights = _data(params, class_names, arrays_dir)
+    in_channels = int(dm.data["train"].tensors[0].shape[1])
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(out_dir)
+    resume = _prepare_checkpoints(ckpt_dir, _fingerprint(params, class_names, meta))
+    pl.seed_everything(params.seed, workers=True, verbose=False)
+    model = Classifier(in_channels, len(class_names), params, class_weights=weights)
+    trainer = _trainer(params, ckpt_dir, callbacks)
+    if resume:
+        log.info("resuming an interrupted run from %s", ckpt_dir / "last.ckpt")
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_dir / "last.ckpt" if resume else None)
+    if not trainer.is_global_zero:
+        # other DDP ranks: rank 0 writes the artifact
+        return TrainResult(out_dir, out_dir / "checkpoints" / "best.ckpt", float("nan"), 0)
+
+    best, temperature = _best_model(params, model, dm, ckpt_dir, len(class_names))
+    epochs = (
+        int(torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=True)["epoch"]) + 1
+    )
+    run = {
+        "class_weights": weights,
+        "best_val_auroc": best,
+        "calibration": {"method": params.calibration, "temperature": temperature},
+        "epochs_run": epochs,
+        "resumed": resume,
+    }
+    spec = _spec(params, class_names, in_channels, meta, trainer, run)
+    _write_artifact(out_dir, ckpt_dir, model.net, spec)
+    log.info(
+        "trained %d epochs on %s; best val AUROC %.4f",
+        epochs,
+        type(trainer.accelerator).__name__,
+        best,
+    )
+    return TrainResult(
+        model_dir=out_dir,
+        best_checkpoint=out_dir / "checkpoints" / "best.ckpt",
+        best_val_auroc=best,
+        epochs_run=epochs,
+    )
+
+
+def _data(
+    params: TrainParams, class_names: list[str], arrays_dir: Path
+) -> tuple[ArrayDataModule, list[float] | None]:
+    """The DataModule of the arrays, checked against the class names, and the class weights
+    of the loss (None unless params.imbalance is weighted_loss)."""
     dm = ArrayDataModule(arrays_dir, params)
     dm.setup()
     for split in ("train", "val"):
@@ -163,16 +210,15 @@ def run_train(
             raise ValueError(
                 f"labels {bad} in the {split} split are outside data.class_names {class_names}"
             )
-    in_channels = int(dm.data["train"].tensors[0].shape[1])
     weights = None
     if params.imbalance == "weighted_loss":
         weights = class_weights(dm.data["train"].tensors[1].numpy(), len(class_names))
         log.info("class weights %s", [round(w, 3) for w in weights])
+    return dm, weights
 
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(out_dir)
-    resume = _prepare_checkpoints(ckpt_dir, _fingerprint(params, class_names, meta))
-    pl.seed_everything(params.seed, workers=True, verbose=False)
-    model = Classifier(in_channels, len(class_names), params, class_weights=weights)
+
+def _trainer(params: TrainParams, ckpt_dir: Path, callbacks: Sequence[pl.Callback]) -> pl.Trainer:
+    """The Trainer with its early stopping and its best and latest checkpoints in ckpt_dir."""
     mode = "min" if params.monitor == "val_loss" else "max"
     # The one-cycle rate peaks at 30% of the run and validation is noisy until it comes
     # down: the best model is chosen, and early stopping decided, in the second half only.
@@ -190,7 +236,7 @@ def run_train(
     # metric; resuming needs the latest epoch, so a second, unmonitored checkpoint keeps it.
     # It comes after `checkpoint` so that its file holds this epoch's best-model state.
     latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False)
-    trainer = pl.Trainer(
+    return pl.Trainer(
         accelerator="auto",
         strategy=params.strategy,
         devices=params.devices,
@@ -214,46 +260,54 @@ def run_train(
         enable_model_summary=False,
         log_every_n_steps=1,
     )
-    if resume:
-        log.info("resuming an interrupted run from %s", ckpt_dir / "last.ckpt")
-    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_dir / "last.ckpt" if resume else None)
-    if not trainer.is_global_zero:
-        # other DDP ranks: rank 0 writes the artifact
-        return TrainResult(out_dir, out_dir / "checkpoints" / "best.ckpt", float("nan"), 0)
 
+
+def _best_model(
+    params: TrainParams,
+    model: Classifier,
+    dm: ArrayDataModule,
+    ckpt_dir: Path,
+    num_classes: int,
+) -> tuple[float, float]:
+    """Load the best checkpoint into `model` (on the CPU) and calibrate it on val;
+    returns its val AUROC (before calibration) and the temperature folded into it."""
     best_path = ckpt_dir / "best.ckpt"
     state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
     model.load_state_dict(state)
-    model = model.cpu()
+    model.cpu()
     # selected on params.monitor; report that model's val AUROC
     x_val, y_val = dm.data["val"].tensors
-    best = _auroc(model.net, x_val, y_val, len(class_names))
+    best = _auroc(model.net, x_val, y_val, num_classes)
     temperature = 1.0
     if params.calibration == "temperature":
         temperature = fit_temperature(logits_of(model.net, x_val), y_val)
         fold_temperature(model.net, temperature)
         log.info("calibration: temperature %.3f fitted on the val split", temperature)
-    epochs = (
-        int(torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=True)["epoch"]) + 1
-    )
-    preprocess = PreprocessParams.model_validate(meta["preprocess"])
-    spec = ModelSpec(
+    return best, temperature
+
+
+def _spec(
+    params: TrainParams,
+    class_names: list[str],
+    in_channels: int,
+    meta: ArraysMeta,
+    trainer: pl.Trainer,
+    run: dict[str, object],
+) -> ModelSpec:
+    """model.json: the network, its preprocessing, and how it was trained (`run`)."""
+    return ModelSpec(
         architecture=params.architecture,
         in_channels=in_channels,
         num_classes=len(class_names),
         width=params.width,
         dropout=params.dropout,
         class_names=list(class_names),
-        preprocess=preprocess.model_dump(),
+        preprocess=meta.preprocess.model_dump(),
         provenance={
-            "data_hash": meta["data_hash"],
-            "counts": meta["counts"],
+            "data_hash": meta.data_hash,
+            "counts": meta.counts,
             "train_params": params.model_dump(),
-            "class_weights": weights,
-            "best_val_auroc": best,
-            "calibration": {"method": params.calibration, "temperature": temperature},
-            "epochs_run": epochs,
-            "resumed": resume,
+            **run,
             "git_revision": git_revision(),
             "library_versions": library_versions(),
             "accelerator": type(trainer.accelerator).__name__,
@@ -261,22 +315,14 @@ def run_train(
             "world_size": trainer.world_size,
         },
     )
+
+
+def _write_artifact(out_dir: Path, ckpt_dir: Path, net: torch.nn.Module, spec: ModelSpec) -> None:
+    """Replace out_dir with the model, its best checkpoint and logs; drop the checkpoints."""
     with atomic_dir(out_dir) as tmp:
         (tmp / "checkpoints").mkdir()
-        shutil.copy2(best_path, tmp / "checkpoints" / "best.ckpt")
+        shutil.copy2(ckpt_dir / "best.ckpt", tmp / "checkpoints" / "best.ckpt")
         shutil.copytree(ckpt_dir / "logs", tmp / "logs")
-        save_model(tmp, model.net, spec)
+        save_model(tmp, net, spec)
     # finished: the next run of this config starts afresh (dvc repro -f retrains)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    log.info(
-        "trained %d epochs on %s; best val AUROC %.4f",
-        epochs,
-        type(trainer.accelerator).__name__,
-        best,
-    )
-    return TrainResult(
-        model_dir=out_dir,
-        best_checkpoint=out_dir / "checkpoints" / "best.ckpt",
-        best_val_auroc=best,
-        epochs_run=epochs,
-    )

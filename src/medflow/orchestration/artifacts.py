@@ -8,8 +8,9 @@ unchanged (then they show the outputs DVC says are current).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect.artifacts import (
     create_link_artifact,
@@ -17,7 +18,11 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 
+from medflow.handoffs import METRICS, GateReport, Handoff, HandoffError, Metrics
 from medflow.stages.layout import Layout
+
+H = TypeVar("H", bound=Handoff)
+log = logging.getLogger(__name__)
 
 KEYS = ("validation-summary", "data-docs", "metrics", "gate-decision", "model-card", "bento")
 
@@ -61,47 +66,53 @@ def validation(layout: Layout) -> None:
         )
 
 
+def _read(model: type[H], path: Path) -> H | None:
+    # published when present and valid; the stage that wrote it reports its own problems
+    try:
+        return model.read(path)
+    except FileNotFoundError:
+        return None
+    except HandoffError as exc:
+        log.warning("not published: %s", exc)
+        return None
+
+
 def metrics(layout: Layout) -> None:
-    """Publish the test metrics with their intervals."""
-    m = _json(layout.metrics)
+    m = _read(Metrics, layout.metrics)
     if m is None:
         return
-    names = sorted(k for k in m if f"{k}_ci_low" in m) + [
-        k for k in ("threshold", "n_test", "n_test_patients") if k in m
-    ]
     table = [
-        {
-            "metric": k,
-            "value": _num(m[k]),
-            "ci_low": _num(m.get(f"{k}_ci_low")),
-            "ci_high": _num(m.get(f"{k}_ci_high")),
-        }
-        for k in names
+        {"metric": name, "value": _num(value), "ci_low": _num(low), "ci_high": _num(high)}
+        for name in sorted(METRICS)
+        for value, low, high in [m.interval(name)]
+    ]
+    table += [
+        {"metric": name, "value": _num(getattr(m, name)), "ci_low": "-", "ci_high": "-"}
+        for name in ("threshold", "n_test", "n_test_patients")
     ]
     create_table_artifact(key="metrics", table=table, description="Test metrics, 95% intervals")
 
 
 def gate(layout: Layout) -> None:
-    """Publish the gate's decision and the model card."""
-    g = _json(layout.gate)
+    g = _read(GateReport, layout.gate)
     if g is None:
         return
-    lines = [f"# Gate: **{g.get('decision', '?').upper()}**", ""]
-    champion = g.get("champion", {})
-    reason = f" ({champion['reason']})" if champion.get("reason") else ""
-    dataset = champion.get("dataset") or "?"
-    lines.append(f"Champion of dataset {dataset}: {champion.get('status', '?')}{reason}")
-    if g.get("failures"):
-        lines += ["", "## Reasons", *(f"- {f}" for f in g["failures"])]
+    lines = [f"# Gate: **{g.decision.upper()}**", ""]
+    champion = g.champion
+    reason = f" ({champion.reason})" if champion.reason else ""
+    dataset = champion.dataset or "?"
+    lines.append(f"Champion of dataset {dataset}: {champion.status}{reason}")
+    if g.failures:
+        lines += ["", "## Reasons", *(f"- {f}" for f in g.failures)]
     lines += [
         "",
         "| rule | metric | observed | op | threshold | passed |",
         "|---|---|---|---|---|---|",
     ]
-    for r in g.get("rules", []):
+    for r in g.rules:
         lines.append(
-            f"| {r['rule']} | {r['metric']} | {_num(r['observed'])} | {r['op']} "
-            f"| {r['threshold']} | {'yes' if r['passed'] else '**no**'} |"
+            f"| {r.rule} | {r.metric} | {_num(r.observed)} | {r.op} "
+            f"| {r.threshold} | {'yes' if r.passed else '**no**'} |"
         )
     create_markdown_artifact(key="gate-decision", markdown="\n".join(lines))
     if layout.model_card.is_file():

@@ -5,7 +5,7 @@ The evaluate stage asks `find_baseline` for the champion of the run's dataset
 (reports/champion/<key>/, medflow.registry.champion), loads its model from the BentoML model store
 (the model.pt and model.json the package stage stored), and scores the test split with the
 champion's own preprocessing and threshold (medflow.evaluation.scoring). What it found is written to
-reports/baseline.json, which the gate reads:
+reports/baseline.json (medflow.handoffs.Baseline), which the gate reads:
 
     compared                    change rules apply (metrics measured on this test split)
     no champion                 none for this dataset yet: value rules only
@@ -17,11 +17,16 @@ reports/baseline.json, which the gate reads:
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from medflow.data.dataset import Dataset
+from medflow.handoffs import CLASSES_DIFFER as CLASSES_DIFFER
+from medflow.handoffs import COMPARED as COMPARED
+from medflow.handoffs import NO_CHAMPION as NO_CHAMPION
+from medflow.handoffs import UNAVAILABLE as UNAVAILABLE
+from medflow.handoffs import Baseline, BaselineChampion, DatasetRef
 from medflow.registry.champion import read_champion
 
 if TYPE_CHECKING:  # the gate imports this module for its statuses: no torch at import
@@ -32,27 +37,6 @@ if TYPE_CHECKING:  # the gate imports this module for its statuses: no torch at 
 log = logging.getLogger(__name__)
 
 BASELINE_FILE = "baseline.json"
-COMPARED = "compared"
-NO_CHAMPION = "no champion"
-CLASSES_DIFFER = "class names differ"
-UNAVAILABLE = "champion model unavailable"
-# what the champion.json entry of the baseline keeps (no local paths)
-_CHAMPION_KEYS = ("model_tag", "bento_tag", "data_hash", "promoted_at", "promoted_by")
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """What the gate's change rules compare with; `metrics` only when status is compared."""
-
-    status: str
-    reason: str
-    dataset: dict[str, Any] | None = None
-    champion: dict[str, Any] | None = None
-    metrics: dict[str, float] | None = None
-    evaluated_on: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "same_split": self.status == COMPARED}
 
 
 @dataclass(frozen=True)
@@ -61,7 +45,7 @@ class ChampionModel:
 
     net: torch.nn.Module
     spec: ModelSpec
-    champion: dict[str, Any]
+    champion: BaselineChampion
 
 
 def load_store_model(model_tag: str) -> tuple[torch.nn.Module, ModelSpec]:
@@ -78,20 +62,21 @@ def find_baseline(
 ) -> ChampionModel | Baseline:
     """The champion of the dataset loaded for scoring, or the Baseline saying why there is
     none to compare with (never raises for a missing or unloadable champion: it says so)."""
-    ds = dataset.as_dict() if dataset is not None else None
+    ds = DatasetRef.model_validate(dataset.as_dict()) if dataset is not None else None
     if champion_dir is None:
-        return Baseline(NO_CHAMPION, "no champion folder given", ds)
+        return Baseline(status=NO_CHAMPION, reason="no champion folder given", dataset=ds)
     champion = read_champion(champion_dir)
     if champion is None:
         key = dataset.key if dataset is not None else Path(champion_dir).name
-        return Baseline(
-            NO_CHAMPION,
+        reason = (
             f"no champion for dataset {key} yet ({champion_dir}): the first model packaged on"
-            " it becomes its champion",
-            ds,
+            " it becomes its champion"
         )
-    kept = {k: champion.get(k) for k in _CHAMPION_KEYS}
-    tag = str(champion.get("model_tag"))
+        return Baseline(status=NO_CHAMPION, reason=reason, dataset=ds)
+    kept = BaselineChampion.model_validate(
+        champion.model_dump(include=set(BaselineChampion.model_fields))
+    )
+    tag = champion.model_tag
     try:
         net, spec = load_store_model(tag)
     except Exception as exc:  # noqa: BLE001 - any failure is reported as the baseline status
@@ -101,12 +86,12 @@ def find_baseline(
             " that is in the store (medflow models list / promote) to compare with it again"
         )
         log.warning("%s", reason)
-        return Baseline(UNAVAILABLE, reason, ds, kept)
+        return Baseline(status=UNAVAILABLE, reason=reason, dataset=ds, champion=kept)
     if list(spec.class_names) != list(class_names):
         reason = (
             f"champion {tag} classifies {list(spec.class_names)}, this model {list(class_names)}:"
             " their metrics do not compare, so only the value rules apply"
         )
         log.warning("%s", reason)
-        return Baseline(CLASSES_DIFFER, reason, ds, kept)
+        return Baseline(status=CLASSES_DIFFER, reason=reason, dataset=ds, champion=kept)
     return ChampionModel(net, spec, kept)

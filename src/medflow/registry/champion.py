@@ -26,8 +26,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
+from pydantic import Field
+
+from medflow.handoffs import DatasetRef, Handoff, read_json
 from medflow.io import atomic_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -37,18 +40,39 @@ CHAMPION_MODEL = "champion.json"
 HISTORY_FILE = "history.json"
 
 
-def read_champion(folder: Path) -> dict[str, Any] | None:
+class Champion(Handoff):
+    """champion.json: which model and Bento the champion is, and how it became champion.
+
+    Written with every field; read tolerantly, because champion.json outlives releases: keys
+    it does not know are dropped (with a warning) and fields added since default to None.
+    """
+
+    FIX: ClassVar[str] = "promote a model again (medflow models promote TAG)"
+
+    model_tag: str = Field(min_length=1)
+    bento_tag: str = Field(min_length=1)
+    data_hash: str | None = None
+    git_revision: str | None = None
+    promoted_at: str | None = None  # ISO 8601, UTC
+    promoted_by: str | None = None  # package, promote or rollback
+    weights_sha256: str | None = None  # of model.pt: the same network under another tag
+    dataset: DatasetRef | None = None
+
+    @classmethod
+    def read(cls, path: Path) -> Self:
+        raw = read_json(path, cls.FIX)
+        if isinstance(raw, dict):
+            unknown = sorted(set(raw) - set(cls.model_fields))
+            if unknown:
+                logger.warning("%s: ignoring keys this version does not know: %s", path, unknown)
+                raw = {k: v for k, v in raw.items() if k in cls.model_fields}
+        return cls.parse(raw, Path(path))
+
+
+def read_champion(folder: Path) -> Champion | None:
     """champion.json of `folder`, or None when there is no champion yet."""
     path = Path(folder) / CHAMPION_MODEL
-    if not path.is_file():
-        return None
-    champion = json.loads(path.read_text())
-    if not isinstance(champion, dict) or not champion.get("bento_tag"):
-        raise ValueError(
-            f"{path} must be a JSON object with 'model_tag' and 'bento_tag', got {champion!r}:"
-            " promote a model again (medflow models promote TAG)"
-        )
-    return champion
+    return Champion.read(path) if path.is_file() else None
 
 
 def read_history(folder: Path) -> list[dict[str, Any]]:
@@ -87,7 +111,7 @@ def record_champion(
     promoted_by: str,
     weights_sha256: str | None = None,
     dataset: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> Champion:
     """Make `model_tag` (served by `bento_tag`) the champion and append it to the history.
 
     `dataset` (medflow.data.dataset.Dataset.as_dict()) names the dataset the folder belongs to;
@@ -95,29 +119,29 @@ def record_champion(
 
     `promoted_by` says what did it: "package", "promote" or "rollback". `weights_sha256`
     (of model.pt) tells the same network apart from a new one under another tag (each package
-    run saves the model under a new tag; see replaced_by_hand). Returns the new champion.json
-    content.
+    run saves the model under a new tag; see replaced_by_hand). Returns the new champion.
     """
     folder = Path(folder)
     with _locked(folder):
         previous = read_champion(folder)
         history = read_history(folder)
-        champion = {
-            "model_tag": model_tag,
-            "bento_tag": bento_tag,
-            "data_hash": data_hash,
-            "git_revision": git_revision,
-            "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "promoted_by": promoted_by,
-            "weights_sha256": weights_sha256,
-            "dataset": dataset if dataset is not None else (previous or {}).get("dataset"),
-        }
+        kept = previous.dataset if previous is not None else None
+        champion = Champion(
+            model_tag=model_tag,
+            bento_tag=bento_tag,
+            data_hash=data_hash,
+            git_revision=git_revision,
+            promoted_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            promoted_by=promoted_by,
+            weights_sha256=weights_sha256,
+            dataset=DatasetRef.model_validate(dataset) if dataset is not None else kept,
+        )
         event = {
             "model_tag": model_tag,
             "bento_tag": bento_tag,
-            "promoted_at": champion["promoted_at"],
+            "promoted_at": champion.promoted_at,
             "action": promoted_by,
-            "previous": previous["model_tag"] if previous else None,
+            "previous": previous.model_tag if previous else None,
             "weights_sha256": weights_sha256,
         }
         with atomic_dir(folder) as tmp:
@@ -126,7 +150,7 @@ def record_champion(
                     if item.name not in (CHAMPION_MODEL, CHAMPION_METRICS, HISTORY_FILE):
                         copy = shutil.copytree if item.is_dir() else shutil.copy2
                         copy(item, tmp / item.name)
-            write_json_atomic(tmp / CHAMPION_MODEL, champion)
+            champion.write(tmp / CHAMPION_MODEL)
             write_json_atomic(tmp / CHAMPION_METRICS, metrics)
             write_json_atomic(tmp / HISTORY_FILE, [*history, event])
     logger.info("%s is the champion now (%s, by %s)", model_tag, folder, promoted_by)
@@ -144,7 +168,7 @@ def champion_stack(folder: Path) -> list[str]:
     if history and history[0].get("previous"):
         stack.append(history[0]["previous"])
     elif not history and (current := read_champion(Path(folder))):
-        stack.append(current["model_tag"])
+        stack.append(current.model_tag)
     for event in history:
         if event.get("action") == "rollback":
             if stack:

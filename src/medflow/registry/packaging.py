@@ -13,7 +13,6 @@ Where the stores live is BentoML's business: $BENTOML_HOME (default ~/bentoml).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import shutil
@@ -24,6 +23,7 @@ from typing import Any
 from medflow.config import PackageParams
 from medflow.data.dataset import Dataset
 from medflow.errors import GateFailed
+from medflow.handoffs import GateReport, Metrics
 from medflow.io import write_json_atomic
 from medflow.models.artifact import CARD_FILE, WEIGHTS_FILE, ModelSpec, load_spec
 
@@ -55,48 +55,24 @@ class PackageResult:
     champion: bool = False
 
 
-def read_gate(gate_file: Path) -> dict[str, Any]:
+def read_gate(gate_file: Path) -> GateReport:
     """The gate stage's decision; raises GateFailed with its reasons unless it passed."""
-    gate_file = Path(gate_file)
-    if not gate_file.is_file():
-        raise FileNotFoundError(f"no gate decision at {gate_file}: run the gate stage first")
-    gate = json.loads(gate_file.read_text())
-    passed = gate.get("passed") if isinstance(gate, dict) else None
-    if not isinstance(passed, bool):
-        raise ValueError(
-            f"{gate_file} must be a JSON object with a boolean 'passed', got {passed!r}:"
-            " re-run the gate stage"
-        )
-    if not passed:
-        failures = gate.get("failures") or ["(the gate gave no reasons)"]
-        reasons = "\n".join(f"  - {f}" for f in failures)
+    gate = GateReport.read(gate_file)
+    if not gate.passed:
+        reasons = "\n".join(f"  - {f}" for f in gate.failures or ["(the gate gave no reasons)"])
         raise GateFailed(f"not packaging: the model failed the evaluation gate:\n{reasons}")
     return gate
 
 
-def read_metrics(metrics_file: Path) -> dict[str, float]:
-    """The evaluation metrics, a flat JSON object of numbers (NaN allowed, as JSON writes it)."""
-    metrics_file = Path(metrics_file)
-    if not metrics_file.is_file():
-        raise FileNotFoundError(f"no metrics at {metrics_file}: run the evaluate stage first")
-    raw = json.loads(metrics_file.read_text())
-    if not isinstance(raw, dict):
-        raise ValueError(f"{metrics_file} must hold a JSON object, got {type(raw).__name__}")
-    bad = {k: v for k, v in raw.items() if isinstance(v, bool) or not isinstance(v, int | float)}
-    if bad:
-        raise ValueError(f"{metrics_file} must map names to numbers; not numbers: {bad}")
-    return {k: float(v) for k, v in raw.items()}
-
-
-def served_spec(spec: ModelSpec, metrics: dict[str, float]) -> ModelSpec:
+def served_spec(spec: ModelSpec, metrics: Metrics) -> ModelSpec:
     """The spec to serve, with the decision threshold the evaluation (and so the gate) used.
 
     evaluate scores at `evaluate.threshold` and writes it into metrics.json; serving decides
     with `spec.threshold`. Packaging makes them one value, so the Bento answers as the
     gated model was judged.
     """
-    threshold = metrics.get("threshold")
-    if threshold is None or threshold == spec.threshold:
+    threshold = metrics.threshold
+    if threshold == spec.threshold:
         return spec
     if not 0 < threshold < 1:
         raise ValueError(f"metrics threshold must be in (0, 1), got {threshold}")
@@ -194,8 +170,8 @@ def save_to_store(
     name: str,
     model_dir: Path,
     spec: ModelSpec,
-    metrics: dict[str, float],
-    gate: dict[str, Any],
+    metrics: Metrics,
+    gate: GateReport,
     weights_sha256: str | None = None,
     dataset: Dataset | None = None,
     reference: tuple[Path, Path] | None = None,
@@ -207,11 +183,11 @@ def save_to_store(
 
     metadata = store_safe(
         {
-            "metrics": metrics,
+            "metrics": metrics.values(),
             "spec": asdict(spec),
             "data_hash": spec.provenance.get("data_hash"),
             "dataset": dataset.as_dict() if dataset is not None else None,
-            "gate": gate,
+            "gate": gate.model_dump(),
             "weights_sha256": weights_sha256 or _sha256(model_dir / WEIGHTS_FILE),
         }
     )
@@ -282,7 +258,7 @@ def run_package(
     """
     model_dir, project_root = Path(model_dir), Path(project_root)
     gate = read_gate(gate_file)
-    metrics = read_metrics(metrics_file)
+    metrics = Metrics.read(metrics_file)
     spec = served_spec(load_spec(model_dir), metrics)
     if not (model_dir / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"no weights at {model_dir / WEIGHTS_FILE}: run the train stage")
@@ -339,7 +315,7 @@ def run_package(
             "serve": f"bentoml serve {bento_tag}",
             "predict": "curl -F file=@image.dcm http://127.0.0.1:3000/predict",
             "containerize": f"bentoml containerize {bento_tag}",
-            "metrics": metrics,
+            "metrics": metrics.values(),
         },
     )
     if result.champion:
@@ -350,7 +326,7 @@ def run_package(
 def write_champion(
     folder: Path,
     result: PackageResult,
-    metrics: dict[str, float],
+    metrics: Metrics,
     spec: ModelSpec,
     weights_sha256: str | None = None,
     dataset: Dataset | None = None,
@@ -362,7 +338,7 @@ def write_champion(
         folder,
         model_tag=result.model_tag,
         bento_tag=result.bento_tag,
-        metrics=metrics,
+        metrics=metrics.values(),
         data_hash=spec.provenance.get("data_hash"),
         git_revision=spec.provenance.get("git_revision"),
         promoted_by="package",

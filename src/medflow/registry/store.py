@@ -92,7 +92,7 @@ def list_models(model_name: str, champion_dir: Path | None = None) -> list[Model
                 data_hash=meta.get("data_hash") or m.info.labels.get("data_hash"),
                 class_names=list((meta.get("spec") or {}).get("class_names") or []),
                 bentos=served.get(tag, []),
-                champion=bool(champion and champion.get("model_tag") == tag),
+                champion=champion is not None and champion.model_tag == tag,
                 dataset=(meta.get("dataset") or {}).get("key") or m.info.labels.get("dataset"),
             )
         )
@@ -173,7 +173,7 @@ def _promote(
     return Promotion(
         model_tag=entry.tag,
         bento_tag=bento_tag,
-        previous=previous["model_tag"] if previous else None,
+        previous=previous.model_tag if previous else None,
         infra=report,
     )
 
@@ -211,4 +211,4 @@ def served_bento(champion_dir: Path) -> str:
             " (medflow models promote TAG)"
             + (f"; datasets with a champion: {', '.join(others)} (--dataset KEY)" if others else "")
         )
-    return str(champion["bento_tag"])
+    return champion.bento_tag

@@ -1,66 +1,77 @@
 """The model card carries what a reviewer needs: use, data, metrics, subgroups, gate."""
 
+from medflow.config import EvaluateParams, GateParams, PreprocessParams
 from medflow.evaluation.model_card import render_model_card
+from medflow.handoffs import EvaluationContext, GateReport
+from tests.helpers.handoffs import metrics
 
-METRICS = {
-    "auroc": 0.912,
-    "auroc_ci_low": 0.85,
-    "auroc_ci_high": 0.95,
-    "ece": 0.041,
-    "ece_ci_low": 0.02,
-    "ece_ci_high": 0.07,
-    "sensitivity": 0.9,
-    "specificity": 0.8,
-    "n_test": 120,
-    "n_test_patients": 40,
-    "threshold": 0.37,
-}
+METRICS = metrics(
+    auroc=0.912, auroc_ci_low=0.85, auroc_ci_high=0.95, ece=0.041, ece_ci_low=0.02, ece_ci_high=0.07
+)
 SUBGROUPS = {
     "site": {
         "SITE-1": {"n": 100, "n_positive": 50, "small": 0, "auroc": 0.93},
         "SITE-2": {"n": 20, "n_positive": 9, "small": 1, "auroc": 0.7},
     }
 }
-CONTEXT = {
-    "threshold": {"policy": "target_sensitivity", "value": 0.37, "chosen_on": "val"},
-    "bootstrap": {"unit": "patient", "n": 1000, "level": 0.95, "seed": 0},
-    "subgroups": {"reported": ["site"], "missing": ["sex", "age_band"]},
-    "data": {
-        "data_hash": "cafe1234",
-        "class_counts": {"test": {"normal": 70, "lesion": 50}, "train": {"normal": 200}},
-    },
-    "model": {
-        "architecture": "SmallCNN",
-        "class_names": ["normal", "lesion"],
-        "provenance": {
-            "git_revision": "0123abc",
-            "library_versions": {"torch": "2.13.0"},
-            "train_params": {"max_epochs": 3},
+CONTEXT = EvaluationContext.model_validate(
+    {
+        "threshold": {
+            "policy": "target_sensitivity",
+            "value": 0.37,
+            "chosen_on": "val",
+            "applies": "p(positive) >= threshold",
         },
-    },
-    "params": {"n_bins": 10},
-    "plots": {"calibration": "plots/calibration.png", "roc": "plots/roc.png"},
-}
-GATE = {
-    "passed": False,
-    "failures": ["auroc = 0.9120 is 0.0300 below the champion's 0.9420 (...)"],
-    "rules": [
-        {
-            "rule": "gate.min_auroc",
-            "metric": "auroc",
-            "observed": 0.912,
-            "threshold": 0.85,
-            "op": ">=",
-            "passed": True,
-        }
-    ],
-    "champion": {"status": "compared", "file": "reports/champion/metrics.json"},
-    "thresholds": {"min_auroc": 0.85},
-}
+        "bootstrap": {"unit": "patient", "n": 1000, "level": 0.95, "seed": 0},
+        "subgroups": {"reported": ["site"], "missing": ["sex", "age_band"]},
+        "data": {
+            "data_hash": "cafe1234",
+            "counts": {"test": 120, "train": 200},
+            "class_counts": {"test": {"normal": 70, "lesion": 50}, "train": {"normal": 200}},
+            "preprocess": PreprocessParams(),
+        },
+        "model": {
+            "architecture": "SmallCNN",
+            "class_names": ["normal", "lesion"],
+            "num_classes": 2,
+            "provenance": {
+                "git_revision": "0123abc",
+                "library_versions": {"torch": "2.13.0"},
+                "train_params": {"max_epochs": 3},
+            },
+        },
+        "params": EvaluateParams(n_bins=10),
+        "plots": {"calibration": "plots/calibration.png", "roc": "plots/roc.png"},
+        "evaluated_with": {"git_revision": "0123abc", "library_versions": {"torch": "2.13.0"}},
+    }
+)
+GATE = GateReport.model_validate(
+    {
+        "passed": False,
+        "failures": ["auroc = 0.9120 is 0.0300 below the champion's 0.9420 (...)"],
+        "rules": [
+            {
+                "rule": "gate.min_auroc",
+                "metric": "auroc",
+                "observed": 0.912,
+                "threshold": 0.85,
+                "op": ">=",
+                "passed": True,
+                "message": "",
+            }
+        ],
+        "decision": "refused",
+        "champion": {"status": "no champion", "reason": "", "file": "reports/baseline.json"},
+        "thresholds": GateParams(min_auroc=0.85),
+        "metrics": METRICS,
+    }
+)
 
 
 def test_model_card_content():
-    card = render_model_card(METRICS, SUBGROUPS, CONTEXT, GATE)
+    compared = GATE.champion.model_copy(update={"status": "compared", "model_tag": "m:1"})
+    gate = GATE.model_copy(update={"champion": compared})
+    card = render_model_card(METRICS, SUBGROUPS, CONTEXT, gate)
     assert card.startswith("# Model card: normal / lesion classifier")
     assert "## Intended use and limits" in card and "not a diagnostic device" in card
     assert "cafe1234" in card and "| test | 70 | 50 | 120 |" in card
@@ -76,8 +87,14 @@ def test_model_card_content():
 
 
 def test_model_card_without_champion_or_subgroups():
-    gate = {**GATE, "passed": True, "failures": [], "champion": {"status": "no champion"}}
-    card = render_model_card(METRICS, {}, {}, gate)
+    gate = GATE.model_copy(update={"passed": True, "decision": "accepted", "failures": []})
+    card = render_model_card(METRICS, {}, None, gate)
     assert "Gate decision: ACCEPTED" in card
     assert "No champion: judged by the value rules alone." in card
     assert "No subgroup attribute was available." in card
+
+
+def test_model_card_of_a_multiclass_model_has_no_positive_count():
+    three = metrics(n_test_positive=None)
+    card = render_model_card(three, SUBGROUPS, CONTEXT, GATE.model_copy(update={"metrics": three}))
+    assert "120 images of 40 patients" in card
