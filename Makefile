@@ -23,13 +23,31 @@ export PREFECT_LOGGING_EXTRA_LOGGERS := medflow
 
 .PHONY: install run flow serve test lint clean server deployments
 
-$(VENV)/.installed: pyproject.toml
+# requirements.lock pins every package `make install` installs (pip takes it as constraints).
+# `make lock` regenerates it after a change of the dependencies in pyproject.toml, keeping the
+# other pins (UPGRADE=1: the newest versions allowed): uv resolves for Python 3.11 against the
+# package indexes pip is configured with here (`pip config list`: extra indexes, find-links
+# such as the CPU build of torch, constraint files), choosing among all of them as pip does.
+LOCK := requirements.lock
+
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "medflow needs Python >= 3.11, found " + sys.version.split()[0]'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(LOCK) -e '.[dev]'
 	@touch $@
 
 install: $(VENV)/.installed
+
+.PHONY: lock
+lock:
+	@[ -x $(BIN)/uv ] || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet --disable-pip-version-check uv; }
+	pip_indexes=$$($(BIN)/python -m pip config list | sed -nE \
+	    -e "s/^[^.]*\.(index-url|extra-index-url|find-links)='(.*)'$$/\1 \2/p" \
+	    -e "s/^[^.]*\.constraint='(.*)'$$/constraints \1/p" | \
+	  while read -r option values; do for v in $$values; do echo "--$$option $$v"; done; done | sort -u); \
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+	  --index-strategy unsafe-best-match $$pip_indexes $(if $(UPGRADE),--upgrade) \
+	  --custom-compile-command 'make lock' --quiet -o $(LOCK)
 
 run: install
 	dvc repro
