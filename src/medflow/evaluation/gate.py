@@ -1,17 +1,8 @@
 """The gate stage: a model that breaks a rule in params.yaml is never packaged.
 
-Two kinds of rules (docs/evaluation.md), TFX-style:
-  value rules   the candidate's own numbers: AUROC, the lower end of its interval, ECE,
-                sensitivity, specificity, AUROC of every subgroup not flagged small;
-  change rules  against the champion of the dataset (the last model packaged or promoted
-                on it), scored by the evaluate stage on the candidate's own test split
-                (reports/baseline.json, medflow.registry.baseline): no metric worse by more than its
-                allowed delta.
-Without a champion to compare with (the first model on a dataset, a champion of other class
-names, a champion whose model is gone from the store) the value rules alone judge, and the
-report says which of these it was.
-The decision, every rule with its observed value and threshold, and the model card are
-written whether the model passes or not; a refusal then raises GateFailed.
+Value rules judge the candidate's own numbers; change rules compare it with the champion
+scored on the same test split (baseline.json). The decision (gate.json) and the model card are
+written whether the model passes or not, then a refusal raises GateFailed (docs/evaluation.md).
 """
 
 from __future__ import annotations

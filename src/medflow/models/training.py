@@ -1,9 +1,7 @@
 """The train stage: a Lightning fit on the preprocessed arrays; writes the model artifact.
 
-Checkpoints live outside the stage's output (which is replaced atomically at the end), in
-`checkpoint_dir` (default: `.<out>-checkpoints` next to `out`, e.g. `.models-checkpoints/`,
-git-ignored and not a DVC output). A run that stops part-way resumes from its `last.ckpt`
-when the next run has the same params and data; a finished run deletes the folder.
+An interrupted run resumes from its checkpoints beside the output (`.models-checkpoints/`,
+docs/training.md) when the next run has the same params and data.
 """
 
 from __future__ import annotations

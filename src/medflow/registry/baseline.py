@@ -1,17 +1,6 @@
-"""The champion as baseline: scored on the candidate's own test split, as TFX's Evaluator
-scores its baseline model, so that the gate's change rules compare like with like.
-
-The evaluate stage asks `find_baseline` for the champion of the run's dataset
-(reports/champion/<key>/, medflow.registry.champion), loads its model from the BentoML model store
-(the model.pt and model.json the package stage stored), and scores the test split with the
-champion's own preprocessing and threshold (medflow.evaluation.scoring). What it found is written to
-reports/baseline.json (medflow.handoffs.Baseline), which the gate reads:
-
-    compared                    change rules apply (metrics measured on this test split)
-    no champion                 none for this dataset yet: value rules only
-    class names differ          the champion classifies other classes: value rules only
-    champion model unavailable  its model is not in the store (pruned) or cannot be loaded:
-                                value rules only, and the gate and model card say so
+"""The champion as baseline: the dataset's champion loaded from the BentoML model store for
+the evaluate stage to score on the candidate's own test split, or the Baseline saying why
+there is none to compare with (the statuses: docs/evaluation.md).
 """
 
 from __future__ import annotations

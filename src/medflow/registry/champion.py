@@ -1,18 +1,6 @@
-"""The champion: the model the gate compares candidates with and the Bento `make serve` serves.
-
-Each dataset has its own champion (medflow.data.dataset: reports/champion/<key>/ in the pipeline);
-one such folder holds
-
-    metrics.json   the champion's metrics as evaluated when it was packaged (on its own test
-                   split; the gate re-scores the champion on each candidate's test split)
-    champion.json  which model and Bento it is, its dataset, data hash, when and by what it was
-                   promoted
-    history.json   every change of champion, oldest first: package, promote and rollback
-
-The package stage and `medflow models promote/rollback` all write it through
-record_champion(), so the format has one writer. The three files are replaced together, in one
-rename of the folder, under a lock: readers never see metrics of one model beside the tags of
-another, and two promotions cannot interleave.
+"""The champion of each dataset (reports/champion/<key>/): champion.json (Champion), its
+metrics.json and history.json, written only by record_champion, all three in one rename of
+the folder under a lock (docs/decisions/champion-records.md).
 """
 
 from __future__ import annotations

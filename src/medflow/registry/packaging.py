@@ -1,13 +1,8 @@
 """The package stage: a model that passed the gate -> BentoML model store -> a Bento.
 
-The model folder (model.pt + model.json) is saved as `<package.model_name>:<version>` with
-its metrics, spec, data hash and gate decision as metadata, and with its reference: a few
-de-identified test-split DICOM files and the probabilities evaluate scored for them, which
-infra-validation posts to the Bento and compares (medflow.registry.infra_validation). The
-Bento is built from deploy/bentofile.yaml with that exact tag as the Bento argument
-`model_tag`, which medflow.serving.service reads, so the Bento serves the model packaged here
-and no other.
-Where the stores live is BentoML's business: $BENTOML_HOME (default ~/bentoml).
+The store entry carries the model, its metrics, spec and gate decision, and reference samples
+for infra-validation; the Bento is built for exactly that model tag
+(docs/decisions/champion-records.md).
 """
 
 from __future__ import annotations
