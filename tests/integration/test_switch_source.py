@@ -21,6 +21,7 @@ import pytest
 
 from medflow.config import load_params
 from medflow.data.dataset import Dataset, champion_folder, reference_profile
+from medflow.handoffs import Baseline, GateReport, Metrics
 from medflow.registry.champion import read_champion
 from tests.helpers.pipeline_copy import TEST_DEID_KEY, clone, run, set_params
 from tests.helpers.shared_data import shared_data
@@ -116,9 +117,9 @@ def test_each_source_has_its_own_reference_and_champion(repo: Path, tmp_path: Pa
     assert f"first run on dataset {pneu.key}" in drift["note"]
     assert f"first run on dataset {pneu.key}" in said  # the log says it too
     assert reference_profile(refs, pneu.key).is_file()
-    gate = _json(repo / "reports/gate.json")
-    assert gate["passed"] and gate["champion"]["status"] == "no champion", gate["champion"]
-    assert gate["champion"]["dataset"] == pneu.key
+    gate = GateReport.read(repo / "reports/gate.json")
+    assert gate.passed and gate.champion.status == "no champion", gate.champion
+    assert gate.champion.dataset == pneu.key
     assert "No champion of dataset" in (repo / "reports/model_card.md").read_text()
     bento = _json(repo / "reports/bento.json")
     pneu_champion = read_champion(champion_folder(champions, pneu.key))
@@ -138,20 +139,20 @@ def test_each_source_has_its_own_reference_and_champion(repo: Path, tmp_path: Pa
     assert summary["success"] and drift["checked"] and drift["compared"] > 0, drift
     assert Path(drift["reference"]) == demo_ref.relative_to(repo)
     assert demo.key in drift["note"] and not drift.get("first_run")
-    baseline = _json(repo / "reports/baseline.json")
-    metrics = _json(repo / "reports/metrics.json")
-    assert baseline["status"] == "compared" and baseline["same_split"], baseline
-    assert baseline["champion"]["model_tag"] == demo_champion.model_tag
-    assert baseline["evaluated_on"]["n_test"] == metrics["n_test"]
-    gate = _json(repo / "reports/gate.json")
-    assert gate["champion"]["status"] == "compared" and gate["champion"]["dataset"] == demo.key
-    assert gate["champion"]["model_tag"] == demo_champion["model_tag"]
-    changes = {r["rule"] for r in gate["rules"] if "champion" in r["rule"]}
-    assert changes == {f"gate.max_worse_than_champion.{m}" for m in CHANGE_RULES}, gate["rules"]
-    assert gate["passed"], gate["failures"]
+    baseline = Baseline.read(repo / "reports/baseline.json")
+    metrics = Metrics.read(repo / "reports/metrics.json")
+    assert baseline.status == "compared" and baseline.same_split, baseline
+    assert baseline.champion.model_tag == demo_champion.model_tag
+    assert baseline.evaluated_on.n_test == metrics.n_test
+    gate = GateReport.read(repo / "reports/gate.json")
+    assert gate.champion.status == "compared" and gate.champion.dataset == demo.key
+    assert gate.champion.model_tag == demo_champion.model_tag
+    changes = {r.rule for r in gate.rules if "champion" in r.rule}
+    assert changes == {f"gate.max_worse_than_champion.{m}" for m in CHANGE_RULES}, gate.rules
+    assert gate.passed, gate.failures
     # the champion the gate compared with is the one the package then replaced
     history = _json(champion_folder(champions, demo.key) / "history.json")
-    assert history[-1]["previous"] == demo_champion["model_tag"]
+    assert history[-1]["previous"] == demo_champion.model_tag
     assert read_champion(champion_folder(champions, pneu.key)) == pneu_champion
     # an archive source is read, never cached (README; a folder source: the test below)
     assert not _cached(repo, {_md5(archive): archive.name}), "the archive is in .dvc/cache"

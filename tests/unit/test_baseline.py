@@ -7,7 +7,6 @@ gate stages.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +25,11 @@ from medflow.errors import GateFailed
 from medflow.evaluation.gate import run_gate
 from medflow.evaluation.metrics import metrics_with_ci
 from medflow.evaluation.scoring import predict_proba, run_evaluate
+from medflow.handoffs import Baseline, GateReport, Metrics
 from medflow.imaging.preprocess import preprocess_file
 from medflow.models.artifact import ModelSpec, load_model, save_model
 from medflow.registry.baseline import CLASSES_DIFFER, COMPARED, NO_CHAMPION, UNAVAILABLE
-from medflow.registry.champion import record_champion
+from medflow.registry.champion import read_champion, record_champion
 from medflow.registry.packaging import save_to_store
 from tests.helpers.handoffs import gate_report
 from tests.helpers.handoffs import metrics as full_metrics
@@ -158,7 +158,7 @@ def _make_champion(work: Path, name: str, net: torch.nn.Module, spec: ModelSpec)
     return champions
 
 
-def _evaluate(work: Path, champions: Path | None, out: str) -> tuple[dict, dict, Path]:
+def _evaluate(work: Path, champions: Path | None, out: str) -> tuple[Metrics, Baseline, Path]:
     reports = work / out
     run_evaluate(
         PARAMS,
@@ -169,11 +169,10 @@ def _evaluate(work: Path, champions: Path | None, out: str) -> tuple[dict, dict,
         champion_dir=champion_folder(champions, DATASET.key) if champions else None,
         dataset=DATASET,
     )
-    metrics = json.loads((reports / "metrics.json").read_text())
-    return metrics, json.loads((reports / "baseline.json").read_text()), reports
+    return Metrics.read(reports / "metrics.json"), Baseline.read(reports / "baseline.json"), reports
 
 
-def _gate(reports: Path, params: GateParams) -> dict:
+def _gate(reports: Path, params: GateParams) -> GateReport:
     try:
         run_gate(
             params,
@@ -185,7 +184,7 @@ def _gate(reports: Path, params: GateParams) -> dict:
         )
     except GateFailed:
         pass
-    return json.loads((reports / "gate.json").read_text())
+    return GateReport.read(reports / "gate.json")
 
 
 # value rules off: the candidate is an untrained network (only the change rules are tested)
@@ -205,15 +204,15 @@ def test_the_same_network_as_champion_scores_exactly_the_candidates_metrics(work
     net, _ = load_model(work / "candidate")
     champions = _make_champion(work, "same", net, _spec(CANDIDATE_PRE, PARAMS.threshold))
     metrics, baseline, reports = _evaluate(work, champions, "r-same")
-    assert baseline["status"] == COMPARED and baseline["same_split"]
-    assert baseline["evaluated_on"]["n_test"] == metrics["n_test"] == 40
-    assert "test arrays" in baseline["evaluated_on"]["inputs"]
-    for m in ("auroc", "sensitivity", "specificity", "ece", "brier", "auroc_ci_low"):
-        assert baseline["metrics"][m] == pytest.approx(metrics[m]), m
+    assert baseline.status == COMPARED and baseline.same_split
+    assert baseline.evaluated_on.n_test == metrics.n_test == 40
+    assert "test arrays" in baseline.evaluated_on.inputs
+    for m in ("auroc", "sensitivity", "specificity", "ece", "brier"):
+        assert baseline.metrics.interval(m) == pytest.approx(metrics.interval(m)), m
     gate = _gate(reports, GateParams(**LAX, max_worse_than_champion={"auroc": 0.0, "ece": 0.0}))
-    assert gate["passed"], gate["failures"]
-    assert gate["champion"]["status"] == COMPARED and gate["champion"]["dataset"] == DATASET.key
-    assert any(r["rule"] == "gate.max_worse_than_champion.auroc" for r in gate["rules"])
+    assert gate.passed, gate.failures
+    assert gate.champion.status == COMPARED and gate.champion.dataset == DATASET.key
+    assert any(r.rule == "gate.max_worse_than_champion.auroc" for r in gate.rules)
     card = (reports / "model_card.md").read_text()
     assert "scored on this model's test split" in card and DATASET.key in card
 
@@ -228,23 +227,23 @@ def test_a_better_champion_with_its_own_preprocessing_refuses_the_candidate(work
     spec = _spec(pre, 0.4)
     champions = _make_champion(work, "better", net, spec)
     metrics, baseline, reports = _evaluate(work, champions, "r-better")
-    assert baseline["status"] == COMPARED
-    assert "DICOM files" in baseline["evaluated_on"]["inputs"]
-    assert baseline["evaluated_on"]["preprocess"]["image_size"] == 16
-    assert baseline["metrics"]["threshold"] == 0.4
+    assert baseline.status == COMPARED
+    assert "DICOM files" in baseline.evaluated_on.inputs
+    assert baseline.evaluated_on.preprocess == pre
+    assert baseline.metrics.threshold == 0.4
     # what serving the champion would do, file by file, gives the same numbers
     manifest = pd.read_csv(work / "ingested/manifest.csv")
     test = manifest[manifest.split == "test"].sort_values("image_id")
     x = np.stack([preprocess_file(work / "ingested" / f, pre) for f in test.file])
     probs = predict_proba(net, x)
     expected = metrics_with_ci(test.label.to_numpy(), probs, 0.4, PARAMS, None)
-    assert baseline["metrics"]["auroc"] == pytest.approx(expected["auroc"])
-    assert baseline["metrics"]["sensitivity"] == pytest.approx(expected["sensitivity"])
-    assert baseline["metrics"]["auroc"] > metrics["auroc"] + 0.05, (baseline, metrics)
+    assert baseline.metrics.auroc == pytest.approx(expected["auroc"])
+    assert baseline.metrics.sensitivity == pytest.approx(expected["sensitivity"])
+    assert baseline.metrics.auroc > metrics.auroc + 0.05, (baseline, metrics)
 
     gate = _gate(reports, GateParams(**LAX, max_worse_than_champion={"auroc": 0.02}))
-    assert not gate["passed"]
-    assert any("below the champion's" in f for f in gate["failures"]), gate["failures"]
+    assert not gate.passed
+    assert any("below the champion's" in f for f in gate.failures), gate.failures
 
 
 def test_a_champion_of_other_class_names_leaves_the_value_rules_only(work: Path) -> None:
@@ -252,11 +251,11 @@ def test_a_champion_of_other_class_names_leaves_the_value_rules_only(work: Path)
     torch.manual_seed(3)
     champions = _make_champion(work, "classes", spec.build(), spec)
     _, baseline, reports = _evaluate(work, champions, "r-classes")
-    assert baseline["status"] == CLASSES_DIFFER and baseline["metrics"] is None
-    assert "pneumonia" in baseline["reason"]
+    assert baseline.status == CLASSES_DIFFER and baseline.metrics is None
+    assert "pneumonia" in baseline.reason
     gate = _gate(reports, GateParams(**LAX, max_worse_than_champion={"auroc": 0.0}))
-    assert gate["passed"] and gate["champion"]["status"] == CLASSES_DIFFER
-    assert not any("champion" in r["rule"] for r in gate["rules"])
+    assert gate.passed and gate.champion.status == CLASSES_DIFFER
+    assert not any("champion" in r.rule for r in gate.rules)
     card = (reports / "model_card.md").read_text()
     assert "class names differ" in card and "change rules were not applied" in card
 
@@ -266,21 +265,19 @@ def test_a_champion_gone_from_the_store_is_said_and_value_rules_judge(work: Path
 
     net, _ = load_model(work / "candidate")
     champions = _make_champion(work, "pruned", net, _spec(CANDIDATE_PRE, 0.5))
-    tag = json.loads((champion_folder(champions, DATASET.key) / "champion.json").read_text())[
-        "model_tag"
-    ]
+    tag = read_champion(champion_folder(champions, DATASET.key)).model_tag
     bentoml.models.delete(tag)
     _, baseline, reports = _evaluate(work, champions, "r-pruned")
-    assert baseline["status"] == UNAVAILABLE and tag in baseline["reason"]
+    assert baseline.status == UNAVAILABLE and tag in baseline.reason
     gate = _gate(reports, GateParams(**LAX, max_worse_than_champion={"auroc": 0.0}))
-    assert gate["passed"] and gate["champion"]["status"] == UNAVAILABLE
+    assert gate.passed and gate.champion.status == UNAVAILABLE
     assert "could not be loaded" in (reports / "model_card.md").read_text()
 
 
 def test_no_champion_for_the_dataset(work: Path) -> None:
     _, baseline, reports = _evaluate(work, work / "no-champions", "r-none")
-    assert baseline["status"] == NO_CHAMPION and DATASET.key in baseline["reason"]
+    assert baseline.status == NO_CHAMPION and DATASET.key in baseline.reason
     gate = _gate(reports, GateParams(**LAX))
-    assert gate["champion"]["status"] == NO_CHAMPION
+    assert gate.champion.status == NO_CHAMPION
     assert "No champion of dataset" in (reports / "model_card.md").read_text()
-    assert baseline["dataset"]["key"] == DATASET.key
+    assert baseline.dataset.key == DATASET.key
