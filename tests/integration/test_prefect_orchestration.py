@@ -11,6 +11,7 @@ import pytest
 
 from medflow.handoffs import Metrics
 from medflow.orchestration.artifacts import KEYS as ARTIFACT_KEYS
+from medflow.stages import STAGES
 from tests.helpers.pipeline_copy import clone, make_copy, set_params
 
 
@@ -51,7 +52,6 @@ def first_run(prefect_server, tmp_path_factory: pytest.TempPathFactory):
     import dataclasses
 
     import medflow.orchestration.pipeline as fp
-    from medflow.stages import STAGES
 
     repo = make_copy(
         tmp_path_factory.mktemp("orchestrated"),

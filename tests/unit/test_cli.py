@@ -15,16 +15,12 @@ from typer.testing import CliRunner
 from medflow.cli import app
 from medflow.cli.common import ExitCode
 from medflow.stages import STAGES
+from tests.helpers.handoffs import metrics_values
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = CliRunner()
 # a complete metrics.json as the evaluate stage writes it, of a model the gate must refuse
-REFUSED = {
-    "accuracy": 0.6, "auprc": 0.6, "auroc": 0.6, "auroc_ci_low": 0.5, "auroc_ci_high": 0.7,
-    "brier": 0.3, "ece": 0.3, "f1": 0.5, "n_test": 40, "n_test_patients": 20,
-    "n_test_positive": 20, "sensitivity": 0.5, "specificity": 0.5, "threshold": 0.5,
-    "val_sensitivity": 0.5, "val_specificity": 0.5,
-}  # fmt: skip
+REFUSED = metrics_values(auroc=0.6, auroc_ci_low=0.5, specificity=0.5)
 
 
 def _commands(group: click.Group, prefix: str = "") -> dict[str, click.Command]:

@@ -47,8 +47,9 @@ def _champion_of(params: Path, champions: Path, key: str | None) -> tuple[Path, 
     if key is None or key == current.key:
         return champion_folder(champions, current.key), current.as_dict()
     folder = champion_folder(champions, check_key(key))
-    recorded = (read_champion(folder) or {}).get("dataset")
-    return folder, recorded or {"key": key}
+    champion = read_champion(folder)
+    recorded = champion.dataset if champion is not None else None
+    return folder, recorded.model_dump() if recorded is not None else {"key": key}
 
 
 @app.command("list")
@@ -181,12 +182,14 @@ def models_datasets(
 
     current = Dataset.of(read_params(params).data).key
     for key in known_keys(champions):
-        champion = read_champion(champions / key) or {}
-        described = champion.get("dataset") or {}
+        champion = read_champion(champions / key)
+        described = champion.dataset if champion is not None else None
+        source = (described.source if described else None) or "?"
+        classes = ",".join((described.class_names if described else None) or []) or "?"
+        tag = champion.model_tag if champion is not None else "-"
         typer.echo(
-            f"{'*' if key == current else ' '} {key}  source={described.get('source', '?')}"
-            f"  classes={','.join(described.get('class_names') or []) or '?'}"
-            f"  champion={champion.get('model_tag') or '-'}"
+            f"{'*' if key == current else ' '} {key}  source={source}  classes={classes}"
+            f"  champion={tag}"
         )
     if current not in known_keys(champions):
         typer.echo(f"* {current}  (params.yaml's dataset: no champion yet)")
