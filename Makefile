@@ -33,7 +33,9 @@ LOCK := requirements.lock
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "medflow needs Python >= 3.11, found " + sys.version.split()[0]'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(LOCK) -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(LOCK) -e '.[dev]' || { \
+	  echo "make install: pip found no versions that satisfy pyproject.toml within $(LOCK);" \
+	    "after changing a dependency run make lock (README, 'Pinned versions')" >&2; exit 1; }
 	@touch $@
 
 install: $(VENV)/.installed
