@@ -42,6 +42,7 @@ import pandas as pd
 
 from medflow.config import Params, SplitParams, ValidateParams, load_params
 from medflow.data.manifest import (
+    AGE_BANDS,
     COLUMNS,
     IDENTIFYING_COLUMNS,
     MANIFEST_FILE,
@@ -169,6 +170,10 @@ def synthetic_manifest(
     sites = np.array(["SITE-" + h for h in _hex("site", seed, N_SITES, 8)], dtype=object)
     patient_site = sites[rng.integers(0, N_SITES, n_patients)]
     patient_site[rng.random(n_patients) < 0.02] = ""  # no InstitutionName in the files
+    patient_sex = rng.choice(np.array(["F", "M", "O", ""], dtype=object), n_patients,
+                             p=[0.49, 0.48, 0.01, 0.02])  # fmt: skip
+    bands = np.array([name for _, name in AGE_BANDS] + [""], dtype=object)
+    patient_age_band = rng.choice(bands, n_patients, p=[0.05, 0.2, 0.3, 0.3, 0.13, 0.02])
     splits = assign_splits(pd.DataFrame({"patient_id": patient_ids, "label": patient_label}), split)
 
     sop = _uids(rng, n_rows)
@@ -186,6 +191,9 @@ def synthetic_manifest(
             "modality": np.array(names)[modality],
             "manufacturer": per_series(lambda m: MANUFACTURERS),
             "site": patient_site[patient],
+            # per patient, as the ingest writes them ("" where the files have none)
+            "sex": patient_sex[patient],
+            "age_band": patient_age_band[patient],
             "rows": [s[0] for s in shape],
             "columns": [s[1] for s in shape],
             "frames": np.where(multi, rng.integers(20, 121, n_rows), 1),
