@@ -1,0 +1,5 @@
+"""`python -m medflow.cli`: the `medflow` console script."""
+
+from medflow.cli import main
+
+main()
