@@ -1,6 +1,6 @@
 """The orchestrated pipeline on a real (test harness) Prefect server: a transient failure is
 retried, unchanged stages are skipped by asking DVC, a gate refusal fails the run with the
-rule, and the run's artifacts are there for the UI."""
+rule, and the run's artifacts (progress of ingest and train too) are there for the UI."""
 
 from __future__ import annotations
 
@@ -95,6 +95,67 @@ def test_transient_failure_is_retried(first_run):
     bento = json.loads((repo / "reports/bento.json").read_text())["bento_tag"]
     assert bento in arts["bento"].data
     assert "auroc" in json.dumps(arts["metrics"].data)
+
+
+def test_ingest_and_train_show_their_progress(first_run):
+    repo, state = _completed(first_run)
+    arts = _artifacts(state.state_details.flow_run_id)
+    for key in ("ingest-progress", "train-progress"):
+        assert key in arts, sorted(arts)
+        assert arts[key].type == "progress" and arts[key].data == 100, (key, arts[key])
+        assert arts[key].task_run_id is not None  # shown with the stage's task run
+    assert not {k for k in arts if k.endswith("-progress")} - {"ingest-progress", "train-progress"}
+
+
+def _progress_value(artifact_id) -> float:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterId
+
+    with get_client(sync_client=True) as client:
+        (found,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(id=ArtifactFilterId(any_=[artifact_id]))
+        )
+    return found.data
+
+
+def test_progress_updates_are_throttled_and_end_at_100(prefect_server):
+    from prefect import flow
+
+    from medflow.orchestration.progress import StageProgress
+
+    now = [0.0]
+    seen: list[float] = []
+
+    @flow
+    def a_stage() -> None:
+        progress = StageProgress("ingest", clock=lambda: now[0])
+        for t, done in [(0.5, 500), (1.5, 500), (1.6, 990), (3.0, 504), (3.0, 990)]:
+            now[0] = t
+            progress(done, 1000)
+            seen.append(_progress_value(progress.artifact_id))
+        progress.finish()
+        seen.append(_progress_value(progress.artifact_id))
+
+    a_stage()
+    # under a second since the last update, or the same percent: not sent
+    assert seen == [0, 50, 50, 50, 99, 100]
+
+
+@pytest.mark.filterwarnings("ignore:Artifact creation outside of a flow:FutureWarning")
+def test_progress_that_cannot_be_published_never_fails_the_stage(
+    caplog: pytest.LogCaptureFixture,
+):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from medflow.orchestration.progress import StageProgress
+    from medflow.registry.infra_validation import free_port
+
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
+        progress = StageProgress("train")  # no server there
+        progress(1, 2)
+        progress.finish()
+    assert progress.artifact_id is None
+    assert "progress of train not published" in caplog.text
 
 
 def test_unchanged_stages_skip(first_run, tmp_path: Path):

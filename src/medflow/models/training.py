@@ -27,6 +27,7 @@ from medflow.io import atomic_dir, write_json_atomic
 from medflow.models.artifact import ModelSpec, save_model
 from medflow.models.calibration import fit_temperature, fold_temperature, logits_of
 from medflow.models.lightning import ArrayDataModule, Classifier, class_weights
+from medflow.models.progress import EpochProgress, Progress
 from medflow.provenance import git_revision, library_versions
 
 log = logging.getLogger(__name__)
@@ -143,11 +144,13 @@ def run_train(
     out_dir: Path,
     checkpoint_dir: Path | None = None,
     callbacks: Sequence[pl.Callback] = (),
+    progress: Progress | None = None,
 ) -> TrainResult:
     """Fit the classifier (`accelerator="auto"`, `params.strategy`/`devices`), resuming an
     interrupted run of the same config; keep the best checkpoint by `params.monitor`.
 
     `callbacks` are added to the Trainer's (tests use one to interrupt a run).
+    Each epoch logs one line (models.progress) and calls `progress(epoch, max_epochs)`.
     """
     quiet_lightning()
     meta = read_meta(arrays_dir)
@@ -157,7 +160,7 @@ def run_train(
     resume = _prepare_checkpoints(ckpt_dir, _fingerprint(params, class_names, meta))
     pl.seed_everything(params.seed, workers=True, verbose=False)
     model = Classifier(in_channels, len(class_names), params, class_weights=weights)
-    trainer = _trainer(params, ckpt_dir, callbacks)
+    trainer = _trainer(params, ckpt_dir, [*callbacks, EpochProgress(progress)])
     if resume:
         log.info("resuming an interrupted run from %s", ckpt_dir / "last.ckpt")
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_dir / "last.ckpt" if resume else None)

@@ -2,7 +2,8 @@
 
 A stage DVC reports unchanged is skipped; one that ran is recorded in dvc.lock, so `dvc repro`
 and the flow agree. Transient failures are retried, data errors are not (params
-`orchestration`). Runs are named train-<data hash> and publish artifacts (artifacts.py).
+`orchestration`). Runs are named train-<data hash> and publish artifacts (artifacts.py), and
+the progress of ingest and train as progress artifacts (progress.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from medflow.config import load_params
 from medflow.orchestration import artifacts
 from medflow.orchestration.dvc import dvc_commit, dvc_stale
+from medflow.orchestration.progress import StageProgress
 from medflow.stages import STAGES
 from medflow.stages.layout import Layout
 
@@ -85,7 +87,12 @@ def _run_stage(name: str, root: str, stale: bool | None = None, force: bool = Fa
         if changed is False:
             logger.info("stage %s: unchanged, skipped", name)
             return Skipped(name)
-        result = STAGES[name].run(layout, load_params(layout.params))
+        stage = STAGES[name]
+        # a stage that reports progress shows it as the <stage>-progress artifact
+        progress = StageProgress(name) if stage.reports_progress else None
+        result = stage.execute(layout, load_params(layout.params), progress=progress)
+        if progress is not None:
+            progress.finish()
         if changed is not None:  # a DVC repo: keep dvc.lock in step with what ran
             dvc_commit(layout.root, name)
         return result

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +11,7 @@ import typer
 
 from medflow.config import Params
 from medflow.stages.layout import Layout
-from medflow.stages.stage import ParamsOpt, Stage, read_params
+from medflow.stages.stage import ParamsOpt, Progress, Stage, read_params
 
 log = logging.getLogger("medflow")
 
@@ -23,7 +22,7 @@ def ingest(
     out: Path,
     *,
     workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> Any:
     """De-identify and index everything under `src` into `out` (only new or changed files).
 
@@ -48,9 +47,10 @@ def ingest(
     return run_ingest(IngestConfig.from_params(params), src, out, key, progress=progress)
 
 
-def run(layout: Layout, params: Params) -> Any:
+def run(layout: Layout, params: Params, progress: Progress | None = None) -> Any:
     """The stage on the project layout: data.source (relative to data/) into data/ingested."""
-    return ingest(params, params.data.resolve_source(layout.data), layout.ingested)
+    source = params.data.resolve_source(layout.data)
+    return ingest(params, source, layout.ingested, progress=progress)
 
 
 def command(

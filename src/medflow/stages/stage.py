@@ -6,6 +6,7 @@ dvc.yaml order for the CLI and the Prefect flow.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,20 +30,38 @@ ChampionsOpt = Annotated[
 ]
 
 
+Progress = Callable[[int, int], None]
+"""A stage's progress report, called as it goes with (units done, units in all)."""
+
+
 @dataclass(frozen=True)
 class Stage:
     """One pipeline stage.
 
     Attributes:
         name: the stage's name in dvc.yaml, the CLI and the Prefect flow.
-        run: the stage on the project's layout (the Prefect task calls it).
+        run: the stage on the project's layout (the Prefect task calls it): `run(layout,
+            params)`, or `run(layout, params, progress=None)` for a stage that reports its
+            progress (a Progress: ingest counts files, train epochs).
         command: the stage with its paths as command-line arguments (the CLI command that
             dvc.yaml runs). Both call the same stage function of the module.
     """
 
     name: str
-    run: Callable[[Layout, Params], Any]
+    run: Callable[..., Any]
     command: Callable[..., Any]
+
+    @property
+    def reports_progress(self) -> bool:
+        """Whether `run` takes a `progress` callback."""
+        return "progress" in inspect.signature(self.run).parameters
+
+    def execute(self, layout: Layout, params: Params, progress: Progress | None = None) -> Any:
+        """Run the stage on `layout`; `progress` reaches the stages that report progress,
+        the others ignore it."""
+        if self.reports_progress:
+            return self.run(layout, params, progress=progress)
+        return self.run(layout, params)
 
     @property
     def summary(self) -> str:

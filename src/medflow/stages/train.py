@@ -9,26 +9,38 @@ import typer
 
 from medflow.config import Params
 from medflow.stages.layout import Layout
-from medflow.stages.stage import ParamsOpt, Stage, read_params
+from medflow.stages.stage import ParamsOpt, Progress, Stage, read_params
 
 
-def train(params: Params, arrays_dir: Path, out: Path, checkpoint_dir: Path | None = None) -> Any:
+def train(
+    params: Params,
+    arrays_dir: Path,
+    out: Path,
+    checkpoint_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> Any:
     """Train on the arrays of `arrays_dir`; write model.pt, model.json and the card into `out`.
 
     Args:
         checkpoint_dir: where an interrupted run of the same params and data resumes from
             (default: .<out>-checkpoints beside `out`).
+        progress: called with (epochs done, train.max_epochs) after each epoch.
     """
     from medflow.models.training import run_train
 
     return run_train(
-        params.train, params.data.class_names, arrays_dir, out, checkpoint_dir=checkpoint_dir
+        params.train,
+        params.data.class_names,
+        arrays_dir,
+        out,
+        checkpoint_dir=checkpoint_dir,
+        progress=progress,
     )
 
 
-def run(layout: Layout, params: Params) -> Any:
+def run(layout: Layout, params: Params, progress: Progress | None = None) -> Any:
     """The stage on the project layout."""
-    return train(params, layout.preprocessed, layout.models)
+    return train(params, layout.preprocessed, layout.models, progress=progress)
 
 
 def command(
