@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         repo = _prepare(args.root, work)
         sys.path.insert(0, str(ROOT))
-        from medflow.orchestration.dvc import dvc_stale
+        from medflow.orchestration.dvc_state import dvc_stale
         from medflow.orchestration.pipeline import Skipped, pipeline
 
         stale = dvc_stale(repo)

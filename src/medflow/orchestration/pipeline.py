@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from medflow.config import load_params
 from medflow.orchestration import artifacts
-from medflow.orchestration.dvc import dvc_commit, dvc_stale
+from medflow.orchestration.dvc_state import dvc_commit, dvc_stale
 from medflow.orchestration.progress import StageProgress
 from medflow.stages import STAGES
 from medflow.stages.layout import Layout

@@ -1,4 +1,8 @@
-"""DVC's view of the pipeline, in-process: which stages are stale, and recording one that ran."""
+"""DVC's view of the pipeline, in-process: which stages are stale; record one that ran.
+
+Not named dvc.py: the served deployments load flows by file path, which puts this folder on
+sys.path, where a dvc.py would shadow the dvc package.
+"""
 
 from __future__ import annotations
 
