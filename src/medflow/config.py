@@ -359,9 +359,24 @@ class TrainParams(_Section):
 
     seed: int = 42
     """seeds initialisation, shuffling, augmentation and dropout"""
-    architecture: Literal["smallcnn", "resnet"] = "smallcnn"
+    architecture: Literal[
+        "smallcnn",
+        "resnet",
+        "monai_resnet18",
+        "monai_resnet34",
+        "monai_densenet121",
+        "monai_efficientnet_b0",
+    ] = "smallcnn"
     """smallcnn: VGG-style; resnet: a small ResNet (residual blocks, batch norm, global
-    pooling), cheaper per image on a CPU"""
+    pooling), cheaper per image on a CPU; monai_*: MONAI's standard ResNet-18/34, DenseNet-121
+    and EfficientNet-B0 in 2-D, their stems adapted to small images (docs/training.md), their
+    widths standard (`width` does not apply)"""
+    pretrained_weights: str | None = None
+    """a local file of weights (a state_dict of the same architecture, or a medflow
+    checkpoint) loaded into the network before training; relative to the project root; never
+    downloaded. Tensors of another shape (the classifier head of another class count) are
+    skipped and reported; its sha256 goes into model.json and the model card. null: random
+    initialisation"""
     max_epochs: int = Field(16, ge=1)
     """the most epochs of a run"""
     batch_size: int = Field(32, ge=1)

@@ -10,13 +10,15 @@ from medflow.config import PreprocessParams
 from medflow.data.arrays import META_FILE, ArraysMeta, write_images, write_labels
 
 
-def write_arrays(folder: Path, n: int = 48, channels: int = 1, classes: int = 2) -> Path:
-    """Separable toy data: class k has a bright square in the k-th position."""
+def write_arrays(
+    folder: Path, n: int = 48, channels: int = 1, classes: int = 2, size: int = 16
+) -> Path:
+    """Separable toy data of `size` px: class k has a bright square in the k-th position."""
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     for split, count in (("train", n), ("val", n // 2), ("test", n // 2)):
         y = np.arange(count) % classes
-        x = rng.normal(0.3, 0.05, (count, channels, 16, 16)).astype(np.float32)
+        x = rng.normal(0.3, 0.05, (count, channels, size, size)).astype(np.float32)
         for i, k in enumerate(y):
             x[i, :, 2 + 4 * k : 6 + 4 * k, 4:10] += 0.5
         write_images(folder, split, x)
@@ -24,7 +26,7 @@ def write_arrays(folder: Path, n: int = 48, channels: int = 1, classes: int = 2)
     ArraysMeta(
         counts={"train": n, "val": n // 2, "test": n // 2},
         data_hash="toy",
-        preprocess=PreprocessParams(image_size=16, channels=channels),
-        shape=(channels, 16, 16),
+        preprocess=PreprocessParams(image_size=size, channels=channels),
+        shape=(channels, size, size),
     ).write(folder / META_FILE)
     return folder

@@ -5,8 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medflow.config import GateParams
-from medflow.handoffs import METRICS, NO_CHAMPION, ChampionComparison, GateReport, Metrics
+from medflow.config import EvaluateParams, GateParams, PreprocessParams
+from medflow.handoffs import (
+    METRICS,
+    NO_CHAMPION,
+    ChampionComparison,
+    EvaluationContext,
+    GateReport,
+    Metrics,
+)
 
 # a good binary model: every rule of params.yaml's gate passes
 GOOD = {
@@ -68,3 +75,40 @@ def write_evaluated(
     m.write(folder / "metrics.json")
     gate_report(m, failures).write(folder / "gate.json")
     return folder / "metrics.json", folder / "gate.json"
+
+
+def evaluation_context(provenance: dict[str, Any] | None = None) -> EvaluationContext:
+    """evaluation.json of a normal/lesion SmallCNN at revision 0123abc; `provenance` adds to
+    (or replaces keys of) its model.json provenance."""
+    return EvaluationContext.model_validate(
+        {
+            "threshold": {
+                "policy": "target_sensitivity",
+                "value": 0.37,
+                "chosen_on": "val",
+                "applies": "p(positive) >= threshold",
+            },
+            "bootstrap": {"unit": "patient", "n": 1000, "level": 0.95, "seed": 0},
+            "subgroups": {"reported": ["site"], "missing": ["sex", "age_band"]},
+            "data": {
+                "data_hash": "cafe1234",
+                "counts": {"test": 120, "train": 200},
+                "class_counts": {"test": {"normal": 70, "lesion": 50}, "train": {"normal": 200}},
+                "preprocess": PreprocessParams(),
+            },
+            "model": {
+                "architecture": "SmallCNN",
+                "class_names": ["normal", "lesion"],
+                "num_classes": 2,
+                "provenance": {
+                    "git_revision": "0123abc",
+                    "library_versions": {"torch": "2.13.0"},
+                    "train_params": {"max_epochs": 3},
+                    **(provenance or {}),
+                },
+            },
+            "params": EvaluateParams(n_bins=10),
+            "plots": {"calibration": "plots/calibration.png", "roc": "plots/roc.png"},
+            "evaluated_with": {"git_revision": "0123abc", "library_versions": {"torch": "2.13.0"}},
+        }
+    )

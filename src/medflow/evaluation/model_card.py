@@ -269,6 +269,7 @@ def _provenance_section(context: EvaluationContext | None) -> list[str]:
         "",
         f"- model: {architecture}, {prov.get('epochs_run', '?')} epochs,"
         f" best validation AUROC {_num(prov.get('best_val_auroc'))}",
+        _initial_weights(prov.get("pretrained_weights")),
         f"- trained at git revision `{prov.get('git_revision', 'unknown')}`",
         f"- evaluated at git revision `{evaluated.git_revision if evaluated else 'unknown'}`",
         "",
@@ -277,3 +278,15 @@ def _provenance_section(context: EvaluationContext | None) -> list[str]:
     if versions:
         lines += _table(["library", "version"], [[k, v] for k, v in sorted(versions.items())])
     return lines
+
+
+def _initial_weights(weights: dict[str, Any] | None) -> str:
+    # model.json's provenance.pretrained_weights (medflow.models.pretrained.load_pretrained)
+    if not weights:
+        return "- initial weights: random (no pretrained weights)"
+    skipped = len(weights.get("skipped_shape", []))
+    return (
+        f"- initial weights: pretrained, `{weights.get('path')}` (sha256"
+        f" `{weights.get('sha256')}`): {weights.get('loaded', '?')} tensors loaded,"
+        f" {skipped} of another shape initialised at random"
+    )

@@ -43,10 +43,15 @@ class ModelSpec:
         return PreprocessParams.model_validate(self.preprocess)
 
     def build(self) -> torch.nn.Module:
-        """The untrained network; architecture is train.architecture ('smallcnn', 'resnet';
-        models written before the choice existed say 'SmallCNN')."""
+        """The untrained network; architecture is train.architecture ('smallcnn', 'resnet',
+        'monai_resnet18'...; models written before the choice existed say 'SmallCNN')."""
         return build_network(
-            self.architecture, self.in_channels, self.num_classes, self.width, self.dropout
+            self.architecture,
+            self.in_channels,
+            self.num_classes,
+            self.width,
+            self.dropout,
+            image_size=self.preprocess_params.image_size,
         )
 
 

@@ -44,6 +44,7 @@ class Classifier(pl.LightningModule):
         num_classes: int,
         params: TrainParams,
         class_weights: list[float] | None = None,
+        image_size: int = 64,
     ):
         super().__init__()
         self.save_hyperparameters(
@@ -52,11 +53,17 @@ class Classifier(pl.LightningModule):
                 "num_classes": num_classes,
                 "train": params.model_dump(),
                 "class_weights": class_weights,
+                "image_size": image_size,
             }
         )
         self.params = params
         self.net = build_network(
-            params.architecture, in_channels, num_classes, params.width, params.dropout
+            params.architecture,
+            in_channels,
+            num_classes,
+            params.width,
+            params.dropout,
+            image_size=image_size,
         )
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)

@@ -1,6 +1,9 @@
-"""Networks: plain nn.Modules (no Lightning), so serving needs only torch."""
+"""Networks: plain nn.Modules (no Lightning). medflow's own need only torch; the monai_*
+standard backbones (2-D, adapted to small images) import MONAI when built."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -97,18 +100,138 @@ class SmallResNet(nn.Module):
         return self.head(self.features(self.stem(x)))
 
 
+def _small_image_stem(image_size: int) -> str:
+    """How much a standard backbone's stem may shrink an image of `image_size` px.
+
+    A standard stem (7x7 stride-2 conv, 3x3 stride-2 max-pool) divides the side by 4: 224 px
+    leaves 56 px for the first stage, but 32 px would leave 8 and 1 px at the end. So its
+    first stage sees about 32 px: 'standard' above 64 px, 'no_pool' (the stride-2 conv alone)
+    from 33 to 64 px, 'none' (a 3x3 stride-1 conv, as CIFAR and MedMNIST-28 networks do) at
+    32 px and below.
+    """
+    if image_size > 64:
+        return "standard"
+    return "no_pool" if image_size > 32 else "none"
+
+
+def _monai_resnet(
+    layers: list[int], in_channels: int, num_classes: int, dropout: float, image_size: int
+) -> nn.Module:
+    from monai.networks.nets import ResNet
+
+    stem = _small_image_stem(image_size)
+    net = ResNet(
+        "basic",
+        layers,
+        [64, 128, 256, 512],
+        spatial_dims=2,
+        n_input_channels=in_channels,
+        conv1_t_size=3 if stem == "none" else 7,
+        conv1_t_stride=1 if stem == "none" else 2,
+        no_max_pool=stem != "standard",
+        bias_downsample=False,  # torchvision's layout and parameter names
+        num_classes=num_classes,
+    )
+    # dropout before `fc` without renaming a parameter (avgpool has none)
+    net.avgpool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Dropout(dropout))
+    return net
+
+
+def monai_resnet18(
+    in_channels: int, num_classes: int, dropout: float, image_size: int
+) -> nn.Module:
+    """MONAI's 2-D ResNet-18 (torchvision's layout: basic blocks [2, 2, 2, 2], widths 64-512),
+    its stem adapted to `image_size` (see `_small_image_stem`), dropout before `fc`."""
+    return _monai_resnet([2, 2, 2, 2], in_channels, num_classes, dropout, image_size)
+
+
+def monai_resnet34(
+    in_channels: int, num_classes: int, dropout: float, image_size: int
+) -> nn.Module:
+    """MONAI's 2-D ResNet-34 (basic blocks [3, 4, 6, 3]), otherwise as `monai_resnet18`."""
+    return _monai_resnet([3, 4, 6, 3], in_channels, num_classes, dropout, image_size)
+
+
+def monai_densenet121(
+    in_channels: int, num_classes: int, dropout: float, image_size: int
+) -> nn.Module:
+    """MONAI's 2-D DenseNet-121 (growth 32, blocks [6, 12, 24, 16]), its stem (`conv0`,
+    `pool0`) adapted to `image_size` as the ResNets' are, dropout before the linear head."""
+    from collections import OrderedDict
+
+    from monai.networks.nets import DenseNet121
+
+    net = DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=num_classes)
+    stem = _small_image_stem(image_size)
+    if stem == "none":
+        net.features.conv0 = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
+        nn.init.kaiming_normal_(net.features.conv0.weight)  # as DenseNet's own init
+    if stem != "standard":
+        net.features.pool0 = nn.Identity()
+    head = net.class_layers
+    net.class_layers = nn.Sequential(
+        OrderedDict(
+            relu=head.relu,
+            pool=head.pool,
+            flatten=head.flatten,
+            drop=nn.Dropout(dropout),
+            out=head.out,
+        )
+    )
+    return net
+
+
+def monai_efficientnet_b0(
+    in_channels: int, num_classes: int, dropout: float, image_size: int
+) -> nn.Module:
+    """MONAI's 2-D EfficientNet-B0 (built with pretrained=False: nothing is downloaded). Its
+    stem is a 3x3 stride-2 conv and the network divides the side by 32; at 64 px and below the
+    stem keeps stride 1 (64 px ends at 4 px, not 2). `dropout` is the head's dropout rate."""
+    from monai.networks.nets import EfficientNetBN
+
+    net = EfficientNetBN(
+        "efficientnet-b0",
+        pretrained=False,
+        spatial_dims=2,
+        in_channels=in_channels,
+        num_classes=num_classes,
+    )
+    if image_size <= 64:
+        out = net._conv_stem.out_channels
+        net._conv_stem = nn.Conv2d(in_channels, out, 3, stride=1, padding=1, bias=False)
+        net._conv_stem_padding = nn.Identity()  # the conv pads itself: "same" at stride 1
+    net._dropout = nn.Dropout(dropout)
+    return net
+
+
 # Names as written in params.yaml (train.architecture) and in model.json (ModelSpec).
-ARCHITECTURES: dict[str, type[nn.Module]] = {"smallcnn": SmallCNN, "resnet": SmallResNet}
+_OWN: dict[str, type[nn.Module]] = {"smallcnn": SmallCNN, "resnet": SmallResNet}
+# Standard layouts: their widths are fixed (published weights fit), `width` is not used. They
+# import MONAI when built, so serving a smallcnn never imports it.
+_MONAI: dict[str, Callable[[int, int, float, int], nn.Module]] = {
+    "monai_resnet18": monai_resnet18,
+    "monai_resnet34": monai_resnet34,
+    "monai_densenet121": monai_densenet121,
+    "monai_efficientnet_b0": monai_efficientnet_b0,
+}
+ARCHITECTURES = (*_OWN, *_MONAI)
 
 
 def build_network(
-    architecture: str, in_channels: int, num_classes: int, width: int, dropout: float
+    architecture: str,
+    in_channels: int,
+    num_classes: int,
+    width: int,
+    dropout: float,
+    image_size: int = 64,
 ) -> nn.Module:
     """The network named `architecture` (case-insensitive: model.json of older models says
-    'SmallCNN')."""
-    cls = ARCHITECTURES.get(architecture.lower())
-    if cls is None:
-        raise ValueError(
-            f"unknown architecture {architecture!r}; expected one of {sorted(ARCHITECTURES)}"
-        )
-    return cls(in_channels, num_classes, width, dropout)
+    'SmallCNN'), for square images of side `image_size` (the monai_* stems depend on it)."""
+    name = architecture.lower()
+    if name in _OWN:
+        return _OWN[name](in_channels, num_classes, width, dropout)
+    if name in _MONAI:
+        return _MONAI[name](in_channels, num_classes, dropout, image_size)
+    raise ValueError(
+        f"unknown architecture {architecture!r}; expected one of {', '.join(ARCHITECTURES)}"
+    )

@@ -27,6 +27,7 @@ from medflow.io import atomic_dir, write_json_atomic
 from medflow.models.artifact import ModelSpec, save_model
 from medflow.models.calibration import fit_temperature, fold_temperature, logits_of
 from medflow.models.lightning import ArrayDataModule, Classifier, class_weights
+from medflow.models.pretrained import WeightsFile, find_weights, load_pretrained
 from medflow.models.progress import EpochProgress, Progress
 from medflow.provenance import git_revision, library_versions
 
@@ -76,14 +77,19 @@ def default_checkpoint_dir(out_dir: Path) -> Path:
     return out_dir.with_name(f".{out_dir.name}-checkpoints")
 
 
-def _fingerprint(params: TrainParams, class_names: list[str], meta: ArraysMeta) -> str:
+def _fingerprint(
+    params: TrainParams,
+    class_names: list[str],
+    meta: ArraysMeta,
+    pretrained: WeightsFile | None = None,
+) -> str:
     # what makes two runs the same run: a checkpoint of another config is never resumed
     keep = params.model_dump(exclude={"num_workers"})
     shape = list(meta.shape)
-    blob = json.dumps(
-        {"train": keep, "classes": class_names, "data": meta.data_hash, "shape": shape},
-        sort_keys=True,
-    )
+    run = {"train": keep, "classes": class_names, "data": meta.data_hash, "shape": shape}
+    if pretrained is not None:  # the file's content, not only its name
+        run["pretrained_sha256"] = pretrained.sha256
+    blob = json.dumps(run, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -144,22 +150,29 @@ def run_train(
     out_dir: Path,
     checkpoint_dir: Path | None = None,
     callbacks: Sequence[pl.Callback] = (),
+    root: Path | None = None,
     progress: Progress | None = None,
 ) -> TrainResult:
     """Fit the classifier (`accelerator="auto"`, `params.strategy`/`devices`), resuming an
     interrupted run of the same config; keep the best checkpoint by `params.monitor`.
 
-    `callbacks` are added to the Trainer's (tests use one to interrupt a run).
+    `callbacks` are added to the Trainer's (tests use one to interrupt a run). `root` is
+    where a relative `params.pretrained_weights` is found (default: the current directory).
     Each epoch logs one line (models.progress) and calls `progress(epoch, max_epochs)`.
     """
+    pretrained = find_weights(params.pretrained_weights, Path(root or "."))
     quiet_lightning()
     meta = read_meta(arrays_dir)
     dm, weights = _data(params, class_names, arrays_dir)
     in_channels = int(dm.data["train"].tensors[0].shape[1])
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(out_dir)
-    resume = _prepare_checkpoints(ckpt_dir, _fingerprint(params, class_names, meta))
+    resume = _prepare_checkpoints(ckpt_dir, _fingerprint(params, class_names, meta, pretrained))
     pl.seed_everything(params.seed, workers=True, verbose=False)
-    model = Classifier(in_channels, len(class_names), params, class_weights=weights)
+    image_size = int(dm.data["train"].tensors[0].shape[-1])
+    model = Classifier(
+        in_channels, len(class_names), params, class_weights=weights, image_size=image_size
+    )
+    loaded = load_pretrained(model.net, pretrained, params.architecture) if pretrained else None
     trainer = _trainer(params, ckpt_dir, [*callbacks, EpochProgress(progress)])
     if resume:
         log.info("resuming an interrupted run from %s", ckpt_dir / "last.ckpt")
@@ -178,6 +191,7 @@ def run_train(
         "calibration": {"method": params.calibration, "temperature": temperature},
         "epochs_run": epochs,
         "resumed": resume,
+        "pretrained_weights": loaded,
     }
     spec = _spec(params, class_names, in_channels, meta, trainer, run)
     _write_artifact(out_dir, ckpt_dir, model.net, spec)

@@ -17,6 +17,7 @@ def train(
     arrays_dir: Path,
     out: Path,
     checkpoint_dir: Path | None = None,
+    root: Path = Path("."),
     progress: Progress | None = None,
 ) -> Any:
     """Train on the arrays of `arrays_dir`; write model.pt, model.json and the card into `out`.
@@ -24,6 +25,7 @@ def train(
     Args:
         checkpoint_dir: where an interrupted run of the same params and data resumes from
             (default: .<out>-checkpoints beside `out`).
+        root: the project root, where a relative train.pretrained_weights is found.
         progress: called with (epochs done, train.max_epochs) after each epoch.
     """
     from medflow.models.training import run_train
@@ -34,13 +36,14 @@ def train(
         arrays_dir,
         out,
         checkpoint_dir=checkpoint_dir,
+        root=root,
         progress=progress,
     )
 
 
 def run(layout: Layout, params: Params, progress: Progress | None = None) -> Any:
     """The stage on the project layout."""
-    return train(params, layout.preprocessed, layout.models, progress=progress)
+    return train(params, layout.preprocessed, layout.models, root=layout.root, progress=progress)
 
 
 def command(
@@ -56,7 +59,8 @@ def command(
 
     An interrupted run of the same params and data resumes from its last checkpoint.
     """
-    train(read_params(params), arrays_dir, out, checkpoints)
+    # the project root is params.yaml's folder
+    train(read_params(params), arrays_dir, out, checkpoints, root=params.parent)
 
 
 STAGE = Stage("train", run, command)

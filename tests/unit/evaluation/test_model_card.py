@@ -1,9 +1,9 @@
 """The model card carries what a reviewer needs: use, data, metrics, subgroups, gate."""
 
-from medflow.config import EvaluateParams, GateParams, PreprocessParams
+from medflow.config import GateParams
 from medflow.evaluation.model_card import render_model_card
-from medflow.handoffs import EvaluationContext, GateReport
-from tests.helpers.handoffs import metrics
+from medflow.handoffs import GateReport
+from tests.helpers.handoffs import evaluation_context, metrics
 
 METRICS = metrics(
     auroc=0.912, auroc_ci_low=0.85, auroc_ci_high=0.95, ece=0.041, ece_ci_low=0.02, ece_ci_high=0.07
@@ -14,37 +14,7 @@ SUBGROUPS = {
         "SITE-2": {"n": 20, "n_positive": 9, "small": 1, "auroc": 0.7},
     }
 }
-CONTEXT = EvaluationContext.model_validate(
-    {
-        "threshold": {
-            "policy": "target_sensitivity",
-            "value": 0.37,
-            "chosen_on": "val",
-            "applies": "p(positive) >= threshold",
-        },
-        "bootstrap": {"unit": "patient", "n": 1000, "level": 0.95, "seed": 0},
-        "subgroups": {"reported": ["site"], "missing": ["sex", "age_band"]},
-        "data": {
-            "data_hash": "cafe1234",
-            "counts": {"test": 120, "train": 200},
-            "class_counts": {"test": {"normal": 70, "lesion": 50}, "train": {"normal": 200}},
-            "preprocess": PreprocessParams(),
-        },
-        "model": {
-            "architecture": "SmallCNN",
-            "class_names": ["normal", "lesion"],
-            "num_classes": 2,
-            "provenance": {
-                "git_revision": "0123abc",
-                "library_versions": {"torch": "2.13.0"},
-                "train_params": {"max_epochs": 3},
-            },
-        },
-        "params": EvaluateParams(n_bins=10),
-        "plots": {"calibration": "plots/calibration.png", "roc": "plots/roc.png"},
-        "evaluated_with": {"git_revision": "0123abc", "library_versions": {"torch": "2.13.0"}},
-    }
-)
+CONTEXT = evaluation_context()
 GATE = GateReport.model_validate(
     {
         "passed": False,
@@ -98,3 +68,13 @@ def test_model_card_of_a_multiclass_model_has_no_positive_count():
     three = metrics(n_test_positive=None)
     card = render_model_card(three, SUBGROUPS, CONTEXT, GATE.model_copy(update={"metrics": three}))
     assert "120 images of 40 patients" in card
+
+
+def test_model_card_names_the_initial_weights():
+    assert "- initial weights: random (no pretrained weights)" in render_model_card(
+        METRICS, {}, CONTEXT, GATE
+    )
+    weights = {"path": "w/r18.pt", "sha256": "ab" * 32, "loaded": 60, "skipped_shape": ["fc.w"]}
+    card = render_model_card(METRICS, {}, evaluation_context({"pretrained_weights": weights}), GATE)
+    assert f"- initial weights: pretrained, `w/r18.pt` (sha256 `{'ab' * 32}`)" in card
+    assert "60 tensors loaded, 1 of another shape initialised at random" in card
