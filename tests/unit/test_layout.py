@@ -27,7 +27,11 @@ def test_layout_matches_dvc_outs():
         "ingest": {layout.ingested},
         "validate": {layout.validation, layout.references},
         "preprocess": {layout.preprocessed},
-        "train": {layout.models},
+        "train": {
+            layout.models,
+            layout.training / "metrics.json",
+            layout.training / "plots" / "metrics",
+        },
         "evaluate": {layout.metrics, layout.subgroups, layout.evaluation, layout.baseline},
         "gate": {layout.gate, layout.model_card},
         "package": {layout.bento},
@@ -40,6 +44,7 @@ def test_layout_matches_dvc_outs():
     assert str(layout.ingested) in stages["evaluate"]["deps"]  # the champion's preprocessing
     assert f"--references {layout.references}" in stages["validate"]["cmd"]
     assert f"--champions {layout.champion}" in stages["evaluate"]["cmd"]
+    assert f"--curves {layout.training}" in stages["train"]["cmd"]
     assert f"--baseline {layout.baseline}" in stages["gate"]["cmd"]
     assert str(layout.baseline) in stages["gate"]["deps"]
     assert f"--champions {layout.champion}" in stages["package"]["cmd"]
@@ -56,3 +61,18 @@ def test_champion_is_no_stage_output_or_dependency():
     for name, stage in stages.items():
         declared = _outs(stage) | {d for d in stage.get("deps", []) if isinstance(d, str)}
         assert not {p for p in declared if p == champion or p.startswith(champion + "/")}, name
+
+
+def test_training_curves_are_plotted_from_the_train_stage_outputs():
+    dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    curves = str(Layout(Path(".")).training / "plots" / "metrics")
+    plotted = set()
+    for entry in dvc_yaml["plots"]:
+        (spec,) = entry.values()
+        plotted |= set(spec["y"])
+    assert plotted == {
+        f"{curves}/train/loss.tsv",
+        f"{curves}/val/loss.tsv",
+        f"{curves}/val/auroc.tsv",
+    }
+    assert curves in _outs(dvc_yaml["stages"]["train"])

@@ -1,8 +1,9 @@
-"""run_train on tiny in-memory arrays: artifact, resume, imbalance, architectures."""
+"""run_train on tiny in-memory arrays: artifact, resume, curves, imbalance, architectures."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,48 @@ def test_resumed_run_ends_with_the_uninterrupted_weights(tmp_path: Path, imbalan
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+
+
+def _curve(live: Path, name: str) -> dict[int, float]:
+    """dvclive's tsv of one metric: {step (the epochs done): value}."""
+    rows = (tsv := live / "plots" / "metrics" / f"{name}.tsv").read_text().splitlines()
+    header = rows[0].split("\t")
+    assert header[-2:] == ["step", name.split("/")[-1]], (tsv, header)
+    return {int(r.split("\t")[-2]): float(r.split("\t")[-1]) for r in rows[1:]}
+
+
+def test_curves_have_a_row_per_epoch_and_a_resumed_run_adds_to_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a git repository without a commit or DVC: dvclive alone would `dvc init` it, then fail
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    monkeypatch.chdir(tmp_path)
+    arrays = write_arrays(tmp_path / "arrays")
+    p, out, live = params(max_epochs=4), tmp_path / "models", tmp_path / "training"
+    with pytest.raises(RuntimeError, match="power cut"):
+        run_train(p, ["a", "b"], arrays, out, callbacks=[_Interrupt(at_epoch=2)], live_dir=live)
+    assert sorted(_curve(live, "val/auroc")) == [1, 2]
+    run_train(p, ["a", "b"], arrays, out, live_dir=live)
+
+    curves = {name: _curve(live, name) for name in ("train/loss", "val/loss", "val/auroc")}
+    for name, curve in curves.items():
+        assert sorted(curve) == [1, 2, 3, 4], name
+    # the same values as the artifact's CSV logs (two versions: before and after the cut)
+    csv_auroc = [
+        float(row.split(",")[header.index("val_auroc")])
+        for log in sorted((out / "logs").glob("version_*/metrics.csv"))
+        for header in [log.read_text().splitlines()[0].split(",")]
+        for row in log.read_text().splitlines()[1:]
+        if row.split(",")[header.index("val_auroc")]
+    ]
+    assert [curves["val/auroc"][e] for e in (1, 2, 3, 4)] == pytest.approx(csv_auroc)
+    summary = json.loads((live / "metrics.json").read_text())
+    assert summary["step"] == 4
+    assert summary["val"]["auroc"] == pytest.approx(curves["val/auroc"][4])
+    assert summary["train"]["loss"] == pytest.approx(curves["train/loss"][4])
+    # no pipeline declaration or experiment of its own
+    assert not list(tmp_path.rglob("dvc.yaml")) and not (tmp_path / ".dvc").exists()
+    assert not list(out.glob("*dvclive*")) and not (tmp_path / "dvclive").exists()
 
 
 def test_checkpoints_of_another_config_are_not_resumed(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """The train stage: a Lightning fit on the preprocessed arrays; writes the model artifact.
 
 An interrupted run resumes from its checkpoints beside the output (`.models-checkpoints/`,
-docs/training.md) when the next run has the same params and data.
+docs/training.md) when the next run has the same params and data. The per-epoch curves go to
+the artifact's CSV logs and, given a folder, to dvclive's (the DVC plots of the train stage).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import CSVLogger, Logger
 
 from medflow.config import TrainParams
 from medflow.data.arrays import ArraysMeta, read_meta
@@ -152,6 +153,7 @@ def run_train(
     callbacks: Sequence[pl.Callback] = (),
     root: Path | None = None,
     progress: Progress | None = None,
+    live_dir: Path | None = None,
 ) -> TrainResult:
     """Fit the classifier (`accelerator="auto"`, `params.strategy`/`devices`), resuming an
     interrupted run of the same config; keep the best checkpoint by `params.monitor`.
@@ -159,6 +161,8 @@ def run_train(
     `callbacks` are added to the Trainer's (tests use one to interrupt a run). `root` is
     where a relative `params.pretrained_weights` is found (default: the current directory).
     Each epoch logs one line (models.progress) and calls `progress(epoch, max_epochs)`.
+    Given `live_dir`, the per-epoch train loss, val loss and val AUROC also go there as
+    dvclive's metrics.json and plots/metrics/*.tsv (models.curves; the train stage's DVC plots).
     """
     pretrained = find_weights(params.pretrained_weights, Path(root or "."))
     quiet_lightning()
@@ -173,7 +177,8 @@ def run_train(
         in_channels, len(class_names), params, class_weights=weights, image_size=image_size
     )
     loaded = load_pretrained(model.net, pretrained, params.architecture) if pretrained else None
-    trainer = _trainer(params, ckpt_dir, [*callbacks, EpochProgress(progress)])
+    loggers = _loggers(ckpt_dir, live_dir, resume)
+    trainer = _trainer(params, ckpt_dir, [*callbacks, EpochProgress(progress)], loggers)
     if resume:
         log.info("resuming an interrupted run from %s", ckpt_dir / "last.ckpt")
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_dir / "last.ckpt" if resume else None)
@@ -232,7 +237,23 @@ def _data(
     return dm, weights
 
 
-def _trainer(params: TrainParams, ckpt_dir: Path, callbacks: Sequence[pl.Callback]) -> pl.Trainer:
+def _loggers(ckpt_dir: Path, live_dir: Path | None, resume: bool) -> list[Logger]:
+    """The artifact's CSV logs (`logs/version_N/metrics.csv`) and, given `live_dir`, the DVC
+    plots; a resumed run adds to the latter (the former gets a new version)."""
+    loggers: list[Logger] = [CSVLogger(ckpt_dir, name="logs")]
+    if live_dir is not None:
+        from medflow.models.curves import EpochCurves  # imports dvc: only when asked for
+
+        loggers.append(EpochCurves(Path(live_dir), resume=resume))
+    return loggers
+
+
+def _trainer(
+    params: TrainParams,
+    ckpt_dir: Path,
+    callbacks: Sequence[pl.Callback],
+    loggers: list[Logger],
+) -> pl.Trainer:
     """The Trainer with its early stopping and its best and latest checkpoints in ckpt_dir."""
     mode = "min" if params.monitor == "val_loss" else "max"
     # The one-cycle rate peaks at 30% of the run and validation is noisy until it comes
@@ -270,7 +291,7 @@ def _trainer(params: TrainParams, ckpt_dir: Path, callbacks: Sequence[pl.Callbac
             latest,
             *callbacks,
         ],
-        logger=CSVLogger(ckpt_dir, name="logs"),
+        logger=loggers,
         enable_progress_bar=False,
         enable_model_summary=False,
         log_every_n_steps=1,

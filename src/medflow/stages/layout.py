@@ -52,6 +52,12 @@ class Layout:
         return self.root / "reports"
 
     @property
+    def training(self) -> Path:
+        """The train stage's per-epoch curves (dvclive): `metrics.json`, the last epoch's
+        values, and `plots/metrics/{train,val}/*.tsv`, one row per epoch."""
+        return self.reports / "training"
+
+    @property
     def metrics(self) -> Path:
         return self.reports / "metrics.json"
 

@@ -19,6 +19,7 @@ def train(
     checkpoint_dir: Path | None = None,
     root: Path = Path("."),
     progress: Progress | None = None,
+    curves: Path | None = None,
 ) -> Any:
     """Train on the arrays of `arrays_dir`; write model.pt, model.json and the card into `out`.
 
@@ -27,6 +28,7 @@ def train(
             (default: .<out>-checkpoints beside `out`).
         root: the project root, where a relative train.pretrained_weights is found.
         progress: called with (epochs done, train.max_epochs) after each epoch.
+        curves: folder for the per-epoch curves (dvclive: metrics.json, plots/metrics/).
     """
     from medflow.models.training import run_train
 
@@ -38,12 +40,20 @@ def train(
         checkpoint_dir=checkpoint_dir,
         root=root,
         progress=progress,
+        live_dir=curves,
     )
 
 
 def run(layout: Layout, params: Params, progress: Progress | None = None) -> Any:
     """The stage on the project layout."""
-    return train(params, layout.preprocessed, layout.models, root=layout.root, progress=progress)
+    return train(
+        params,
+        layout.preprocessed,
+        layout.models,
+        root=layout.root,
+        progress=progress,
+        curves=layout.training,
+    )
 
 
 def command(
@@ -54,13 +64,17 @@ def command(
         Path | None,
         typer.Option(help="checkpoints to resume from (default: .<OUT>-checkpoints beside OUT)"),
     ] = None,
+    curves: Annotated[
+        Path | None,
+        typer.Option(help="folder for the per-epoch curves (dvclive; the train stage's plots)"),
+    ] = None,
 ) -> None:
     """Train the classifier on ARRAYS_DIR; write the model artifact into OUT.
 
     An interrupted run of the same params and data resumes from its last checkpoint.
     """
     # the project root is params.yaml's folder
-    train(read_params(params), arrays_dir, out, checkpoints, root=params.parent)
+    train(read_params(params), arrays_dir, out, checkpoints, root=params.parent, curves=curves)
 
 
 STAGE = Stage("train", run, command)
