@@ -143,3 +143,13 @@ def test_gradcam_explains_the_monai_backbones(architecture: str) -> None:
     cam = GradCam(net)(image, target=1)
     assert cam.shape == (32, 32) and np.isfinite(cam).all()
     assert 0.0 <= cam.min() and cam.max() == pytest.approx(1.0)
+
+
+def test_the_bento_carries_monai() -> None:
+    """The Bento rebuilds monai_* networks from model.json: MONAI must be among its packages
+    (tests/unit/test_lock.py checks the pin against requirements.lock)."""
+    import yaml
+
+    bentofile = Path(__file__).resolve().parents[3] / "deploy" / "bentofile.yaml"
+    packages = yaml.safe_load(bentofile.read_text())["python"]["packages"]
+    assert [p for p in packages if p.startswith("monai==")], packages
