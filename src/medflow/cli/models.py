@@ -10,7 +10,8 @@ from typing import Annotated, Any
 import typer
 
 from medflow.cli.common import command
-from medflow.stages.stage import ParamsOpt, read_params
+from medflow.config import load_params
+from medflow.stages.stage import ParamsOpt
 
 
 def _registry(name: str) -> Callable[[Any], Any]:
@@ -43,7 +44,7 @@ def _champion_of(params: Path, champions: Path, key: str | None) -> tuple[Path, 
     from medflow.data.dataset import Dataset, champion_folder, check_key
     from medflow.registry.champion import read_champion
 
-    current = Dataset.of(read_params(params).data)
+    current = Dataset.of(load_params(params).data)
     if key is None or key == current.key:
         return champion_folder(champions, current.key), current.as_dict()
     folder = champion_folder(champions, check_key(key))
@@ -70,7 +71,7 @@ def models_list(
     from medflow.registry.store import list_models
 
     champion, _ = _champion_of(params, champions, dataset)
-    entries = list_models(read_params(params).package.model_name, champion)
+    entries = list_models(load_params(params).package.model_name, champion)
     if as_json:
         rows = [{**e.__dict__, "created": e.created.isoformat()} for e in entries]
         typer.echo(json.dumps(rows, indent=2, default=str))
@@ -125,7 +126,7 @@ def models_promote(
     champion, described = _champion_of(params, champions, dataset)
     result = promote(
         tag,
-        read_params(params).package.model_name,
+        load_params(params).package.model_name,
         champion,
         described,
         samples=files,
@@ -149,7 +150,7 @@ def models_rollback(
     from medflow.registry.store import rollback
 
     champion, described = _champion_of(params, champions, dataset)
-    result = rollback(read_params(params).package.model_name, champion, described, timeout=timeout)
+    result = rollback(load_params(params).package.model_name, champion, described, timeout=timeout)
     typer.echo(
         f"rolled back: {result.model_tag} is the champion again (was {result.previous})\n"
         f"serving:     {result.bento_tag}"
@@ -180,7 +181,7 @@ def models_datasets(
     from medflow.data.dataset import Dataset, known_keys
     from medflow.registry.champion import read_champion
 
-    current = Dataset.of(read_params(params).data).key
+    current = Dataset.of(load_params(params).data).key
     for key in known_keys(champions):
         champion = read_champion(champions / key)
         described = champion.dataset if champion is not None else None

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from medflow.cli.common import ExitCode, command
+from medflow.config import load_params
 from medflow.stages import STAGES
-from medflow.stages.stage import read_params
 
 
 def _orchestrate(name: str) -> Callable[[Any], Any]:
@@ -43,7 +43,7 @@ def orchestrate_register(root: RootOpt = Path(".")) -> None:
     root = root.resolve()
     from medflow.orchestration.deployments import register_notifications
 
-    name = register_notifications(read_params(root / "params.yaml").orchestration)
+    name = register_notifications(load_params(root / "params.yaml").orchestration)
     typer.echo(f"automation: {name}" if name else "orchestration.notify_block is empty: none")
 
 

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
-from medflow.config import Params
+from medflow.config import Params, load_params
 from medflow.stages.layout import Layout
-from medflow.stages.stage import ChampionsOpt, ParamsOpt, Stage, read_params
+from medflow.stages.stage import ChampionsOpt, ParamsOpt, Stage
 
 
 def evaluate(
@@ -58,7 +58,7 @@ def command(
     manifest.csv). With --champions, the dataset's champion is scored on the same test split
     too (OUT/baseline.json, what the gate's change rules compare with).
     """
-    evaluate(read_params(params), model_dir, arrays_dir, manifest, out, champions)
+    evaluate(load_params(params), model_dir, arrays_dir, manifest, out, champions)
 
 
 STAGE = Stage("evaluate", run, command)

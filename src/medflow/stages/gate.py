@@ -7,9 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
-from medflow.config import Params
+from medflow.config import Params, load_params
 from medflow.stages.layout import Layout
-from medflow.stages.stage import ParamsOpt, Stage, read_params
+from medflow.stages.stage import ParamsOpt, Stage
 
 
 def gate(
@@ -82,7 +82,7 @@ def command(
     when the model is refused, so that nothing is packaged.
     """
     gate(
-        read_params(params),
+        load_params(params),
         metrics,
         out,
         subgroups=subgroups,

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-from medflow.config import Params
+from medflow.config import Params, load_params
 from medflow.stages.layout import Layout
-from medflow.stages.stage import ParamsOpt, Progress, Stage, read_params
+from medflow.stages.stage import ParamsOpt, Progress, Stage
 
 log = logging.getLogger("medflow")
 
@@ -71,7 +71,7 @@ def command(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    p = read_params(params)
+    p = load_params(params)
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True) as bar:
         task = bar.add_task("ingest", total=None)

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
-from medflow.config import Params
+from medflow.config import Params, load_params
 from medflow.stages.layout import Layout
-from medflow.stages.stage import ChampionsOpt, ParamsOpt, Stage, read_params
+from medflow.stages.stage import ChampionsOpt, ParamsOpt, Stage
 
 
 def package(
@@ -89,7 +89,7 @@ def command(
     that dataset compares against.
     """
     result = package(
-        read_params(params),
+        load_params(params),
         model_dir,
         metrics,
         gate_report,

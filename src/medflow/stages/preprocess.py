@@ -7,9 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
-from medflow.config import Params
+from medflow.config import Params, load_params
 from medflow.stages.layout import Layout
-from medflow.stages.stage import ParamsOpt, Stage, read_params
+from medflow.stages.stage import ParamsOpt, Stage
 
 
 def preprocess(params: Params, ingest_dir: Path, out: Path) -> Any:
@@ -30,7 +30,7 @@ def command(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Turn the de-identified DICOM in INGEST_DIR into training arrays in OUT."""
-    preprocess(read_params(params), ingest_dir, out)
+    preprocess(load_params(params), ingest_dir, out)
 
 
 STAGE = Stage("preprocess", run, command)

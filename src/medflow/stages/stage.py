@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from medflow.config import Params, load_params
+from medflow.config import Params
 from medflow.stages.layout import Layout
 
 ParamsOpt = Annotated[
@@ -62,13 +62,3 @@ class Stage:
         if self.reports_progress:
             return self.run(layout, params, progress=progress)
         return self.run(layout, params)
-
-    @property
-    def summary(self) -> str:
-        """The first line of the command's help."""
-        return (self.command.__doc__ or self.name).strip().splitlines()[0]
-
-
-def read_params(path: Path) -> Params:
-    """The validated params of `path` (raises ConfigError naming every problem)."""
-    return load_params(path)

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from medflow.config import Params
+from medflow.config import Params, load_params
 from medflow.stages.layout import Layout
-from medflow.stages.stage import ParamsOpt, Stage, read_params
+from medflow.stages.stage import ParamsOpt, Stage
 
 log = logging.getLogger("medflow")
 
@@ -32,7 +32,7 @@ def command(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Write the synthetic DICOM dataset (with labels.csv) into OUT."""
-    log.info("synthetic dataset: %s", synth(read_params(params), out))
+    log.info("synthetic dataset: %s", synth(load_params(params), out))
 
 
 STAGE = Stage("synth", run, command)

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
-from medflow.config import Params
+from medflow.config import Params, load_params
 from medflow.stages.layout import Layout
-from medflow.stages.stage import ParamsOpt, Progress, Stage, read_params
+from medflow.stages.stage import ParamsOpt, Progress, Stage
 
 
 def train(
@@ -74,7 +74,7 @@ def command(
     An interrupted run of the same params and data resumes from its last checkpoint.
     """
     # the project root is params.yaml's folder
-    train(read_params(params), arrays_dir, out, checkpoints, root=params.parent, curves=curves)
+    train(load_params(params), arrays_dir, out, checkpoints, root=params.parent, curves=curves)
 
 
 STAGE = Stage("train", run, command)

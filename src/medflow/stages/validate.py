@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from medflow.config import Params
+from medflow.config import Params, load_params
 from medflow.stages.layout import Layout
-from medflow.stages.stage import ParamsOpt, Stage, read_params
+from medflow.stages.stage import ParamsOpt, Stage
 
 log = logging.getLogger("medflow")
 
@@ -73,7 +73,7 @@ def command(
 ) -> None:
     """Validate the manifest in INGEST_DIR with Great Expectations; report into OUT."""
     result = validate(
-        read_params(params), ingest_dir, out, reference=reference, references=references
+        load_params(params), ingest_dir, out, reference=reference, references=references
     )
     log.info("validation passed (%s); Data Docs: %s", result.statistics, result.docs_index)
 
