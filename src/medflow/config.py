@@ -377,8 +377,21 @@ class TrainParams(_Section):
     downloaded. Tensors of another shape (the classifier head of another class count) are
     skipped and reported; its sha256 goes into model.json and the model card. null: random
     initialisation"""
-    max_epochs: int = Field(16, ge=1)
-    """the most epochs of a run"""
+    time_budget_minutes: float | None = Field(7.5, gt=0)
+    """the training time to plan for: the epochs per member and the members of the ensemble
+    are chosen from the measured speed of the first steps (models.budget, docs/training.md);
+    null: one network of `max_epochs` epochs"""
+    target_steps: int = Field(2400, ge=1)
+    """optimiser steps a member is given when the budget allows (epochs = steps / batches
+    per epoch, at most max_epochs)"""
+    ensemble_max: int = Field(5, ge=1)
+    """the most networks (seeds seed, seed+1, ...) the budget may train; their mean logits,
+    calibrated as a whole, are the model"""
+    tta: bool = True
+    """test-time augmentation: average over the views the training augmentations allow
+    (a half shift either way; a horizontal flip only with augment.horizontal_flip)"""
+    max_epochs: int = Field(60, ge=1)
+    """the most epochs of a member; without a time budget, the epochs of the run"""
     batch_size: int = Field(32, ge=1)
     """images per batch, per device"""
     learning_rate: float = Field(1e-3, gt=0)
@@ -393,13 +406,15 @@ class TrainParams(_Section):
     """the validation metric that early stopping and the kept (best) checkpoint follow"""
     early_stopping_patience: int = Field(6, ge=1)
     """epochs without improvement of `monitor` before stopping"""
-    imbalance: Literal["none", "weighted_loss", "balanced_sampler"] = "none"
+    imbalance: Literal["none", "weighted_loss", "balanced_sampler"] = "balanced_sampler"
     """none; weighted_loss: cross-entropy weighted by inverse train class frequency;
     balanced_sampler: batches drawn with replacement (seeded) so that classes come up equally
     often"""
-    calibration: Literal["temperature", "none"] = "temperature"
-    """temperature: one scalar fitted on val and folded into the last layer (calibrated
-    probabilities, the same ranking and AUROC); none: the raw softmax"""
+    calibration: Literal["auto", "temperature", "platt", "none"] = "auto"
+    """fitted on val and folded into the last layer of every member (the same ranking and
+    AUROC): temperature: logits / T; platt (two classes): sigmoid(a * margin + b), which
+    also moves the class prior to val's; auto: of none and temperature, the lower NLL
+    cross-fitted over folds of val; none: the raw softmax"""
     strategy: str = "auto"
     """Lightning Trainer's strategy: auto, ddp, ddp_spawn, ..."""
     devices: Literal["auto"] | int = "auto"

@@ -24,6 +24,7 @@ def test_ddp_spawn_on_two_cpu_processes_trains_a_model(tmp_path: Path) -> None:
         batch_size=16,
         strategy="ddp_spawn",
         devices=2,
+        time_budget_minutes=None,
     )
     result = run_train(params, ["a", "b"], arrays, tmp_path / "models")
 

@@ -21,7 +21,13 @@ from medflow.models.lightning import Classifier
 from medflow.models.training import default_checkpoint_dir, run_train
 from tests.helpers.arrays_factory import write_arrays
 
-TINY = {"max_epochs": 3, "width": 4, "batch_size": 16, "early_stopping_patience": 10}
+TINY = {
+    "max_epochs": 3,
+    "width": 4,
+    "batch_size": 16,
+    "early_stopping_patience": 10,
+    "time_budget_minutes": None,  # exactly max_epochs, one network
+}
 
 
 def params(**kw: object) -> TrainParams:
@@ -74,7 +80,7 @@ def test_resumed_run_ends_with_the_uninterrupted_weights(tmp_path: Path, imbalan
     with pytest.raises(RuntimeError, match="power cut"):
         run_train(p, ["a", "b"], arrays, out, callbacks=[_Interrupt(at_epoch=2)])
     assert not out.exists()  # nothing half-written
-    assert (default_checkpoint_dir(out) / "last.ckpt").is_file()
+    assert (default_checkpoint_dir(out) / "member-0" / "last.ckpt").is_file()
     result = run_train(p, ["a", "b"], arrays, out)
     assert json.loads((out / "model.json").read_text())["provenance"]["resumed"] is True
     assert result.epochs_run == 4
@@ -181,3 +187,63 @@ def test_training_beats_the_same_network_untrained(tmp_path: Path) -> None:
     loss, auroc = _calibrated_test_loss(trained, arrays)
     loss0, auroc0 = _calibrated_test_loss(untrained, arrays)
     assert auroc >= 0.95 and loss < 0.5 * loss0, (loss, auroc, loss0, auroc0)
+
+
+class _InterruptMember(pl.Callback):
+    """Raises at `at_epoch` of the `member`-th fit (0-based) among the fits it sees."""
+
+    def __init__(self, member: int, at_epoch: int):
+        self.member, self.at_epoch, self.fits = member, at_epoch, -1
+
+    def on_fit_start(self, trainer: pl.Trainer, _: pl.LightningModule) -> None:
+        self.fits += 1
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, _: pl.LightningModule) -> None:
+        if self.fits == self.member and trainer.current_epoch == self.at_epoch:
+            raise RuntimeError("power cut")
+
+
+def test_a_budget_trains_an_ensemble_that_resumes_and_loads_as_one(tmp_path: Path) -> None:
+    """A budget generous for tiny data: two members of max_epochs (ensemble_max), their mean
+    over the test-time views calibrated as one; cut in the second member, the resumed run
+    keeps the first, follows the same plan and ends with the same weights."""
+    arrays = write_arrays(tmp_path / "arrays")
+    p = params(
+        max_epochs=3,
+        time_budget_minutes=10,
+        ensemble_max=2,
+        target_steps=1000,
+        # the toy classes differ by where their square is: a 1-pixel test-time shift at most
+        augment={"max_shift": 2},
+    )
+    straight = run_train(p, ["a", "b"], arrays, tmp_path / "straight")
+    net, spec = load_model(tmp_path / "straight")
+    prov = spec.provenance
+    assert spec.members == 2 and spec.tta == ["identity", "shift+", "shift-"]
+    assert spec.tta_shift == 1
+    assert prov["plan"]["epochs"] == 3 and prov["plan"]["members_trained"] == 2
+    assert straight.epochs_run == 6 and len(prov["member_val_auroc"]) == 2
+    assert prov["calibration"]["method"] in ("none", "temperature")
+    assert set(prov["calibration"]["cross_fitted_nll"]) == {"none", "temperature"}
+    assert sorted(p.name for p in (tmp_path / "straight" / "checkpoints").iterdir()) == [
+        "best-member-2.ckpt",
+        "best.ckpt",
+    ]
+    x_val, y_val = (torch.from_numpy(a.copy()) for a in load_split(arrays, "val"))
+    probs = logits_of(net, x_val).softmax(-1)
+    assert float(multiclass_auroc(probs, y_val, num_classes=2)) == pytest.approx(
+        straight.best_val_auroc, abs=1e-6
+    )
+
+    out = tmp_path / "resumed"
+    with pytest.raises(RuntimeError, match="power cut"):
+        run_train(p, ["a", "b"], arrays, out, callbacks=[_InterruptMember(1, at_epoch=1)])
+    ckpts = default_checkpoint_dir(out)
+    assert (ckpts / "member-0" / "done.json").is_file()
+    assert (ckpts / "member-1" / "last.ckpt").is_file() and (ckpts / "plan.json").is_file()
+    run_train(p, ["a", "b"], arrays, out)
+    assert load_model(out)[1].provenance["resumed"] is True
+    before, after = _weights(tmp_path / "straight"), _weights(out)
+    assert before.keys() == after.keys() and any(k.startswith("members.1.") for k in before)
+    for key in before:
+        assert torch.equal(before[key], after[key]), key

@@ -17,6 +17,7 @@ import torch
 
 from medflow.config import PreprocessParams
 from medflow.io import write_bytes_atomic, write_json_atomic
+from medflow.models.ensemble import assemble
 from medflow.models.net import build_network
 
 WEIGHTS_FILE = "model.pt"
@@ -36,6 +37,12 @@ class ModelSpec:
     preprocess: dict[str, Any]
     threshold: float = 0.5
     provenance: dict[str, Any] = field(default_factory=dict)
+    members: int = 1
+    """networks of this architecture whose mean logits are the model's (an ensemble)"""
+    tta: list[str] = field(default_factory=list)
+    """test-time views averaged over (models.ensemble.VIEWS); empty: the image alone"""
+    tta_shift: int = 0
+    """pixels the shift views move the image by"""
 
     @property
     def preprocess_params(self) -> PreprocessParams:
@@ -44,15 +51,20 @@ class ModelSpec:
 
     def build(self) -> torch.nn.Module:
         """The untrained network; architecture is train.architecture ('smallcnn', 'resnet',
-        'monai_resnet18'...; models written before the choice existed say 'SmallCNN')."""
-        return build_network(
-            self.architecture,
-            self.in_channels,
-            self.num_classes,
-            self.width,
-            self.dropout,
-            image_size=self.preprocess_params.image_size,
-        )
+        'monai_resnet18'...; models written before the choice existed say 'SmallCNN'). With
+        several members or test-time views, their models.ensemble.Composite."""
+        members = [
+            build_network(
+                self.architecture,
+                self.in_channels,
+                self.num_classes,
+                self.width,
+                self.dropout,
+                image_size=self.preprocess_params.image_size,
+            )
+            for _ in range(self.members)
+        ]
+        return assemble(members, self.tta, self.tta_shift)
 
 
 def save_model(folder: Path, net: torch.nn.Module, spec: ModelSpec) -> None:

@@ -36,11 +36,13 @@ class EpochCurves(DVCLiveLogger):
     as "none given" and would count on from its own. Lightning's `epoch` entry is not logged
     as a curve of its own. Writes `metrics.json` (the last values) and `plots/metrics/*.tsv`
     in `live_dir`; never a dvc.yaml and never an experiment of its own (`dvc exp run` makes
-    those). `resume`: add to the curves already there instead of starting afresh.
+    those). `resume`: add to the curves already there instead of starting afresh. `offset`:
+    epochs before this fit's first (an ensemble's earlier members), so that steps count on.
     """
 
-    def __init__(self, live_dir: Path, resume: bool = False) -> None:
+    def __init__(self, live_dir: Path, resume: bool = False, offset: int = 0) -> None:
         super().__init__(dir=str(live_dir), resume=resume, dvcyaml=False, save_dvc_exp=False)
+        self.offset = offset
 
     @property
     @rank_zero_experiment
@@ -58,5 +60,5 @@ class EpochCurves(DVCLiveLogger):
     ) -> None:
         metrics = dict(metrics)
         if "epoch" in metrics:
-            step = int(metrics.pop("epoch")) + 1
+            step = int(metrics.pop("epoch")) + 1 + self.offset
         super().log_metrics(metrics, step, sync)

@@ -34,13 +34,19 @@ class EpochProgress(pl.Callback):
         about 9:48 left
 
     The time left is the mean epoch time of this run so far times the epochs up to
-    max_epochs; the first line adds that early stopping may end sooner. `report`, when given,
-    is called with (epochs done, max_epochs) after each line (the Prefect flow's progress).
+    max_epochs and `epochs_after` (the ensemble's members still to train); the first line
+    adds that early stopping may end sooner. `label` starts the line ("member 2/3: ").
+    `report`, when given, is called with (epochs done, max_epochs) after each line (the
+    Prefect flow's progress).
     (A module-level class: DDP spawn pickles the callbacks.)
     """
 
-    def __init__(self, report: Progress | None = None) -> None:
+    def __init__(
+        self, report: Progress | None = None, label: str = "", epochs_after: int = 0
+    ) -> None:
         self.report = report
+        self.label = label  # e.g. "member 2/3: "
+        self.epochs_after = epochs_after  # epochs of the members still to come
         self._start = 0.0
         self._first_epoch = 0
 
@@ -56,13 +62,13 @@ class EpochProgress(pl.Callback):
         elapsed = time.monotonic() - self._start
         m = trainer.callback_metrics
         line = (
-            f"epoch {done}/{total or '?'}: train loss {_value(m, 'train_loss')}, "
+            f"{self.label}epoch {done}/{total or '?'}: train loss {_value(m, 'train_loss')}, "
             f"val loss {_value(m, 'val_loss')}, val AUROC {_value(m, 'val_auroc')}; "
             f"{clock(elapsed)} elapsed"
         )
         if total is not None:
             mean = elapsed / (done - self._first_epoch)
-            line += f", about {clock(mean * max(total - done, 0))} left"
+            line += f", about {clock(mean * (max(total - done, 0) + self.epochs_after))} left"
             if done == self._first_epoch + 1 and done < total:
                 line += " (early stopping may end sooner)"
         log.info("%s", line)

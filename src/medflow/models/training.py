@@ -7,13 +7,15 @@ the artifact's CSV logs and, given a folder, to dvclive's (the DVC plots of the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import shutil
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +28,18 @@ from medflow.config import TrainParams
 from medflow.data.arrays import ArraysMeta, read_meta
 from medflow.io import atomic_dir, write_json_atomic
 from medflow.models.artifact import ModelSpec, save_model
-from medflow.models.calibration import fit_temperature, fold_temperature, logits_of
+from medflow.models.budget import (
+    PLANNED_SHARE,
+    BudgetGuard,
+    Plan,
+    measure_step_seconds,
+    plan_training,
+)
+from medflow.models.calibration import fold_calibration, logits_of, select_calibration
+from medflow.models.ensemble import assemble, tta_views
 from medflow.models.lightning import ArrayDataModule, Classifier, class_weights
 from medflow.models.pretrained import WeightsFile, find_weights, load_pretrained
-from medflow.models.progress import EpochProgress, Progress
+from medflow.models.progress import EpochProgress, Progress, clock
 from medflow.provenance import git_revision, library_versions
 
 log = logging.getLogger(__name__)
@@ -109,7 +119,7 @@ def _prepare_checkpoints(ckpt_dir: Path, fingerprint: str) -> bool:
             shutil.rmtree(ckpt_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_file, {"fingerprint": fingerprint})
-    return same and (ckpt_dir / "last.ckpt").is_file()
+    return same and any(ckpt_dir.glob("member-*/last.ckpt"))
 
 
 def _auroc(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
@@ -155,62 +165,216 @@ def run_train(
     progress: Progress | None = None,
     live_dir: Path | None = None,
 ) -> TrainResult:
-    """Fit the classifier (`accelerator="auto"`, `params.strategy`/`devices`), resuming an
-    interrupted run of the same config; keep the best checkpoint by `params.monitor`.
+    """Fit the classifier (`accelerator="auto"`, `params.strategy`/`devices`) within
+    `params.time_budget_minutes`: the epochs and the members of the ensemble follow from the
+    measured speed of the first steps (models.budget). Each member keeps its best checkpoint by
+    `params.monitor`; their mean logits over the test-time views are calibrated on val as one
+    model (models.ensemble, models.calibration). An interrupted run of the same config resumes
+    from its checkpoints, with the plan it started with.
 
-    `callbacks` are added to the Trainer's (tests use one to interrupt a run). `root` is
+    `callbacks` are added to each Trainer's (tests use one to interrupt a run). `root` is
     where a relative `params.pretrained_weights` is found (default: the current directory).
-    Each epoch logs one line (models.progress) and calls `progress(epoch, max_epochs)`.
+    Each epoch logs one line (models.progress) and calls `progress(epochs done, epochs in all)`.
     Given `live_dir`, the per-epoch train loss, val loss and val AUROC also go there as
     dvclive's metrics.json and plots/metrics/*.tsv (models.curves; the train stage's DVC plots).
     """
+    started = time.monotonic()
     pretrained = find_weights(params.pretrained_weights, Path(root or "."))
     quiet_lightning()
     meta = read_meta(arrays_dir)
     dm, weights = _data(params, class_names, arrays_dir)
-    in_channels = int(dm.data["train"].tensors[0].shape[1])
+    x_train, y_train = dm.data["train"].tensors
+    in_channels, image_size = int(x_train.shape[1]), int(x_train.shape[-1])
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(out_dir)
     resume = _prepare_checkpoints(ckpt_dir, _fingerprint(params, class_names, meta, pretrained))
-    pl.seed_everything(params.seed, workers=True, verbose=False)
-    image_size = int(dm.data["train"].tensors[0].shape[-1])
-    model = Classifier(
-        in_channels, len(class_names), params, class_weights=weights, image_size=image_size
-    )
-    loaded = load_pretrained(model.net, pretrained, params.architecture) if pretrained else None
-    loggers = _loggers(ckpt_dir, live_dir, resume)
-    trainer = _trainer(params, ckpt_dir, [*callbacks, EpochProgress(progress)], loggers)
-    if resume:
-        log.info("resuming an interrupted run from %s", ckpt_dir / "last.ckpt")
-    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_dir / "last.ckpt" if resume else None)
-    if not trainer.is_global_zero:
-        # other DDP ranks: rank 0 writes the artifact
+
+    def classifier(member_params: TrainParams) -> Classifier:
+        pl.seed_everything(member_params.seed, workers=True, verbose=False)
+        return Classifier(
+            in_channels, len(class_names), member_params, class_weights=weights,
+            image_size=image_size,
+        )  # fmt: skip
+
+    plan = _plan(params, dm, ckpt_dir, lambda: classifier(params).net)
+    guard = [BudgetGuard(time.time() + plan.budget_seconds)] if plan.budget_seconds else []
+    members: list[Member] = []
+    k, more = 0, True
+    while more:
+        member_params = params.model_copy(
+            update={"max_epochs": plan.epochs, "seed": params.seed + k}
+        )
+        dm.params = member_params  # the member's seed orders its batches
+        model = classifier(member_params)
+        loaded = load_pretrained(model.net, pretrained, params.architecture) if pretrained else None
+        fit_callbacks = [*callbacks, *guard]
+        member = _fit_member(
+            k, plan, model, dm, ckpt_dir, fit_callbacks, progress, live_dir, resume
+        )
+        k += 1
+        if member is not None:  # None: another DDP rank (rank 0 writes the artifact)
+            members.append(member)
+        more = _another_member(params, plan, members, k)
+    if not members:
         return TrainResult(out_dir, out_dir / "checkpoints" / "best.ckpt", float("nan"), 0)
 
-    best, temperature = _best_model(params, model, dm, ckpt_dir, len(class_names))
-    epochs = (
-        int(torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=True)["epoch"]) + 1
-    )
+    views = tta_views(params.augment) if params.tta else []
+    shift = params.augment.max_shift // 2
+    net = assemble([m.net for m in members], views, shift)
+    x_val, y_val = dm.data["val"].tensors
+    best = _auroc(net, x_val, y_val, len(class_names))
+    logits = logits_of(net, x_val)
+    calibration = select_calibration(params.calibration, logits, y_val, seed=params.seed)
+    fold_calibration(net, calibration)
+    spent = time.monotonic() - started
+    epochs = sum(m.epochs for m in members)
     run = {
         "class_weights": weights,
         "best_val_auroc": best,
-        "calibration": {"method": params.calibration, "temperature": temperature},
+        "member_val_auroc": [m.val_auroc for m in members],
+        "calibration": calibration.as_dict(),
         "epochs_run": epochs,
+        "plan": {
+            **plan.as_dict(),
+            "members_trained": len(members),
+            "seconds_spent": round(spent, 1),
+        },
         "resumed": resume,
         "pretrained_weights": loaded,
     }
+    trainer = next((m.trainer for m in members if m.trainer), None)
+    trainer = trainer or _trainer(params, ckpt_dir, [], [])  # what it would run on
     spec = _spec(params, class_names, in_channels, meta, trainer, run)
-    _write_artifact(out_dir, ckpt_dir, model.net, spec)
+    spec = dataclasses.replace(spec, members=len(members), tta=views, tta_shift=shift)
+    _write_artifact(out_dir, ckpt_dir, net, spec, [m.checkpoint for m in members])
+    budget = f" of the {clock(plan.budget_seconds)} budget" if plan.budget_seconds else ""
     log.info(
-        "trained %d epochs on %s; best val AUROC %.4f",
+        "trained %d member(s), %d epochs in all, on %s in %s%s; val AUROC %.4f%s",
+        len(members),
         epochs,
         type(trainer.accelerator).__name__,
+        clock(spent),
+        budget,
         best,
+        f" (test-time views: {', '.join(views)})" if len(views) > 1 else "",
     )
     return TrainResult(
         model_dir=out_dir,
         best_checkpoint=out_dir / "checkpoints" / "best.ckpt",
         best_val_auroc=best,
         epochs_run=epochs,
+    )
+
+
+def _another_member(params: TrainParams, plan: Plan, members: list[Member], k: int) -> bool:
+    """Whether to train member k+1. In one process, by the time the members took so far: one
+    more if their mean still fits in the planned share of the budget (at most ensemble_max),
+    so that a machine busier or idler than the first steps showed gets fewer or more members.
+    Under DDP (where every rank must decide alike) and without a budget, by the plan."""
+    single = bool(members) and all(m.world_size == 1 for m in members)
+    if plan.budget_seconds is None or not single:
+        return k < plan.members
+    spent = sum(m.seconds for m in members)
+    mean = spent / len(members)
+    return k < params.ensemble_max and spent + mean <= plan.budget_seconds * PLANNED_SHARE
+
+
+@dataclass
+class Member:
+    """One trained network of the ensemble (the best checkpoint loaded, on the CPU)."""
+
+    net: torch.nn.Module
+    checkpoint: Path
+    val_auroc: float
+    epochs: int
+    seconds: float  # the fit's wall time (of the run that trained it)
+    world_size: int  # processes the fit ran on
+    trainer: pl.Trainer | None  # None: finished by an earlier, interrupted run
+
+
+PLAN_FILE = "plan.json"
+
+
+def _plan(
+    params: TrainParams, dm: ArrayDataModule, ckpt_dir: Path, network: Callable[[], torch.nn.Module]
+) -> Plan:
+    """The plan stored with the checkpoints (a resumed run, another DDP rank), else a new one
+    from the measured speed of `network`'s training steps, stored there."""
+    path = ckpt_dir / PLAN_FILE
+    if path.is_file():
+        plan = Plan(**json.loads(path.read_text()))
+        log.info("plan (kept from the run being resumed): %s", _describe(plan))
+        return plan
+    x, y = dm.data["train"].tensors
+    step_s = 0.0
+    if params.time_budget_minutes is not None:
+        step_s = measure_step_seconds(network(), params, x, y)
+    plan = plan_training(params, len(y), len(dm.data["val"].tensors[1]), step_s)
+    if _is_rank_zero_launcher():
+        write_json_atomic(path, plan.as_dict())
+    log.info("plan: %s", _describe(plan))
+    return plan
+
+
+def _describe(plan: Plan) -> str:
+    text = f"{plan.members} member(s) of {plan.epochs} epochs ({plan.steps_per_epoch} steps each)"
+    if plan.budget_seconds:
+        text += (
+            f"; {plan.seconds_per_step:.3f} s/step measured, about"
+            f" {clock(plan.planned_seconds)} of the {clock(plan.budget_seconds)} budget"
+        )
+    return f"{text}: {plan.reason}"
+
+
+def _fit_member(
+    k: int,
+    plan: Plan,
+    model: Classifier,
+    dm: ArrayDataModule,
+    ckpt_dir: Path,
+    callbacks: list[pl.Callback],
+    progress: Progress | None,
+    live_dir: Path | None,
+    resume: bool,
+) -> Member | None:
+    """Fit member k (or resume it, or load it when an earlier run finished it) in
+    ckpt_dir/member-k; None on DDP ranks other than zero."""
+    params = model.params
+    member_dir = ckpt_dir / f"member-{k}"
+    done_file = member_dir / "done.json"
+    label = f"member {k + 1}: " if plan.members > 1 or k else ""
+    trainer: pl.Trainer | None = None
+    if not done_file.is_file():
+        report = None
+        if progress is not None:
+            total = max(plan.members, k + 1) * plan.epochs
+            report = lambda done, _: progress(k * plan.epochs + done, total)  # noqa: E731
+        epoch_line = EpochProgress(report, label, max(plan.members - k - 1, 0) * plan.epochs)
+        loggers = _loggers(ckpt_dir, live_dir, resume or k > 0, k * plan.epochs)
+        trainer = _trainer(params, member_dir, [*callbacks, epoch_line], loggers)
+        last = member_dir / "last.ckpt"
+        if last.is_file():
+            log.info("%sresuming an interrupted run from %s", label, last)
+        fit_start = time.monotonic()
+        trainer.fit(model, datamodule=dm, ckpt_path=last if last.is_file() else None)
+        if not trainer.is_global_zero:
+            return None
+        epochs = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"]) + 1
+        done = {"epochs": epochs, "seconds": time.monotonic() - fit_start}
+        write_json_atomic(done_file, {**done, "world_size": trainer.world_size})
+    elif not _is_rank_zero_launcher():
+        return None
+    done = json.loads(done_file.read_text())
+    best_path = member_dir / "best.ckpt"
+    if not best_path.is_file():  # stopped by the budget before the settled half
+        best_path = member_dir / "last.ckpt"
+    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict(state)
+    model.cpu()
+    x_val, y_val = dm.data["val"].tensors
+    auroc = _auroc(model.net, x_val, y_val, int(model.hparams["num_classes"]))
+    log.info("%sval AUROC %.4f after %d epochs", label, auroc, done["epochs"])
+    return Member(
+        model.net, best_path, auroc, done["epochs"], done["seconds"], done["world_size"], trainer
     )
 
 
@@ -237,14 +401,15 @@ def _data(
     return dm, weights
 
 
-def _loggers(ckpt_dir: Path, live_dir: Path | None, resume: bool) -> list[Logger]:
-    """The artifact's CSV logs (`logs/version_N/metrics.csv`) and, given `live_dir`, the DVC
-    plots; a resumed run adds to the latter (the former gets a new version)."""
+def _loggers(ckpt_dir: Path, live_dir: Path | None, resume: bool, offset: int = 0) -> list[Logger]:
+    """The artifact's CSV logs (`logs/version_N/metrics.csv`, a version per member and per
+    resumption) and, given `live_dir`, the DVC plots, whose epochs count on by `offset` (the
+    epochs of earlier members); `resume` adds to the curves already there."""
     loggers: list[Logger] = [CSVLogger(ckpt_dir, name="logs")]
     if live_dir is not None:
         from medflow.models.curves import EpochCurves  # imports dvc: only when asked for
 
-        loggers.append(EpochCurves(Path(live_dir), resume=resume))
+        loggers.append(EpochCurves(Path(live_dir), resume=resume, offset=offset))
     return loggers
 
 
@@ -298,30 +463,6 @@ def _trainer(
     )
 
 
-def _best_model(
-    params: TrainParams,
-    model: Classifier,
-    dm: ArrayDataModule,
-    ckpt_dir: Path,
-    num_classes: int,
-) -> tuple[float, float]:
-    """Load the best checkpoint into `model` (on the CPU) and calibrate it on val;
-    returns its val AUROC (before calibration) and the temperature folded into it."""
-    best_path = ckpt_dir / "best.ckpt"
-    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict(state)
-    model.cpu()
-    # selected on params.monitor; report that model's val AUROC
-    x_val, y_val = dm.data["val"].tensors
-    best = _auroc(model.net, x_val, y_val, num_classes)
-    temperature = 1.0
-    if params.calibration == "temperature":
-        temperature = fit_temperature(logits_of(model.net, x_val), y_val)
-        fold_temperature(model.net, temperature)
-        log.info("calibration: temperature %.3f fitted on the val split", temperature)
-    return best, temperature
-
-
 def _spec(
     params: TrainParams,
     class_names: list[str],
@@ -353,11 +494,16 @@ def _spec(
     )
 
 
-def _write_artifact(out_dir: Path, ckpt_dir: Path, net: torch.nn.Module, spec: ModelSpec) -> None:
-    """Replace out_dir with the model, its best checkpoint and logs; drop the checkpoints."""
+def _write_artifact(
+    out_dir: Path, ckpt_dir: Path, net: torch.nn.Module, spec: ModelSpec, best: list[Path]
+) -> None:
+    """Replace out_dir with the model, the members' best checkpoints (best.ckpt, then
+    best-member-2.ckpt...) and the logs; drop the checkpoints."""
     with atomic_dir(out_dir) as tmp:
         (tmp / "checkpoints").mkdir()
-        shutil.copy2(ckpt_dir / "best.ckpt", tmp / "checkpoints" / "best.ckpt")
+        for k, path in enumerate(best):
+            name = "best.ckpt" if k == 0 else f"best-member-{k + 1}.ckpt"
+            shutil.copy2(path, tmp / "checkpoints" / name)
         shutil.copytree(ckpt_dir / "logs", tmp / "logs")
         save_model(tmp, net, spec)
     # finished: the next run of this config starts afresh (dvc repro -f retrains)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medflow.models.ensemble import members_of
+
 
 def cam_layer(net: nn.Module) -> nn.Module:
     """The layer whose activations Grad-CAM weighs: the network's last conv stage."""
@@ -30,15 +32,31 @@ def cam_layer(net: nn.Module) -> nn.Module:
 
 
 class GradCam:
-    """Grad-CAM of one network. Works on its own copy (the hooks and gradients never touch
-    the network that serves predictions) and one image at a time (a lock: the hooks keep
-    state)."""
+    """Grad-CAM of a network; of an ensemble (models.ensemble.Composite), the mean of its
+    members' heatmaps on the image itself (test-time views are not explained). Works on its
+    own copies (the hooks and gradients never touch the network that serves predictions) and
+    one image at a time (a lock: the hooks keep state)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        self._lock = threading.Lock()
+        self._members = [_MemberCam(member) for member in members_of(net)]
+
+    def __call__(self, image: np.ndarray, target: int) -> np.ndarray:
+        """Heatmap (H, W) in [0, 1] of `image` (C, H, W) for class index `target`."""
+        with self._lock, torch.enable_grad():
+            cam = torch.stack([member(image, target) for member in self._members]).mean(0)
+            top = float(cam.max())
+            cam = cam / top if top > 0 else torch.zeros_like(cam)
+        return cam.numpy().astype(np.float32)
+
+
+class _MemberCam:
+    """Grad-CAM of one plain network (a copy), before normalisation."""
 
     def __init__(self, net: nn.Module) -> None:
         self.net = copy.deepcopy(net).eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
-        self._lock = threading.Lock()
         self._activation: torch.Tensor | None = None
         self._gradient: torch.Tensor | None = None
         cam_layer(self.net).register_forward_hook(self._on_forward)
@@ -51,22 +69,17 @@ class GradCam:
     def _on_backward(self, grad: torch.Tensor) -> None:
         self._gradient = grad
 
-    def __call__(self, image: np.ndarray, target: int) -> np.ndarray:
-        """Heatmap (H, W) in [0, 1] of `image` (C, H, W) for class index `target`."""
-        with self._lock, torch.enable_grad():
-            x = torch.as_tensor(np.asarray(image), dtype=torch.float32)[None].requires_grad_()
-            logits = self.net(x)
-            logits[0, int(target)].backward()
-            activation, gradient = self._activation, self._gradient
-            self._activation = self._gradient = None
-            if activation is None or gradient is None:
-                raise RuntimeError("Grad-CAM hooks did not fire: is cam_layer in the forward?")
-            weights = gradient[0].mean(dim=(1, 2))
-            cam = torch.relu((weights[:, None, None] * activation[0].detach()).sum(0))
-            cam = F.interpolate(cam[None, None], size=x.shape[-2:], mode="bilinear")[0, 0]
-            top = float(cam.max())
-            cam = cam / top if top > 0 else torch.zeros_like(cam)
-        return cam.numpy().astype(np.float32)
+    def __call__(self, image: np.ndarray, target: int) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(image), dtype=torch.float32)[None].requires_grad_()
+        logits = self.net(x)
+        logits[0, int(target)].backward()
+        activation, gradient = self._activation, self._gradient
+        self._activation = self._gradient = None
+        if activation is None or gradient is None:
+            raise RuntimeError("Grad-CAM hooks did not fire: is cam_layer in the forward?")
+        weights = gradient[0].mean(dim=(1, 2))
+        cam = torch.relu((weights[:, None, None] * activation[0].detach()).sum(0))
+        return F.interpolate(cam[None, None], size=x.shape[-2:], mode="bilinear")[0, 0]
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:

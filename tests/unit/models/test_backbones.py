@@ -112,7 +112,14 @@ def test_tiny_fit_writes_a_model_load_model_rebuilds(
     """Two optimizer steps at 32 px on the CPU; model.json alone rebuilds the network (its
     stem depends on the image size): the kept checkpoint's logits, scaled by the temperature."""
     arrays = write_arrays(tmp_path / "arrays", n=24, channels=channels, classes=classes, size=32)
-    p = TrainParams(architecture=architecture, max_epochs=1, batch_size=12)
+    p = TrainParams(
+        architecture=architecture,
+        max_epochs=1,
+        batch_size=12,
+        time_budget_minutes=None,  # one network of max_epochs
+        tta=False,
+        calibration="temperature",
+    )
     names = [f"c{i}" for i in range(classes)]
     result = run_train(p, names, arrays, tmp_path / "models")
     assert 0.0 <= result.best_val_auroc <= 1.0

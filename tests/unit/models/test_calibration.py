@@ -1,4 +1,5 @@
-"""Temperature scaling: the fitted T, folding it into the network, and what it may not change."""
+"""Calibration: temperature and Platt fitted, folded into the network (every member of an
+ensemble), and chosen by cross-fitted NLL; and what it may not change."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medflow.models.calibration import fit_temperature, fold_temperature, logits_of
+from medflow.models.calibration import (
+    Calibration,
+    fit_platt,
+    fit_temperature,
+    fold_calibration,
+    fold_temperature,
+    logits_of,
+    select_calibration,
+)
+from medflow.models.ensemble import assemble
 from medflow.models.net import build_network
 
 
@@ -63,3 +73,58 @@ def test_non_positive_temperature_is_refused() -> None:
     net = build_network("smallcnn", 1, 2, width=8, dropout=0.0)
     with pytest.raises(ValueError, match="positive"):
         fold_temperature(net, -math.inf)
+
+
+def _shifted_binary(n: int = 4000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binary labels from sigmoid(m - 1); the logits handed over have margin 2 m (too sharp and
+    a bias of +1 on the positive class)."""
+    g = torch.Generator().manual_seed(1)
+    m = torch.randn(n, generator=g) * 2
+    labels = torch.bernoulli(torch.sigmoid(m - 1), generator=g).long()
+    return torch.stack([torch.zeros(n), 2 * m], dim=1), labels
+
+
+def test_platt_recovers_scale_and_bias_and_folds_into_the_network() -> None:
+    logits, labels = _shifted_binary()
+    a, b = fit_platt(logits, labels)
+    assert a == pytest.approx(0.5, rel=0.1) and b == pytest.approx(-1.0, abs=0.15)
+    net = build_network("smallcnn", 1, 2, 4, 0.0).eval()
+    x = torch.rand(16, 1, 16, 16)
+    before = logits_of(net, x)
+    fold_calibration(net, Calibration("platt", scale=a, shift=b))
+    after = logits_of(net, x)
+    margin = lambda z: z[:, 1] - z[:, 0]  # noqa: E731
+    torch.testing.assert_close(margin(after), a * margin(before) + b, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_keeps_the_lower_cross_fitted_nll_of_none_and_temperature() -> None:
+    logits, labels = _overconfident(scale=4.0)
+    chosen = select_calibration("auto", logits, labels)
+    assert chosen.method == "temperature" and chosen.temperature == pytest.approx(4.0, rel=0.1)
+    assert set(chosen.cross_fitted_nll) == {"none", "temperature"}
+    assert chosen.cross_fitted_nll["temperature"] < chosen.cross_fitted_nll["none"]
+
+    logits, labels = _overconfident(scale=1.0)  # calibrated already: fitting T buys nothing
+    kept = select_calibration("auto", logits, labels)
+    assert kept.cross_fitted_nll["none"] <= kept.cross_fitted_nll["temperature"] + 1e-3
+    assert kept.method in ("none", "temperature")
+    assert kept.temperature == pytest.approx(1.0, rel=0.1)
+
+
+def test_platt_is_named_not_chosen_by_auto_and_refused_for_three_classes() -> None:
+    logits, labels = _shifted_binary()
+    assert select_calibration("auto", logits, labels).method != "platt"
+    assert select_calibration("platt", logits, labels).method == "platt"
+    three, labels3 = _overconfident()
+    with pytest.raises(ValueError, match="two classes"):
+        select_calibration("platt", three, labels3)
+
+
+def test_an_ensemble_is_calibrated_in_every_member() -> None:
+    torch.manual_seed(0)
+    members = [build_network("smallcnn", 1, 2, 4, 0.0) for _ in range(3)]
+    net = assemble(members, ["identity", "shift+", "shift-"], shift=1).eval()
+    x = torch.rand(8, 1, 16, 16)
+    before = logits_of(net, x)
+    fold_temperature(net, 2.0)
+    torch.testing.assert_close(logits_of(net, x), before / 2.0, rtol=1e-4, atol=1e-5)

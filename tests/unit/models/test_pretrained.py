@@ -19,7 +19,7 @@ from medflow.models.training import run_train
 from tests.helpers.arrays_factory import write_arrays
 from tests.helpers.handoffs import evaluation_context, gate_report, metrics
 
-TINY = {"width": 4, "batch_size": 16, "max_epochs": 1}
+TINY = {"width": 4, "batch_size": 16, "max_epochs": 1, "time_budget_minutes": None}
 
 
 class _StateAtStart(pl.Callback):

@@ -18,7 +18,13 @@ from medflow.models.training import run_train
 from tests.helpers.arrays_factory import write_arrays
 
 ROOT = Path(__file__).resolve().parents[3]
-TINY = {"max_epochs": 2, "width": 4, "batch_size": 16, "early_stopping_patience": 10}
+TINY = {
+    "max_epochs": 2,
+    "width": 4,
+    "batch_size": 16,
+    "early_stopping_patience": 10,
+    "time_budget_minutes": None,
+}
 
 LINE = re.compile(
     r"epoch (?P<epoch>\d+)/2: train loss \d+\.\d{4}, val loss \d+\.\d{4}, val AUROC [01]\.\d{4};"
