@@ -200,6 +200,7 @@ def _calibration(metrics: Metrics, context: EvaluationContext | None) -> list[st
         "## Calibration",
         "",
         f"Expected calibration error {_ci(metrics, 'ece')}, Brier score {_ci(metrics, 'brier')}.",
+        *_calibrated(_provenance(context).get("calibration")),
     ]
     if "calibration" in plots:
         lines += ["", f"![reliability diagram]({plots['calibration']})"]
@@ -209,6 +210,24 @@ def _calibration(metrics: Metrics, context: EvaluationContext | None) -> list[st
     for name in curves:
         lines += ["", f"![{name}]({plots[name]})"]
     return lines
+
+
+def _calibrated(calibration: dict[str, Any] | None) -> list[str]:
+    # model.json's provenance.calibration (medflow.models.calibration.Calibration.as_dict)
+    if not calibration:
+        return []
+    method = calibration.get("method")
+    line = f"Calibrated on the validation split: {method}"
+    if method == "temperature":
+        line += f" (T = {_num(calibration.get('temperature'))})"
+    elif method == "platt":
+        line += f" (a = {_num(calibration.get('scale'))}, b = {_num(calibration.get('shift'))})"
+    scores = calibration.get("cross_fitted_nll") or {}
+    if scores:
+        line += "; cross-fitted validation NLL " + ", ".join(
+            f"{name} {_num(value)}" for name, value in scores.items()
+        )
+    return ["", line + "."]
 
 
 def _gate(gate: GateReport, decision: str) -> list[str]:
@@ -269,6 +288,7 @@ def _provenance_section(context: EvaluationContext | None) -> list[str]:
         "",
         f"- model: {architecture}, {prov.get('epochs_run', '?')} epochs,"
         f" best validation AUROC {_num(prov.get('best_val_auroc'))}",
+        *_plan(prov.get("plan")),
         _initial_weights(prov.get("pretrained_weights")),
         f"- trained at git revision `{prov.get('git_revision', 'unknown')}`",
         f"- evaluated at git revision `{evaluated.git_revision if evaluated else 'unknown'}`",
@@ -278,6 +298,19 @@ def _provenance_section(context: EvaluationContext | None) -> list[str]:
     if versions:
         lines += _table(["library", "version"], [[k, v] for k, v in sorted(versions.items())])
     return lines
+
+
+def _plan(plan: dict[str, Any] | None) -> list[str]:
+    # model.json's provenance.plan (medflow.models.budget.Plan and what was trained)
+    if not plan:
+        return []
+    budget = plan.get("budget_seconds")
+    spent = plan.get("seconds_spent")
+    return [
+        f"- training plan: {plan.get('members_trained', plan.get('members'))} member(s) of up"
+        f" to {plan.get('epochs')} epochs ({plan.get('reason')}); "
+        + (f"{spent} s spent of a {budget:.0f} s budget" if budget else f"{spent} s, no budget")
+    ]
 
 
 def _initial_weights(weights: dict[str, Any] | None) -> str:

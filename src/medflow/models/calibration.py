@@ -35,7 +35,7 @@ def logits_of(net: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
     return torch.cat([net(x[i : i + batch_size].float()) for i in range(0, len(x), batch_size)])
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, warn: bool = True) -> float:
     """The T minimising the negative log-likelihood of softmax(logits / T) on these labels.
 
     A golden-section search on log T within [-MAX_LOG_T, MAX_LOG_T]. When the search ends on
@@ -67,6 +67,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
             fb = nll(b)
     best = (lo + hi) / 2
     if best <= -MAX_LOG_T + 1e-6:
+        if not warn:
+            return 1.0
         logger.warning(
             "calibration: the validation split is separated by the network (%d images), so its"
             " temperature cannot be fitted there; left uncalibrated (T = 1). A larger"
@@ -173,12 +175,15 @@ class Calibration:
         }
 
 
-def fit_calibration(method: str, logits: torch.Tensor, labels: torch.Tensor) -> Calibration:
-    """Fit `method` (none, temperature, platt) on these logits and labels."""
+def fit_calibration(
+    method: str, logits: torch.Tensor, labels: torch.Tensor, warn: bool = True
+) -> Calibration:
+    """Fit `method` (none, temperature, platt) on these logits and labels (`warn`: log when a
+    temperature is not identifiable; off for the folds of a comparison)."""
     if method == "none":
         return Calibration("none")
     if method == "temperature":
-        return Calibration("temperature", scale=1.0 / fit_temperature(logits, labels))
+        return Calibration("temperature", scale=1.0 / fit_temperature(logits, labels, warn))
     if method == "platt":
         if logits.shape[1] != 2:
             raise ValueError("platt calibration is for two classes; use temperature")
@@ -220,7 +225,7 @@ def select_calibration(
         total = 0.0
         for i, held in enumerate(parts):
             fit_idx = torch.cat([p for j, p in enumerate(parts) if j != i])
-            cal = fit_calibration(name, logits[fit_idx], labels[fit_idx])
+            cal = fit_calibration(name, logits[fit_idx], labels[fit_idx], warn=False)
             total += float(F.cross_entropy(cal.apply(logits[held]), labels[held], reduction="sum"))
         scores[name] = total / len(labels)
     best = min(candidates, key=lambda n: (round(scores[n], 6), candidates.index(n)))

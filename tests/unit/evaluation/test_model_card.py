@@ -78,3 +78,28 @@ def test_model_card_names_the_initial_weights():
     card = render_model_card(METRICS, {}, evaluation_context({"pretrained_weights": weights}), GATE)
     assert f"- initial weights: pretrained, `w/r18.pt` (sha256 `{'ab' * 32}`)" in card
     assert "60 tensors loaded, 1 of another shape initialised at random" in card
+
+
+def test_model_card_states_the_training_plan_and_the_calibration():
+    context = evaluation_context(
+        {
+            "plan": {
+                "members": 3,
+                "members_trained": 2,
+                "epochs": 60,
+                "reason": "60 epochs reach 600 steps (max_epochs 60)",
+                "budget_seconds": 450.0,
+                "seconds_spent": 401.2,
+            },
+            "calibration": {
+                "method": "temperature",
+                "temperature": 1.25,
+                "cross_fitted_nll": {"none": 0.301, "temperature": 0.287},
+            },
+        }
+    )
+    card = render_model_card(METRICS, SUBGROUPS, context, GATE)
+    assert "training plan: 2 member(s) of up to 60 epochs" in card
+    assert "401.2 s spent of a 450 s budget" in card
+    assert "Calibrated on the validation split: temperature (T = 1.250)" in card
+    assert "cross-fitted validation NLL none 0.301, temperature 0.287" in card
