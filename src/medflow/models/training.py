@@ -122,10 +122,10 @@ def _prepare_checkpoints(ckpt_dir: Path, fingerprint: str) -> bool:
     return same and any(ckpt_dir.glob("member-*/last.ckpt"))
 
 
-def _auroc(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
+def _auroc(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
     from torchmetrics.functional.classification import multiclass_auroc
 
-    probs = logits_of(net, x).softmax(-1)
+    probs = logits.softmax(-1)
     return float(multiclass_auroc(probs, y, num_classes=num_classes, average="macro"))
 
 
@@ -183,7 +183,7 @@ def run_train(
     quiet_lightning()
     meta = read_meta(arrays_dir)
     dm, weights = _data(params, class_names, arrays_dir)
-    x_train, y_train = dm.data["train"].tensors
+    x_train = dm.data["train"].tensors[0]
     in_channels, image_size = int(x_train.shape[1]), int(x_train.shape[-1])
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(out_dir)
     resume = _prepare_checkpoints(ckpt_dir, _fingerprint(params, class_names, meta, pretrained))
@@ -221,8 +221,8 @@ def run_train(
     shift = params.augment.max_shift // 2
     net = assemble([m.net for m in members], views, shift)
     x_val, y_val = dm.data["val"].tensors
-    best = _auroc(net, x_val, y_val, len(class_names))
-    logits = logits_of(net, x_val)
+    logits = logits_of(net, x_val)  # the ensemble over its views: one pass over val
+    best = _auroc(logits, y_val, len(class_names))
     calibration = select_calibration(params.calibration, logits, y_val, seed=params.seed)
     fold_calibration(net, calibration)
     spent = time.monotonic() - started
@@ -371,7 +371,7 @@ def _fit_member(
     model.load_state_dict(state)
     model.cpu()
     x_val, y_val = dm.data["val"].tensors
-    auroc = _auroc(model.net, x_val, y_val, int(model.hparams["num_classes"]))
+    auroc = _auroc(logits_of(model.net, x_val), y_val, int(model.hparams["num_classes"]))
     log.info("%sval AUROC %.4f after %d epochs", label, auroc, done["epochs"])
     return Member(
         model.net, best_path, auroc, done["epochs"], done["seconds"], done["world_size"], trainer
