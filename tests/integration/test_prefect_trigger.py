@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from medflow.orchestration.watch import EVENT
-from medflow.registry.infra_validation import free_port
+from medflow.registry.infra_validation import free_port, stop_process_group
 from tests.helpers.pipeline_copy import make_copy, run
 
 WAIT_RUN_S = 420  # the tiny pipeline, end to end, on two busy cores
@@ -70,15 +70,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
          "--port", str(port), "--no-ui"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/api"
     try:
         _wait("the server", lambda: httpx.get(f"{url}/health").status_code == 200, 180, [proc])
         yield url, {**env, "PREFECT_API_URL": url}
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_process_group(proc, timeout=60)
 
 
 def test_new_files_start_a_training_run(server, tmp_path_factory):
@@ -108,6 +107,7 @@ def test_new_files_start_a_training_run(server, tmp_path_factory):
     serving = subprocess.Popen(
         [sys.executable, "-m", "medflow.orchestration.deployments", "serve", "--root", str(repo)],
         cwd=repo, env=serve_env, stdout=serve_log, stderr=subprocess.STDOUT,
+        start_new_session=True,  # stopping it also stops a flow run it started
     )  # fmt: skip
     try:
         deployment = _wait(
@@ -234,5 +234,6 @@ def test_new_files_start_a_training_run(server, tmp_path_factory):
         assert [e["id"] for e in data_events()] == [event["id"]]
         assert {r["id"] for r in runs_of(deployment)} == {first["id"], second["id"]}
     finally:
-        serving.terminate()
-        serving.wait(timeout=30)
+        # A watcher run may be in flight when the test ends; the runner waits for it on
+        # SIGTERM, and a busy machine may take longer than that wait: then SIGKILL.
+        stop_process_group(serving, timeout=60)
