@@ -213,6 +213,7 @@ def test_a_budget_trains_an_ensemble_that_resumes_and_loads_as_one(tmp_path: Pat
         time_budget_minutes=10,
         ensemble_max=2,
         target_steps=1000,
+        tta=True,
         # the toy classes differ by where their square is: a 1-pixel test-time shift at most
         augment={"max_shift": 2},
     )

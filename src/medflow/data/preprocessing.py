@@ -21,6 +21,7 @@ from medflow.imaging.preprocess import preprocess_dataset, read_dicom
 from medflow.io import atomic_dir
 
 log = logging.getLogger(__name__)
+SIZE_STEP = 8  # a source-sized model input is a multiple of this
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,38 @@ def preprocess_rows(params: PreprocessParams, ingest_dir: Path, rows: pd.DataFra
     return x
 
 
+def input_size(params: PreprocessParams, manifest: pd.DataFrame) -> PreprocessParams:
+    """`params` with the side the arrays get: `image_size`, or with `follow_source_size` the
+    source's own side when smaller (the median longer side of the train split, rounded up to
+    a multiple of SIZE_STEP)."""
+    if not params.follow_source_size or manifest.empty:
+        return params
+    train = manifest[manifest["split"] == "train"]
+    rows = train if len(train) else manifest
+    sides = np.maximum(
+        pd.to_numeric(rows["rows"], errors="coerce"),
+        pd.to_numeric(rows["columns"], errors="coerce"),
+    ).dropna()
+    if sides.empty:
+        return params
+    side = max(SIZE_STEP, -(-int(sides.median()) // SIZE_STEP) * SIZE_STEP)
+    if side >= params.image_size:
+        return params
+    log.info(
+        "model input %d px: the source's images are %d px (median longer side), smaller than "
+        "preprocess.image_size %d (follow_source_size)",
+        side,
+        int(sides.median()),
+        params.image_size,
+    )
+    return params.model_copy(update={"image_size": side})
+
+
 def run_preprocess(params: PreprocessParams, ingest_dir: Path, out_dir: Path) -> PreprocessResult:
-    """Write the arrays of train, val and test and their meta.json (medflow.data.arrays)."""
+    """Write the arrays of train, val and test and their meta.json (medflow.data.arrays), at
+    the side `input_size` gives."""
     manifest = read_manifest(ingest_dir)
+    params = input_size(params, manifest)
     shape = (params.channels, params.image_size, params.image_size)
     counts: dict[str, int] = {}
     with atomic_dir(out_dir) as tmp:
