@@ -416,6 +416,9 @@ class TrainParams(_Section):
     """none; weighted_loss: cross-entropy weighted by inverse train class frequency;
     balanced_sampler: batches drawn with replacement (seeded) so that classes come up equally
     often"""
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    """the training loss's targets mixed with the uniform distribution by this share (0:
+    none); val loss and calibration use the true labels"""
     calibration: Literal["auto", "temperature", "platt", "none"] = "auto"
     """fitted on val and folded into the last layer of every member (the same ranking and
     AUROC): temperature: logits / T; platt (two classes): sigmoid(a * margin + b), which

@@ -248,3 +248,22 @@ def test_a_budget_trains_an_ensemble_that_resumes_and_loads_as_one(tmp_path: Pat
     assert before.keys() == after.keys() and any(k.startswith("members.1.") for k in before)
     for key in before:
         assert torch.equal(before[key], after[key]), key
+
+
+def test_label_smoothing_softens_the_training_targets() -> None:
+    """The training loss is against (1 - e) one-hot + e uniform, and plain without it."""
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 1, 16, 16), torch.tensor([0, 1] * 4)
+    smooth = Classifier(1, 2, params(label_smoothing=0.2, augment=NO_AUGMENT)).eval()
+    plain = Classifier(1, 2, params(augment=NO_AUGMENT)).eval()  # eval: no dropout
+    plain.net.load_state_dict(smooth.net.state_dict())
+    logits = smooth.net(x)
+    logp = logits.log_softmax(-1)
+    expected = (0.8 * F.nll_loss(logp, y) - 0.2 * logp.mean(-1).mean()).item()
+    assert smooth.training_step((x, y), 0).item() == pytest.approx(expected, rel=1e-5)
+    assert plain.training_step((x, y), 0).item() == pytest.approx(
+        F.cross_entropy(logits, y).item(), rel=1e-5
+    )
+
+
+NO_AUGMENT = {"max_shift": 0, "max_rotation": 0, "max_scale": 0, "brightness": 0, "contrast": 0}

@@ -97,7 +97,9 @@ class Classifier(pl.LightningModule):
         if self._generator is None:  # training_step called outside fit
             self.on_train_batch_start(batch, batch_idx)
         x = augment_batch(x, self.params.augment, self._generator)
-        loss = F.cross_entropy(self(x), y, weight=self.class_weights)
+        loss = F.cross_entropy(
+            self(x), y, weight=self.class_weights, label_smoothing=self.params.label_smoothing
+        )
         self.log("train_loss", loss, prog_bar=True, on_epoch=True, on_step=False, sync_dist=True)
         return loss
 
