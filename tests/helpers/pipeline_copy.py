@@ -21,8 +21,16 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY_PARAMS = {
     "synth": {"n_patients": 60, "images_per_patient": 2},
     "preprocess": {"image_size": 32},
-    # no time budget: exactly 25 epochs of one network, however fast the machine
-    "train": {"max_epochs": 25, "width": 8, "batch_size": 16, "time_budget_minutes": None},
+    # no time budget: exactly 25 epochs of one network, however fast the machine; test-time
+    # views on, so the pipeline tests carry a models.ensemble.Composite through evaluate,
+    # package and the Bento (the default, off, serves the plain network as test_serving does)
+    "train": {
+        "max_epochs": 25,
+        "width": 8,
+        "batch_size": 16,
+        "time_budget_minutes": None,
+        "tta": True,
+    },
     "gate": {
         "min_auroc": 0.9,
         "min_auroc_ci_low": 0.7,
