@@ -69,14 +69,15 @@ def input_size(params: PreprocessParams, manifest: pd.DataFrame) -> PreprocessPa
     ).dropna()
     if sides.empty:
         return params
-    side = max(SIZE_STEP, -(-int(sides.median()) // SIZE_STEP) * SIZE_STEP)
+    median = int(sides.median())
+    side = max(SIZE_STEP, -(-median // SIZE_STEP) * SIZE_STEP)
     if side >= params.image_size:
         return params
     log.info(
         "model input %d px: the source's images are %d px (median longer side), smaller than "
         "preprocess.image_size %d (follow_source_size)",
         side,
-        int(sides.median()),
+        median,
         params.image_size,
     )
     return params.model_copy(update={"image_size": side})
