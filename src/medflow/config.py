@@ -54,6 +54,12 @@ class DataParams(_Section):
     class"""
     split: SplitParams = SplitParams()
     """the patient-level train/val/test split (a .npz source keeps its own)"""
+    task: Literal["classification", "segmentation"] = "classification"
+    """classification: one label per image; segmentation: a mask per image, from DICOM SEG
+    objects referencing the images, `path,mask` rows of labels.csv (PNG or NIfTI masks) or
+    the `*_masks` arrays of a .npz (docs/segmentation.md). For segmentation the first class
+    name is the background and each other one a segment; an image's label is the highest
+    class its mask holds (0: empty mask), which the split and the class-balance rules use"""
 
     @model_validator(mode="after")
     def _unique_classes(self) -> DataParams:
@@ -241,6 +247,9 @@ class DriftParams(_Section):
     intensity: DriftCheckParams = DriftCheckParams(max_change=1.0)
     """per modality: change of the mean/quantiles of pixel_mean and the mean of pixel_std, in
     reference standard deviations between images"""
+    lesion_area: DriftCheckParams = DriftCheckParams(max_change=0.5)
+    """segmentation: change of the mean and the median of mask_fraction over the non-empty
+    masks, in reference standard deviations between those masks"""
 
 
 class ValidateParams(_Section):
@@ -273,6 +282,18 @@ class ValidateParams(_Section):
     """share of a frame's pixels at its min or max (1.0: blank) above which the frame is
     taken for blank, black or saturated (mammograms and collimated X-rays have large black
     borders)"""
+    min_empty_mask_fraction: float = Field(0.0, ge=0, le=1)
+    """segmentation: least share of each split's images whose mask is empty (0: none need
+    be; images without a lesion teach the model where not to segment)"""
+    max_empty_mask_fraction: float = Field(0.9, ge=0, le=1)
+    """segmentation: largest share of each split's images whose mask is empty (all empty: no
+    lesion to learn or to score Dice on)"""
+    min_mask_fraction: float = Field(0.0, ge=0, le=1)
+    """segmentation: least share of the frame a non-empty mask covers (0: any lesion passes;
+    e.g. 1e-4 flags specks of under 26 pixels on 512 x 512 images)"""
+    max_mask_fraction: float = Field(0.9, gt=0, le=1)
+    """segmentation: largest share of the frame a mask may cover (a mask of nearly the whole
+    frame is more often inverted or misplaced than a lesion)"""
     drift: DriftParams = DriftParams()
     """drift checks against the reference profile"""
 
@@ -283,6 +304,8 @@ class ValidateParams(_Section):
             ("min_columns", "max_columns"),
             ("min_pixel_spacing", "max_pixel_spacing"),
             ("min_class_fraction", "max_class_fraction"),
+            ("min_empty_mask_fraction", "max_empty_mask_fraction"),
+            ("min_mask_fraction", "max_mask_fraction"),
         ]
         problems = [
             f"{low} ({getattr(self, low)}) is above {high} ({getattr(self, high)})"
@@ -434,6 +457,12 @@ class TrainParams(_Section):
     """DataLoader worker processes (the arrays are already in memory)"""
     augment: AugmentParams = AugmentParams()
     """augmentations of the training batches"""
+    unet_channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128], min_length=2)
+    """segmentation: the MONAI U-Net's channels per level (each level halves the side)"""
+    dice_weight: float = Field(1.0, ge=0)
+    """segmentation: weight of the soft Dice term of the loss"""
+    ce_weight: float = Field(1.0, ge=0)
+    """segmentation: weight of the (binary, per segment) cross-entropy term of the loss"""
 
     @field_validator("devices")
     @classmethod
@@ -444,8 +473,18 @@ class TrainParams(_Section):
 
 
 # Metrics where higher is better / lower is better (the gate's champion deltas need the sign).
-HIGHER_IS_BETTER = ("auroc", "auprc", "accuracy", "sensitivity", "specificity", "f1")
-LOWER_IS_BETTER = ("brier", "ece")
+HIGHER_IS_BETTER = (
+    "auroc",
+    "auprc",
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "f1",
+    "dice",
+    "iou",
+    "detection_sensitivity",
+)
+LOWER_IS_BETTER = ("brier", "ece", "hd95", "false_positives_per_image")
 
 
 class EvaluateParams(_Section):
@@ -476,6 +515,12 @@ class EvaluateParams(_Section):
     """manifest columns to slice the test split by; absent columns are reported as missing"""
     min_subgroup_n: int = Field(30, ge=1)
     """subgroups with fewer test images are reported but flagged small (and not gated)"""
+    mask_threshold: float = Field(0.5, gt=0, lt=1)
+    """segmentation: a pixel belongs to a segment where its probability reaches this"""
+    detection_min_iou: float = Field(0.1, gt=0, le=1)
+    """segmentation: a true lesion (connected component) counts as detected when a predicted
+    component overlaps it with at least this IoU; unmatched predicted components are false
+    positives"""
 
 
 class GateParams(_Section):
@@ -495,12 +540,21 @@ class GateParams(_Section):
     """expected calibration error, at most"""
     min_subgroup_auroc: float = Field(0.75, ge=0, le=1)
     """AUROC of every subgroup not flagged small (evaluate.min_subgroup_n), at least; 0: off"""
+    min_dice: float = Field(0.8, ge=0, le=1)
+    """segmentation: mean test Dice over images and segments, at least"""
+    min_dice_ci_low: float = Field(0.7, ge=0, le=1)
+    """segmentation: lower end of the Dice's patient-bootstrap interval, at least"""
+    max_hd95: float = Field(10.0, gt=0)
+    """segmentation: mean 95th-percentile Hausdorff distance in mm (pixels where the images
+    carry no PixelSpacing), at most"""
     max_worse_than_champion: dict[str, float] = Field(
         default_factory=lambda: {
             "auroc": 0.02,
             "sensitivity": 0.05,
             "specificity": 0.05,
             "ece": 0.05,
+            "dice": 0.02,
+            "hd95": 2.0,
         }
     )
     """largest change for the worse against the champion (the last model packaged on the same

@@ -222,6 +222,7 @@ class DatasetRef(Handoff):
     key: str
     source: str | None = None
     class_names: list[str] | None = None
+    task: str | None = None
 
 
 class BaselineChampion(Handoff):

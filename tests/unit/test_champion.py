@@ -65,7 +65,12 @@ def test_a_champion_from_before_the_history_is_the_bottom_of_the_stack(tmp_path:
 
 
 def test_round_trip(tmp_path: Path) -> None:
-    dataset = {"key": "synthetic-0123abcd", "source": "synthetic", "class_names": ["a", "b"]}
+    dataset = {
+        "key": "synthetic-0123abcd",
+        "source": "synthetic",
+        "class_names": ["a", "b"],
+        "task": "classification",
+    }
     recorded = record_champion(
         tmp_path,
         model_tag="m:1",

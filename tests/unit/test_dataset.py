@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -79,6 +80,7 @@ def test_references_and_champions_live_per_dataset(tmp_path: Path) -> None:
         "key": demo.key,
         "source": "synthetic",
         "class_names": ["normal", "lesion"],
+        "task": "classification",
     }
     # a promote that does not say the dataset keeps the folder's
     folder = champion_folder(tmp_path / "champion", pneu.key)
@@ -164,3 +166,12 @@ def test_cli_selects_the_dataset_and_lists_the_others(tmp_path: Path) -> None:
     assert chosen.exit_code == 0 and chosen.output.strip() == "b:pneu", chosen.output
     bad = runner.invoke(app, ["models", "served-bento", *common, "--dataset", "../etc"])
     assert bad.exit_code == 1 and "not of the form" in bad.output
+
+
+def test_a_segmentation_task_is_another_dataset_and_classification_keys_stay() -> None:
+    seg = Dataset.of(DataParams(task="segmentation"))
+    cls = Dataset.of(DataParams())
+    assert seg.key != cls.key and seg.key.startswith("synthetic-")
+    # the key classification datasets had before the task existed
+    digest = hashlib.sha256(json.dumps(["synthetic", ["normal", "lesion"]]).encode()).hexdigest()
+    assert cls.key == f"synthetic-{digest[:8]}"

@@ -1,6 +1,7 @@
 """The preprocessed arrays, the preprocess stage's hand-off to train and evaluate: per split
 `<split>_x.npy` (N, C, S, S float32 in [0, 1]), `<split>_y.npy` (int64 labels) and
-`<split>_ids.npy` (pseudonymous image ids), plus meta.json (ArraysMeta)."""
+`<split>_ids.npy` (pseudonymous image ids), plus meta.json (ArraysMeta). Segmentation adds
+`<split>_m.npy` (N, K, S, S uint8 masks, one plane per segment, medflow.imaging.masks)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class ArraysMeta(Handoff):
     data_hash: str  # medflow.data.preprocessing.dataset_hash of the manifest
     preprocess: PreprocessParams
     shape: tuple[int, int, int]  # (C, S, S) of one image
+    segments: int = 0  # K planes of <split>_m.npy; 0: no masks (classification)
 
 
 def _path(folder: Path, split: str, kind: str) -> Path:
@@ -35,6 +37,13 @@ def open_images(folder: Path, split: str, n: int, shape: tuple[int, ...]) -> np.
     """A new memory-mapped `<split>_x.npy` of n images to fill in place (memory stays flat)."""
     return np.lib.format.open_memmap(
         _path(folder, split, "x"), mode="w+", dtype=np.float32, shape=(n, *shape)
+    )
+
+
+def open_masks(folder: Path, split: str, n: int, shape: tuple[int, ...]) -> np.memmap:
+    """A new memory-mapped `<split>_m.npy` of n (K, S, S) uint8 masks to fill in place."""
+    return np.lib.format.open_memmap(
+        _path(folder, split, "m"), mode="w+", dtype=np.uint8, shape=(n, *shape)
     )
 
 
@@ -72,3 +81,8 @@ def load_labels(folder: Path, split: str) -> np.ndarray:
 
 def load_ids(folder: Path, split: str) -> np.ndarray:
     return _load(folder, split, "ids")
+
+
+def load_masks(folder: Path, split: str) -> np.ndarray:
+    """`<split>_m.npy` (N, K, S, S uint8), memory-mapped: the segmentation targets."""
+    return _load(folder, split, "m", mmap=True)

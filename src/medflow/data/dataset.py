@@ -1,8 +1,10 @@
-"""Which dataset a run is on: a key from `data.source` and `data.class_names`.
+"""Which dataset a run is on: a key from `data.source`, `data.class_names` and `data.task`.
 
 The drift reference (data/reference/<key>/) and the champion (reports/champion/<key>/) belong
 to a dataset, so other images or renamed classes never meet the demo's. The key is a slug of
-the source's name and 8 hex of a hash of source and class names, e.g. `synthetic-1a2b3c4d`.
+the source's name and 8 hex of a hash of source and class names (and the task, when it is
+segmentation: a segmentation model never meets a classifier's champion), e.g.
+`synthetic-1a2b3c4d`.
 """
 
 from __future__ import annotations
@@ -19,30 +21,37 @@ from typing import Any
 from medflow.config import DataParams
 
 PROFILE_FILE = "profile.json"
+CLASSIFICATION = "classification"
 _SLUG_MAX = 32
 _KEY = re.compile(r"^[a-z0-9][a-z0-9-]*-[0-9a-f]{8}$")
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """A data source and its class names, named by `key`."""
+    """A data source, its class names and the task on it, named by `key`."""
 
     source: str
     class_names: tuple[str, ...]
+    task: str = CLASSIFICATION
 
     @classmethod
     def of(cls, data: DataParams) -> Dataset:
         """The dataset that params `data` names."""
-        return cls(_normal_source(data.source), tuple(data.class_names))
+        return cls(_normal_source(data.source), tuple(data.class_names), data.task)
 
     @property
     def key(self) -> str:
         """The folder name of this dataset's reference and champion."""
-        return dataset_key(self.source, self.class_names)
+        return dataset_key(self.source, self.class_names, self.task)
 
     def as_dict(self) -> dict[str, Any]:
-        """Key, source and class names, as written into summaries and champion files."""
-        return {"key": self.key, "source": self.source, "class_names": list(self.class_names)}
+        """Key, source, class names and task, as written into summaries and champion files."""
+        return {
+            "key": self.key,
+            "source": self.source,
+            "class_names": list(self.class_names),
+            "task": self.task,
+        }
 
 
 def _normal_source(source: str) -> str:
@@ -51,13 +60,16 @@ def _normal_source(source: str) -> str:
     return os.path.normpath(source.strip()) if source.strip() else source
 
 
-def dataset_key(source: str, class_names: Sequence[str]) -> str:
-    """`<slug>-<8 hex>`: the slug is the source's last path part without its suffix."""
+def dataset_key(source: str, class_names: Sequence[str], task: str = CLASSIFICATION) -> str:
+    """`<slug>-<8 hex>`: the slug is the source's last path part without its suffix; the hash
+    is of source and class names, and of the task unless it is classification (so the keys
+    of classification datasets are those of before the task existed)."""
     source = _normal_source(source)
     name = Path(source).name
     stem = name[: -len(Path(name).suffix)] if Path(name).suffix else name
     slug = re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")[:_SLUG_MAX].strip("-") or "data"
-    digest = hashlib.sha256(json.dumps([source, list(class_names)]).encode()).hexdigest()
+    named = [source, list(class_names)] + ([] if task == CLASSIFICATION else [task])
+    digest = hashlib.sha256(json.dumps(named).encode()).hexdigest()
     return f"{slug}-{digest[:8]}"
 
 

@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 
 from medflow.config import PreprocessParams
-from medflow.data.arrays import META_FILE, ArraysMeta, open_images, write_labels
+from medflow.data.arrays import META_FILE, ArraysMeta, open_images, open_masks, write_labels
 from medflow.data.manifest import SPLITS, read_manifest
+from medflow.imaging.masks import to_model_mask
 from medflow.imaging.preprocess import preprocess_dataset, read_dicom
 from medflow.io import atomic_dir
 
@@ -55,6 +56,31 @@ def preprocess_rows(params: PreprocessParams, ingest_dir: Path, rows: pd.DataFra
     return x
 
 
+def mask_files(manifest: pd.DataFrame) -> pd.Series | None:
+    """The rows' mask files (segmentation), or None when the manifest has none."""
+    if "mask_file" not in manifest.columns:
+        return None
+    files = manifest["mask_file"].fillna("").astype(str)
+    return files if (files != "").any() else None
+
+
+def _segments(ingest_dir: Path, files: pd.Series) -> int:
+    first = next(f for f in files if f)
+    return int(np.load(Path(ingest_dir) / first, mmap_mode="r").shape[0])
+
+
+def _masks(ingest_dir: Path, rows: pd.DataFrame, k: int, size: int) -> Iterator[np.ndarray]:
+    for rel, image_id in zip(rows["mask_file"], rows["image_id"], strict=True):
+        if not rel:
+            raise ValueError(f"image {image_id} has no mask file: re-run the ingest stage")
+        mask = np.load(Path(ingest_dir) / rel)
+        if mask.ndim != 3 or mask.shape[0] != k:
+            raise ValueError(
+                f"mask of image {image_id} has shape {mask.shape}, expected ({k}, rows, columns)"
+            )
+        yield to_model_mask(mask, size)
+
+
 def input_size(params: PreprocessParams, manifest: pd.DataFrame) -> PreprocessParams:
     """`params` with the side the arrays get: `image_size`, or with `follow_source_size` the
     source's own side when smaller (the median longer side of the train split, rounded up to
@@ -89,6 +115,8 @@ def run_preprocess(params: PreprocessParams, ingest_dir: Path, out_dir: Path) ->
     manifest = read_manifest(ingest_dir)
     params = input_size(params, manifest)
     shape = (params.channels, params.image_size, params.image_size)
+    masks = mask_files(manifest)
+    segments = 0 if masks is None else _segments(ingest_dir, masks)
     counts: dict[str, int] = {}
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
@@ -99,10 +127,24 @@ def run_preprocess(params: PreprocessParams, ingest_dir: Path, out_dir: Path) ->
                 x[i] = image
             x.flush()
             del x
+            if segments:
+                m = open_masks(tmp, split, len(rows), (segments, *shape[1:]))
+                for i, mask in enumerate(_masks(ingest_dir, rows, segments, params.image_size)):
+                    m[i] = mask
+                m.flush()
+                del m
             write_labels(tmp, split, rows["label"].to_numpy(), rows["image_id"].to_numpy())
             counts[split] = len(rows)
         data_hash = dataset_hash(manifest)
-        meta = ArraysMeta(counts=counts, data_hash=data_hash, preprocess=params, shape=shape)
+        meta = ArraysMeta(
+            counts=counts, data_hash=data_hash, preprocess=params, shape=shape, segments=segments
+        )
         meta.write(tmp / META_FILE)
-    log.info("preprocessed %s images into %s (shape %s)", counts, out_dir, shape)
+    log.info(
+        "preprocessed %s images into %s (shape %s%s)",
+        counts,
+        out_dir,
+        shape,
+        f", masks of {segments} segment(s)" if segments else "",
+    )
     return PreprocessResult(out_dir=out_dir, counts=counts, data_hash=data_hash)
