@@ -18,7 +18,7 @@ import torch
 from medflow.config import PreprocessParams
 from medflow.io import write_bytes_atomic, write_json_atomic
 from medflow.models.ensemble import assemble
-from medflow.models.net import build_network
+from medflow.models.net import build_network, build_unet
 
 WEIGHTS_FILE = "model.pt"
 CARD_FILE = "model.json"
@@ -43,6 +43,11 @@ class ModelSpec:
     """test-time views averaged over (models.ensemble.VIEWS); empty: the image alone"""
     tta_shift: int = 0
     """pixels the shift views move the image by"""
+    task: str = "classification"
+    """classification: logits (N, num_classes); segmentation: a U-Net's per-segment logits
+    (N, num_classes, S, S), num_classes being the segments (data.class_names[1:])"""
+    unet_channels: list[int] = field(default_factory=list)
+    """segmentation: the U-Net's channels per level (train.unet_channels)"""
 
     @property
     def preprocess_params(self) -> PreprocessParams:
@@ -52,7 +57,10 @@ class ModelSpec:
     def build(self) -> torch.nn.Module:
         """The untrained network; architecture is train.architecture ('smallcnn', 'resnet',
         'monai_resnet18'...; models written before the choice existed say 'SmallCNN'). With
-        several members or test-time views, their models.ensemble.Composite."""
+        several members or test-time views, their models.ensemble.Composite. Segmentation:
+        the MONAI U-Net (medflow.models.net.build_unet)."""
+        if self.task == "segmentation":
+            return build_unet(self.in_channels, self.num_classes, self.unet_channels, self.dropout)
         members = [
             build_network(
                 self.architecture,

@@ -235,3 +235,23 @@ def build_network(
     raise ValueError(
         f"unknown architecture {architecture!r}; expected one of {', '.join(ARCHITECTURES)}"
     )
+
+
+def build_unet(
+    in_channels: int, num_segments: int, channels: list[int], dropout: float = 0.0
+) -> nn.Module:
+    """The segmentation network: MONAI's 2-D U-Net with one residual unit per level, giving
+    per-segment logits (N, num_segments, S, S) for a side S divisible by 2**(levels - 1)."""
+    from monai.networks.nets import UNet
+
+    if len(channels) < 2:
+        raise ValueError(f"a U-Net needs at least 2 levels of channels, got {channels}")
+    return UNet(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=num_segments,
+        channels=tuple(channels),
+        strides=(2,) * (len(channels) - 1),
+        num_res_units=1,
+        dropout=dropout,
+    )
