@@ -55,6 +55,10 @@ def valid_manifest() -> pd.DataFrame:
                     "pixel_min": 0.0,
                     "pixel_max": 4095.0,
                     "pixel_constant_fraction": 0.02,
+                    # segmentation only: what ingest writes for classification
+                    "mask_file": "",
+                    "mask_fraction": float("nan"),
+                    "mask_components": 0,
                 }
             )
     df = pd.DataFrame(rows)

@@ -11,23 +11,29 @@ import hashlib
 import hmac
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from medflow.config import SplitParams
-from medflow.data.manifest import COLUMNS, MANIFEST_FILE
-from medflow.data.shard import DUPLICATE, NO_LABEL, Outcome, ShardSettings
+from medflow.data.manifest import COLUMNS, MANIFEST_FILE, SEG_COLUMNS, SEGMENTATIONS_FILE
+from medflow.data.pairing import PAIRING_CATEGORIES
+from medflow.data.shard import DUPLICATE, NO_LABEL, SEGMENTATION, Outcome, ShardSettings
 from medflow.data.sources import SourceFile
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "ingest_state.json"
 QUARANTINE_FILE = "quarantine.csv"
-FORMAT = 5  # bump when the output of a file changes for the same settings
+FORMAT = 6  # bump when the output of a file changes for the same settings
 # Outcomes decided by comparing a file with others: decided again on every run.
-DEPENDS_ON_OTHER_FILES = (DUPLICATE, "conflicting duplicate", "conflicting SOPInstanceUID")
+DEPENDS_ON_OTHER_FILES = (
+    DUPLICATE,
+    "conflicting duplicate",
+    "conflicting SOPInstanceUID",
+    *PAIRING_CATEGORIES,
+)
 
 
 def path_token(key: bytes, rel: str) -> str:
@@ -46,6 +52,9 @@ def fingerprint(key: bytes, settings: ShardSettings) -> str:
             "burned_in": settings.allow_burned_in_annotation,
             "burned_in_text": settings.burned_in_text.model_dump(),
             "deid": repr(settings.deid),
+            "task": settings.task,
+            # a SEG's segments are checked against the class names when it is read
+            "classes": list(settings.class_names) if settings.task == SEGMENTATION else None,
         },
         sort_keys=True,
     )
@@ -70,6 +79,8 @@ class Previous:
     known: dict[str, tuple[int, int, str]]  # path token -> (size, mtime_ns, sha256)
     rows_by_hash: dict[str, list[dict[str, object]]]
     outcomes_by_hash: dict[str, Outcome]
+    # SEG objects kept (segmentation): content hash -> segmentations.csv row
+    segs_by_hash: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def sha_of(self, key: bytes, f: SourceFile) -> str | None:
         """The content hash of f if it is unchanged since the last ingest, without reading it."""
@@ -99,6 +110,7 @@ def load_previous(folder: Path, settings_fingerprint: str) -> Previous | None:
             folder / MANIFEST_FILE, dtype={k: v for k, v in COLUMNS.items() if v == "string"}
         )
         quarantine = pd.read_csv(folder / QUARANTINE_FILE, dtype=str, keep_default_na=False)
+        segs = _previous_segs(folder)
     except Exception as exc:  # a damaged previous output is only a lost shortcut
         logger.warning("previous ingest output unusable (%s): ingesting everything", exc)
         return None
@@ -117,7 +129,22 @@ def load_previous(folder: Path, settings_fingerprint: str) -> Previous | None:
         known={t: (int(v[0]), int(v[1]), str(v[2])) for t, v in state.get("files", {}).items()},
         rows_by_hash=rows,
         outcomes_by_hash=outcomes,
+        segs_by_hash=segs,
     )
+
+
+def _previous_segs(folder: Path) -> dict[str, dict[str, object]]:
+    """The SEG objects the last ingest kept whose file is still there, by content hash."""
+    if not (folder / SEGMENTATIONS_FILE).is_file():
+        return {}
+    table = pd.read_csv(folder / SEGMENTATIONS_FILE, dtype=str, keep_default_na=False)
+    if list(table.columns) != list(SEG_COLUMNS):
+        raise ValueError(f"{SEGMENTATIONS_FILE} has the columns {list(table.columns)}")
+    return {
+        str(r["content_hash"]): r
+        for r in table.to_dict("records")
+        if (folder / str(r["file"])).is_file()
+    }
 
 
 def split_fingerprint(key: bytes, split: SplitParams) -> str:
@@ -149,7 +176,7 @@ def output_hashes(folder: Path) -> dict[str, str]:
     """sha256 of the outputs a re-run would otherwise trust as they are."""
     return {
         name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
-        for name in (MANIFEST_FILE, QUARANTINE_FILE)
+        for name in (MANIFEST_FILE, QUARANTINE_FILE, SEGMENTATIONS_FILE)
         if (folder / name).is_file()
     }
 

@@ -29,14 +29,24 @@ import pandas as pd
 from medflow.config import DataParams, DeidParams, IngestParams, Params, PreprocessParams
 from medflow.data import incremental
 from medflow.data.deid import Deidentifier, PhiAudit, Profile, SafePrivateTag
-from medflow.data.manifest import COLUMNS, MANIFEST_FILE, SPLITS, read_manifest
+from medflow.data.manifest import (
+    COLUMNS,
+    MANIFEST_FILE,
+    SEG_COLUMNS,
+    SEGMENTATIONS_FILE,
+    SPLITS,
+    read_manifest,
+)
 from medflow.data.npz_source import npz_to_dicom
+from medflow.data.pairing import attach_masks
 from medflow.data.shard import (
     DUPLICATE,
     IMAGES_DIR,
     NO_LABEL,
     PHI_AUDIT,
     QUARANTINED,
+    SEGMENTATION,
+    SEGMENTATIONS_DIR,
     SKIPPED,
     Outcome,
     ShardSettings,
@@ -49,6 +59,7 @@ from medflow.data.sources import (
     SourceFile,
     Unreadable,
     read_labels,
+    read_mask_paths,
     walk_source,
 )
 from medflow.data.splits import assign_splits
@@ -97,6 +108,7 @@ class IngestConfig:
                     for t in self.deid.safe_private_tags
                 ),
             ),
+            task=self.data.task,
         )
 
 
@@ -162,8 +174,9 @@ class _Listing:
 
     files: list[SourceFile]  # labels.csv left out
     unreadable: list[Unreadable]
-    labels: dict[str, int]  # path -> class index
+    labels: dict[str, int]  # path -> class index (segmentation: 0 until the mask is known)
     digest: str
+    masks: dict[str, str] = field(default_factory=dict)  # image path -> labels.csv mask file
 
     @property
     def n_files(self) -> int:
@@ -179,6 +192,7 @@ class _Read(NamedTuple):
     hashes: dict[str, str]  # path -> sha256
     audit: PhiAudit
     files_scanned: int
+    segs: list[dict[str, object]]  # SEG objects written or reused (segmentation)
 
 
 def _ingest_folder(
@@ -204,17 +218,21 @@ def _ingest_folder(
     with atomic_dir(out_dir) as tmp, ExitStack() as log_capture:
         log_capture.enter_context(_log_to(tmp / LOG_FILE))
         (tmp / IMAGES_DIR).mkdir()
+        if config.data.task == SEGMENTATION:
+            (tmp / SEGMENTATIONS_DIR).mkdir()
         size = config.ingest.shard_size
         tasks = [
             ShardTask(str(source), str(tmp), tuple(todo[i : i + size]), key, settings)
             for i in range(0, len(todo), size)
         ]
-        manifest, outcomes, hashes, audit, files_scanned = _read_files(
+        manifest, outcomes, hashes, audit, files_scanned, segs = _read_files(
             listing, previous, reused, tasks, class_names, tmp, mapper, progress
         )
         manifest, outcomes = _resolve_duplicates(
             manifest, outcomes, hashes, listing.labels, class_names, tmp
         )
+        if config.data.task == SEGMENTATION:
+            manifest = _pair(source, listing, manifest, segs, hashes, class_names, tmp, outcomes)
         outcomes += _not_ingested(listing)
         by_outcome, by_category = _check_outcomes(config, source, listing, manifest, outcomes)
         manifest["split"] = _splits(config, manifest, hashes, official_splits, held_out)
@@ -238,16 +256,54 @@ def _ingest_folder(
 def _list_source(
     config: IngestConfig, source: Path, key: bytes, official_splits: dict[str, str] | None
 ) -> _Listing:
-    """The source's files and labels; the digest covers everything that decides the output."""
+    """The source's files and labels; the digest covers everything that decides the output.
+
+    Segmentation: every file is read (SEG objects and images alike; labels come from the
+    masks), and the mask files labels.csv names are not files to ingest.
+    """
     class_names = list(config.data.class_names)
     listed, unreadable = walk_source(source)
-    files = [f for f in listed if f.rel != LABELS_FILE]
-    labels = read_labels(source, [f.rel for f in files], class_names)
+    segmentation = config.data.task == SEGMENTATION
+    masks = read_mask_paths(source) if segmentation else {}
+    mask_paths = set(masks.values())
+    files = [f for f in listed if f.rel != LABELS_FILE and f.rel not in mask_paths]
+    if segmentation:
+        labels = {f.rel: 0 for f in files}
+    else:
+        labels = read_labels(source, [f.rel for f in files], class_names)
     extra = repr(
         (sorted((u.rel, u.reason) for u in unreadable), class_names, config.data.split)
     ) + repr(official_splits)
-    digest = incremental.listing_digest(key, files, labels, extra)
-    return _Listing(files, unreadable, labels, digest)
+    if segmentation:
+        tokens = sorted(
+            (incremental.path_token(key, a), incremental.path_token(key, b))
+            for a, b in masks.items()
+        )
+        extra += repr((SEGMENTATION, tokens))
+    mask_files = [f for f in listed if f.rel in mask_paths]  # their size and time count too
+    digest = incremental.listing_digest(key, files + mask_files, labels, extra)
+    return _Listing(files, unreadable, labels, digest, masks)
+
+
+def _pair(
+    source: Path,
+    listing: _Listing,
+    manifest: pd.DataFrame,
+    segs: list[dict[str, object]],
+    hashes: dict[str, str],
+    class_names: list[str],
+    tmp: Path,
+    outcomes: list[Outcome],
+) -> pd.DataFrame:
+    """Masks for every row (SEG objects, labels.csv mask files); segmentations.csv written."""
+    mask_files: dict[str, tuple[str, Path]] = {}
+    for rel, mask in sorted(listing.masks.items(), reverse=True):  # the first path wins
+        if rel in hashes:
+            mask_files[hashes[rel]] = (rel, source / mask)
+    paired = attach_masks(manifest, segs, mask_files, class_names, tmp)
+    outcomes += paired.outcomes
+    paired.segs.to_csv(tmp / SEGMENTATIONS_FILE, index=False)
+    return paired.manifest
 
 
 def _unchanged(config: IngestConfig, out_dir: Path, listing: _Listing) -> IngestResult:
@@ -280,7 +336,11 @@ def _plan(
     todo: list[tuple[str, int | None]] = []
     for f in listing.files:
         sha = previous.sha_of(key, f) if previous is not None and f.rel in listing.labels else None
-        if sha is not None and (sha in previous.rows_by_hash or sha in previous.outcomes_by_hash):
+        if sha is not None and (
+            sha in previous.rows_by_hash
+            or sha in previous.outcomes_by_hash
+            or sha in previous.segs_by_hash
+        ):
             reused[f.rel] = sha
         else:
             todo.append((f.rel, listing.labels.get(f.rel)))
@@ -305,8 +365,12 @@ def _read_files(
     hashes = dict(reused)
     audit = PhiAudit()
     files_scanned = 0
+    segs: list[dict[str, object]] = []
     if previous is not None:
         for rel, sha in reused.items():
+            if sha in previous.segs_by_hash:
+                segs.append(_reuse_seg(previous, rel, sha, tmp))
+                continue
             label = listing.labels[rel]
             reused_rows += _reuse(previous, rel, sha, label, class_names, tmp, outcomes)
     tables = [_table(reused_rows)]
@@ -324,6 +388,7 @@ def _read_files(
     for shard in mapper(ingest_shard, tasks):
         tables.append(_table(shard.rows))
         outcomes += shard.outcomes
+        segs += shard.segs
         hashes.update(shard.hashes)
         audit.merge(shard.audit)
         files_scanned += shard.files_scanned
@@ -333,7 +398,22 @@ def _read_files(
         if progress:
             progress(done, len(listing.files))
     _log_shard_notes(without_patient_id, text_redacted)
-    return _Read(pd.concat(tables, ignore_index=True), outcomes, hashes, audit, files_scanned)
+    return _Read(pd.concat(tables, ignore_index=True), outcomes, hashes, audit, files_scanned, segs)
+
+
+def _reuse_seg(previous: incremental.Previous, rel: str, sha: str, tmp: Path) -> dict[str, object]:
+    """An unchanged SEG object's de-identified copy and record, from the last ingest."""
+    record = dict(previous.segs_by_hash[sha])
+    _link(previous.folder / str(record["file"]), tmp / str(record["file"]))
+    return {"path": rel, **record}
+
+
+def _link(source: Path, target: Path) -> None:
+    if not target.exists():
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
 
 
 def _log_shard_notes(without_patient_id: int, text_redacted: int) -> None:
@@ -450,12 +530,7 @@ def _reuse(
         outcomes.append(Outcome(rel, sha, old.outcome, old.reason, old.category))
         return []
     image = f"{IMAGES_DIR}/{sha}.dcm"
-    target = tmp / image
-    if not target.exists():
-        try:
-            os.link(previous.folder / image, target)
-        except OSError:
-            shutil.copy2(previous.folder / image, target)
+    _link(previous.folder / image, tmp / image)
     rows = [dict(r) for r in previous.rows_by_hash[sha]]
     for row in rows:
         row["label"], row["label_name"], row["split"] = label, class_names[label], ""
@@ -572,7 +647,8 @@ def _read_quarantine(folder: Path) -> pd.DataFrame:
 
 def _vocabulary(class_names: list[str]) -> set[str]:
     """The words manifest, quarantine report and log hold whatever the input."""
-    words = {*SPLITS, *COLUMNS, *QUARANTINE_COLUMNS, *class_names, QUARANTINED, SKIPPED}
+    words = {*SPLITS, *COLUMNS, *SEG_COLUMNS, *QUARANTINE_COLUMNS, *class_names}
+    words |= {QUARANTINED, SKIPPED}
     return words | {DUPLICATE, NO_LABEL, MISSING, "INFO", "WARNING", "ERROR"}
 
 

@@ -49,6 +49,25 @@ COLUMNS: dict[str, str] = {
     # share of pixels at the frame's minimum or maximum, whichever is larger: 1.0 for a blank
     # image, high for a black, saturated or clipped one
     "pixel_constant_fraction": "float64",
+    # data.task segmentation only ("" / NaN / 0 for classification): the row's mask, (K, H,
+    # W) uint8 in the image's own geometry, one plane per segment (class_names[1:]), as
+    # masks/<content_hash>_<frame>.npy; the share of the frame's pixels in any segment; and
+    # the connected lesions summed over the planes (0 when empty)
+    "mask_file": "string",
+    "mask_fraction": "float64",
+    "mask_components": "int64",
+}
+
+MASKS_DIR = "masks"
+SEGMENTATIONS_FILE = "segmentations.csv"  # the de-identified SEG objects an ingest kept
+# segmentations.csv: one row per SEG object kept (segmentations/<content_hash>.dcm)
+SEG_COLUMNS: dict[str, str] = {
+    "content_hash": "string",  # sha256 of the source SEG file
+    "file": "string",  # segmentations/<content_hash>.dcm
+    "patient_id": "string",  # keyed pseudonym, equal to its images'
+    "study_id": "string",
+    "sop_instance_id": "string",  # the SEG's own de-identified SOPInstanceUID
+    "referenced_sop_instance_ids": "string",  # the images it masks, ";"-separated
 }
 
 # Upper bounds (exclusive, years) and names of the age bands; the last band is open: ages

@@ -3,6 +3,8 @@
 An archive holds `{train,val,test}_images` (uint8, (N, H, W) or (N, H, W, 3)) and
 `{train,val,test}_labels` ((N, 1) or (N,) integers). Each image becomes a Secondary Capture
 file of its own pseudo-patient (MedMNIST has no patient ids); its official split is kept.
+Optional `{split}_masks` ((N, H, W) class-index label maps, or (N, K, H, W) planes) go along
+as masks/<split>_<index>.npy, named by labels.csv's `mask` column (data.task segmentation).
 """
 
 from __future__ import annotations
@@ -91,6 +93,33 @@ def _checked_arrays(
     return arrays
 
 
+def _checked_masks(
+    archive: np.lib.npyio.NpzFile,
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]],
+    name: str,
+) -> dict[str, np.ndarray]:
+    """The `{split}_masks` arrays present, checked against their images."""
+    masks: dict[str, np.ndarray] = {}
+    problems: list[str] = []
+    for split in SPLITS:
+        if f"{split}_masks" not in archive.files:
+            continue
+        mask, images = archive[f"{split}_masks"], arrays[split][0]
+        size = images.shape[1:3]
+        if mask.ndim not in (3, 4) or len(mask) != len(images) or mask.shape[-2:] != size:
+            problems.append(
+                f"{split}_masks has shape {mask.shape}; expected ({len(images)}, {size[0]},"
+                f" {size[1]}) label maps or ({len(images)}, K, {size[0]}, {size[1]}) planes"
+            )
+        elif not np.issubdtype(mask.dtype, np.integer) and mask.dtype != np.bool_:
+            problems.append(f"{split}_masks has dtype {mask.dtype}, expected integers")
+        else:
+            masks[split] = mask
+    if problems:
+        raise ValueError(f"{name} is not usable: " + "; ".join(problems))
+    return masks
+
+
 def _dataset(image: np.ndarray, uid_src: str, patient_id: str) -> Dataset:
     sop_uid = generate_uid(entropy_srcs=[uid_src, "sop"])
     meta = FileMetaDataset()
@@ -133,11 +162,21 @@ def npz_to_dicom(npz_path: Path, class_names: Sequence[str], out_dir: Path) -> l
     digest = hashlib.sha256(npz_path.read_bytes()).hexdigest()
     with np.load(npz_path, allow_pickle=False) as archive:
         arrays = _checked_arrays(archive, class_names, npz_path.name)
+    with np.load(npz_path, allow_pickle=False) as archive:
+        masks = _checked_masks(archive, arrays, npz_path.name)
     records: list[NpzRecord] = []
+    mask_paths: list[str] = []
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
             images, labels = arrays[split]
             (tmp / split).mkdir()
+            if split in masks:
+                (tmp / "masks").mkdir(exist_ok=True)
+                for i, mask in enumerate(masks[split]):
+                    np.save(tmp / f"masks/{split}_{i:06d}.npy", mask, allow_pickle=False)
+                    mask_paths.append(f"masks/{split}_{i:06d}.npy")
+            else:
+                mask_paths += [""] * len(images)
             for i, (image, label) in enumerate(zip(images, labels, strict=True)):
                 rel = f"{split}/{split}_{i:06d}.dcm"
                 uid_src = f"medflow-npz/{digest}/{split}/{i}"
@@ -148,9 +187,13 @@ def npz_to_dicom(npz_path: Path, class_names: Sequence[str], out_dir: Path) -> l
                 )
                 (tmp / rel).write_bytes(buf.getvalue())
                 records.append(NpzRecord(path=rel, label=int(label), split=split, index=i))
-        pd.DataFrame(
-            {"path": [r.path for r in records], "label": [class_names[r.label] for r in records]}
-        ).to_csv(tmp / LABELS_FILE, index=False)
+        table = {
+            "path": [r.path for r in records],
+            "label": [class_names[r.label] for r in records],
+        }
+        if masks:
+            table["mask"] = mask_paths
+        pd.DataFrame(table).to_csv(tmp / LABELS_FILE, index=False)
     logger.info(
         "converted %s: %s images to DICOM",
         npz_path.name,

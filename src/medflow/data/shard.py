@@ -33,11 +33,14 @@ from medflow.config import BurnedInTextParams
 from medflow.data import manifest
 from medflow.data.burned_in import screen
 from medflow.data.deid import CLEAN_PIXEL_DATA, Deidentifier, PhiAudit, Profile, add_method_code
+from medflow.data.seg_objects import decode_seg, is_segmentation
 from medflow.errors import StageFailed
 from medflow.imaging.dicom import DicomError, NotAnImage, check_image, read_dicom
 from medflow.imaging.pixels import decode_frame, frame_indices, luminance, n_frames, photometric
 
 IMAGES_DIR = "images"
+SEGMENTATIONS_DIR = "segmentations"  # de-identified SEG objects (data.task: segmentation)
+SEGMENTATION = "segmentation"
 NO_LABEL = "no label"
 
 QUARANTINED, SKIPPED, DUPLICATE = "quarantined", "skipped", "duplicate"
@@ -54,6 +57,7 @@ class ShardSettings:
     allow_burned_in_annotation: bool
     deid: Profile = Profile()  # the confidentiality profile's options
     burned_in_text: BurnedInTextParams = field(default_factory=BurnedInTextParams)
+    task: str = "classification"  # segmentation: SEG objects are read, not skipped
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,9 @@ class ShardResult:
     files_scanned: int = 0
     without_patient_id: int = 0
     text_redacted: int = 0  # images whose burned-in text was filled (burned_in.screen)
+    # de-identified SEG objects written (segmentation): path, content_hash, file and the
+    # pseudonymous ids; paired with the images after all shards (medflow.data.pairing)
+    segs: list[dict[str, object]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,7 @@ class _Ingested:
     rows: list[dict[str, object]]
     had_patient_id: bool
     text_redacted: bool = False
+    seg: dict[str, object] | None = None
 
 
 @contextmanager
@@ -125,6 +133,8 @@ def ingest_shard(task: ShardTask) -> ShardResult:
     result = ShardResult(audit=deid.audit)
     source, out_dir = Path(task.source), Path(task.out_dir)
     (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    if task.settings.task == SEGMENTATION:
+        (out_dir / SEGMENTATIONS_DIR).mkdir(parents=True, exist_ok=True)
     scratch = _Scratch()
     with quiet_pydicom():
         for rel, label in task.files:
@@ -146,6 +156,8 @@ def ingest_shard(task: ShardTask) -> ShardResult:
                 result.without_patient_id += not done.had_patient_id
                 result.text_redacted += done.text_redacted
                 result.rows += done.rows
+                if done.seg is not None:
+                    result.segs.append({"path": rel, **done.seg})
                 result.files_scanned += 1
             except StageFailed:
                 raise  # the run cannot go on (tesseract missing): not one bad file
@@ -187,6 +199,8 @@ def _ingest_file(
     # Remember the originals first: if the file fails below, its path and reason are
     # written to the quarantine report, which must not leak them either.
     originals.collect(ds)
+    if settings.task == SEGMENTATION and is_segmentation(ds):
+        return _ingest_seg(ds, sha, settings, deid, originals, out_dir)
     check_image(ds, settings.max_frame_pixels)
     burned_in = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
     if burned_in == "YES" and not settings.allow_burned_in_annotation:
@@ -208,13 +222,7 @@ def _ingest_file(
         add_method_code(ds, CLEAN_PIXEL_DATA)
     _to_explicit_little_endian(ds)
     _drop_trailing_elements(ds)
-    leaked = originals.kinds_in_dataset(ds, deid.written)
-    if leaked:
-        kinds = sorted({kind for found in leaked.values() for kind in found})
-        raise DicomError(
-            f"{PHI_AUDIT}: original {', '.join(kinds)} still present after de-identification"
-            f" (in {', '.join(sorted(leaked))}); the image was not written"
-        )
+    _check_leaks(ds, originals, deid, "image")
     pydicom.dcmwrite(out_dir / f"{IMAGES_DIR}/{sha}.dcm", ds, enforce_file_format=True)
     rows = []
     for frame, frame_stats in zip(frames, stats, strict=True):
@@ -222,6 +230,45 @@ def _ingest_file(
         row.update(frame_stats)
         rows.append(row)
     return _Ingested(rows, had_patient_id, redacted > 0)
+
+
+def _ingest_seg(
+    ds: Dataset,
+    sha: str,
+    settings: ShardSettings,
+    deid: Deidentifier,
+    originals: PhiAudit,
+    out_dir: Path,
+) -> _Ingested:
+    """A SEG object, checked (segment labels, references, pixels), de-identified like an image
+    (its references keep pointing at the images' new UIDs) and written to
+    out_dir/segmentations/<sha>.dcm; pairing with its images comes after all shards."""
+    decode_seg(ds, settings.class_names)  # raises SegError, a DicomError: quarantined
+    had_patient_id = bool(str(ds.get("PatientID", "") or "").strip())
+    deid.deidentify(ds, collect=False)
+    _to_explicit_little_endian(ds)
+    _drop_trailing_elements(ds)
+    _check_leaks(ds, originals, deid, "SEG object")
+    file = f"{SEGMENTATIONS_DIR}/{sha}.dcm"
+    pydicom.dcmwrite(out_dir / file, ds, enforce_file_format=True)
+    seg = {
+        "content_hash": sha,
+        "file": file,
+        "patient_id": str(ds.PatientID),
+        "study_id": str(ds.get("StudyInstanceUID", "")),
+        "sop_instance_id": str(ds.get("SOPInstanceUID", "")),
+    }
+    return _Ingested([], had_patient_id, seg=seg)
+
+
+def _check_leaks(ds: Dataset, originals: PhiAudit, deid: Deidentifier, what: str) -> None:
+    leaked = originals.kinds_in_dataset(ds, deid.written)
+    if leaked:
+        kinds = sorted({kind for found in leaked.values() for kind in found})
+        raise DicomError(
+            f"{PHI_AUDIT}: original {', '.join(kinds)} still present after de-identification"
+            f" (in {', '.join(sorted(leaked))}); the {what} was not written"
+        )
 
 
 def _drop_trailing_elements(ds: Dataset) -> None:
@@ -335,6 +382,10 @@ def _row(
         "label_name": class_names[label],
         "split": "",
         "content_hash": sha,
+        # filled by medflow.data.pairing for segmentation
+        "mask_file": "",
+        "mask_fraction": math.nan,
+        "mask_components": 0,
     }
 
 

@@ -180,3 +180,43 @@ def _labels_from_csv(path: Path, class_names: list[str]) -> dict[str, int]:
     if problems:
         raise IngestFailed(f"{path}: " + "; ".join(problems))
     return labels
+
+
+def read_mask_paths(source: Path) -> dict[str, str]:
+    """{image path: mask path} from the `mask` column of source/labels.csv (segmentation),
+    both relative to source; empty without labels.csv or without that column.
+
+    Rows with an empty mask name no mask (the image's mask comes from SEG objects, or is
+    empty). Raises IngestFailed when the file is unreadable, lacks `path`, or names one
+    image twice with different masks.
+    """
+    path = source / LABELS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise IngestFailed(f"{path} is not a readable CSV file: {exc}") from exc
+    if "mask" not in table.columns:
+        return {}
+    if "path" not in table.columns:
+        raise IngestFailed(
+            f"{path} lacks the column 'path'; expected the header path,mask (found"
+            f" {list(table.columns)})"
+        )
+    masks: dict[str, str] = {}
+    conflicting: set[str] = set()
+    for raw_path, raw_mask in zip(table["path"], table["mask"], strict=True):
+        rel, mask = (_relative(v) for v in (raw_path, raw_mask))
+        if not rel or not mask:
+            continue
+        if masks.get(rel, mask) != mask:
+            conflicting.add(rel)
+        masks[rel] = mask
+    if conflicting:
+        raise IngestFailed(f"{path}: {len(conflicting)} path(s) listed twice with different masks")
+    return masks
+
+
+def _relative(value: str) -> str:
+    return value.strip().replace("\\", "/").removeprefix("./")

@@ -2,7 +2,9 @@
 
 Three fictional sites store the same anatomy differently (bit depth, rescale, matrix size,
 spacing, MONOCHROME1) and every file carries fake identifiers. Class 1 images hold a faint
-round lesion in one lung. The same `SynthParams.seed` gives the same pixels, labels and UIDs.
+round lesion in one lung; for data.task segmentation its mask (where the lesion reaches half
+its peak) is written as a DICOM SEG beside the image. The same `SynthParams.seed` gives the
+same pixels, labels and UIDs.
 """
 
 from __future__ import annotations
@@ -112,8 +114,10 @@ def _ellipse(
 
 def _render(
     anatomy: dict[str, float], site: Site, rng: np.random.Generator, lesion: bool
-) -> np.ndarray:
-    """Display intensity image (rows, columns) in roughly [0, 1]; bright = dense."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Display intensity image (rows, columns) in roughly [0, 1], bright = dense, and the
+    lesion's mask (bool, same shape; all False without lesion): the pixels where the drawn
+    Gaussian blob reaches half its peak (its full width at half maximum)."""
     h, w = site.rows, site.columns
     # Physical-ish coordinates: the short side spans [0, 1], so anatomy keeps its aspect ratio.
     side = min(h, w)
@@ -152,6 +156,7 @@ def _render(
         img += rng.uniform(*LOW_FREQ_AMPLITUDE) * np.cos(
             2 * np.pi * (fy * yy + fx * xx) + rng.uniform(0, 2 * np.pi)
         )
+    mask = np.zeros((h, w), dtype=bool)
     if lesion:
         # Anywhere inside one lung, within 65% of its radii.
         r, t = np.sqrt(rng.uniform()) * 0.65, rng.uniform(0, 2 * np.pi)
@@ -159,10 +164,12 @@ def _render(
         lx = cx + rng.choice([-1.0, 1.0]) * anatomy["lung_dx"] + r * np.cos(t) * anatomy["lung_rx"]
         sigma, amp = rng.uniform(*LESION_SIGMA), rng.uniform(*LESION_AMPLITUDE)
         img += amp * np.exp(-((yy - ly) ** 2 + (xx - lx) ** 2) / (2 * sigma**2))
+        # exp(-d^2 / 2 sigma^2) >= 1/2, without a second exp (no random draw either)
+        mask = (yy - ly) ** 2 + (xx - lx) ** 2 <= 2 * sigma**2 * np.log(2.0)
     # Exposure differs between images; noise last.
     img = img * rng.uniform(0.92, 1.08) + rng.uniform(-0.03, 0.03)
     img += rng.normal(0, NOISE_SIGMA, size=img.shape)
-    return img
+    return img, mask
 
 
 def _to_stored(img: np.ndarray, site: Site) -> np.ndarray:
@@ -227,8 +234,61 @@ def _uid(seed: int, *parts: object) -> str:
     return generate_uid(entropy_srcs=["medflow-synth", str(seed), *map(str, parts)])
 
 
-def run_synth(params: SynthParams, class_names: list[str], out_dir: Path) -> SynthResult:
-    """Write a synthetic chest-X-ray-like DICOM dataset with labels.csv into out_dir."""
+def _segmentation(
+    image: Dataset, mask: np.ndarray, label: str, seed: int, p: int, i: int
+) -> Dataset:
+    """The lesion's mask as a BINARY DICOM SEG of `image` (same study and patient, source
+    image referenced per frame); deterministic, like the image."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=label,
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=[image],
+        pixel_array=mask,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description],
+        series_instance_uid=_uid(seed, p, i, "seg-series"),
+        series_number=2,
+        sop_instance_uid=_uid(seed, p, i, "seg-sop"),
+        instance_number=1,
+        manufacturer="medflow",
+        manufacturer_model_name="medflow-synth",
+        software_versions="1",
+        device_serial_number="0001",
+    )
+    # highdicom stamps the time of writing: the study's own keeps the bytes reproducible
+    seg.ContentDate, seg.ContentTime = image.StudyDate, image.StudyTime
+    for keyword in ("SeriesDate", "SeriesTime", "InstanceCreationDate", "InstanceCreationTime"):
+        if keyword in seg:
+            setattr(seg, keyword, image.StudyDate if keyword.endswith("Date") else image.StudyTime)
+    for item in seg.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = f"{image.StudyDate}{image.StudyTime}"
+    dimensions = _uid(seed, p, i, "seg-dimensions")
+    for item in [*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence]:
+        item.DimensionOrganizationUID = dimensions
+    return seg
+
+
+def run_synth(
+    params: SynthParams,
+    class_names: list[str],
+    out_dir: Path,
+    task: str = "classification",
+) -> SynthResult:
+    """Write a synthetic chest-X-ray-like DICOM dataset with labels.csv into out_dir.
+
+    task "segmentation" also writes each lesion image's mask as a DICOM SEG beside it
+    (<patient>/SEG<n>.dcm, segment label class_names[1]); labels.csv still lists the images
+    (not the SEGs), labelled by their masks. The images are the same for both tasks.
+    """
     if len(class_names) != 2:
         raise ValueError(
             f"synthetic data is binary (no lesion / lesion) but data.class_names has"
@@ -278,7 +338,8 @@ def run_synth(params: SynthParams, class_names: list[str], out_dir: Path) -> Syn
                     "StudyDescription": "CHEST PA",
                 }
                 uids = {k: _uid(params.seed, p, i, k) for k in ("study", "series", "sop", "frame")}
-                pixels = _to_stored(_render(anatomy, site, img_rng, has_lesion), site)
+                img, mask = _render(anatomy, site, img_rng, has_lesion)
+                pixels = _to_stored(img, site)
                 ds = _dataset(site, pixels, tags, uids)
                 n = p * params.images_per_patient + i
                 suffix = "" if n % NO_EXTENSION_EVERY == NO_EXTENSION_EVERY - 1 else ".dcm"
@@ -286,6 +347,13 @@ def run_synth(params: SynthParams, class_names: list[str], out_dir: Path) -> Syn
                 buf = io.BytesIO()
                 pydicom.dcmwrite(buf, ds, enforce_file_format=True)
                 (tmp / rel).write_bytes(buf.getvalue())
+                if task == "segmentation":
+                    has_lesion = bool(mask.any())
+                    if has_lesion:
+                        seg = _segmentation(ds, mask, class_names[1], params.seed, p, i)
+                        seg_buf = io.BytesIO()
+                        pydicom.dcmwrite(seg_buf, seg, enforce_file_format=True)
+                        (tmp / f"{folder}/SEG{i + 1:04d}.dcm").write_bytes(seg_buf.getvalue())
                 rows.append((rel, class_names[int(has_lesion)]))
         pd.DataFrame(rows, columns=["path", "label"]).to_csv(tmp / LABELS_FILE, index=False)
     n_lesion = sum(label == class_names[1] for _, label in rows)

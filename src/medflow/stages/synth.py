@@ -16,10 +16,11 @@ log = logging.getLogger("medflow")
 
 
 def synth(params: Params, out: Path) -> Any:
-    """Write the synthetic dataset of params `synth` and `data.class_names` into `out`."""
+    """Write the synthetic dataset of params `synth`, `data.class_names` and `data.task` (SEG
+    objects of the lesions for segmentation) into `out`."""
     from medflow.data.synthetic import run_synth
 
-    return run_synth(params.synth, params.data.class_names, out)
+    return run_synth(params.synth, params.data.class_names, out, params.data.task)
 
 
 def run(layout: Layout, params: Params) -> Any:

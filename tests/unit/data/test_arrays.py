@@ -51,7 +51,8 @@ def test_round_trip(tmp_path: Path) -> None:
     assert load_labels(tmp_path, "test").tolist() == [1, 0]
     assert read_meta(tmp_path) == META
     raw = json.loads((tmp_path / META_FILE).read_text())
-    assert sorted(raw) == ["counts", "data_hash", "preprocess", "shape"]
+    assert sorted(raw) == ["counts", "data_hash", "preprocess", "segments", "shape"]
+    assert raw["segments"] == 0
     assert raw["shape"] == [1, 8, 8] and raw["preprocess"]["windows"]["CT"]["width"] == 400
 
 
