@@ -343,10 +343,10 @@ DEFAULTS = [
     (
         "docs/validation.md",
         r"Defaults: label_balance ([\d.]+) (\w+), manufacturer_mix ([\d.]+) (\w+),"
-        r" intensity ([\d.]+) (\w+)\.",
+        r" intensity ([\d.]+) (\w+), lesion_area ([\d.]+) (\w+)\.",
         [
             (f"{DRIFT}.{check}.{field}", convert)
-            for check in ("label_balance", "manufacturer_mix", "intensity")
+            for check in ("label_balance", "manufacturer_mix", "intensity", "lesion_area")
             for field, convert in (("max_change", float), ("action", str))
         ],
     ),

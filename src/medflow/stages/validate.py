@@ -27,8 +27,9 @@ def validate(
 
     Args:
         reference: one drift reference profile (compared with, replaced when the data pass).
-        references: a folder of them, one per dataset: the dataset of params data.source and
-            data.class_names uses <references>/<key>/profile.json. Give one or the other.
+        references: a folder of them, one per dataset: the dataset of params data.source,
+            data.class_names and data.task uses <references>/<key>/profile.json. Give one or
+            the other.
 
     Raises:
         ValidationFailed: a suite failed (the report names the rules and rows).
@@ -42,7 +43,13 @@ def validate(
             raise ValueError("give --reference (one profile) or --references (a folder), not both")
         reference = reference_profile(references, dataset.key)
     return run_validate(
-        params.validate_, params.data.class_names, ingest_dir, out, reference, dataset
+        params.validate_,
+        params.data.class_names,
+        ingest_dir,
+        out,
+        reference,
+        dataset,
+        task=params.data.task,
     )
 
 
@@ -66,7 +73,7 @@ def command(
         typer.Option(
             "--references",
             help="folder of drift references, one per dataset: uses <folder>/<dataset key>/"
-            "profile.json for the dataset of params data.source and data.class_names",
+            "profile.json for the dataset of params data.source, data.class_names and data.task",
         ),
     ] = None,
     params: ParamsOpt = Path("params.yaml"),

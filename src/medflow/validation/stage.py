@@ -18,7 +18,7 @@ from medflow.data.dataset import Dataset
 from medflow.data.manifest import MANIFEST_FILE, read_manifest
 from medflow.errors import ValidationFailed
 from medflow.io import atomic_dir, write_json_atomic
-from medflow.validation import drift, report, tables
+from medflow.validation import drift, mask_files, report, tables
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ DOCS_DIR = "docs"
 NO_REFERENCE = "no reference dataset: drift not checked"
 # The drift suites whose failures are reported as warnings (the run still passes).
 WARN_SUITES = frozenset({"drift_warnings"})
+TASKS = ("classification", "segmentation")
 
 
 @dataclass(frozen=True)
@@ -50,17 +51,23 @@ def run_validate(
     out_dir: Path,
     reference: Path | None = None,
     dataset: Dataset | None = None,
+    task: str = "classification",
 ) -> ValidationResult:
     """Validate ingest_dir/manifest.csv; write summary.json and Data Docs into out_dir.
 
     With a reference path: compare with the profile stored there (if any) and, when the run
     passes, replace it with this manifest's profile. `dataset` (whose reference it is) is
     named in the summary and the log; the first run on a dataset says it starts its reference.
+    `task` (params data.task) "segmentation" adds the mask rules: each row's mask file is
+    read (ingest_dir/mask_file) and checked against the row, the empty-mask share per split
+    and the lesion area are checked, and the lesion area joins the drift profile.
     Raises ValidationFailed (after writing summary and docs) when any expectation fails or
     cannot run, fail-level drift included.
     """
     if len(class_names) < 2:
         raise ValueError(f"class_names needs at least 2 classes, got {list(class_names)}")
+    if task not in TASKS:
+        raise ValueError(f"task {task!r} is not one of {list(TASKS)} (params data.task)")
     ingest_dir, out_dir = Path(ingest_dir), Path(out_dir)
     manifest = read_manifest(ingest_dir)
     # A broken reference is reported before the (slow) suites run.
@@ -80,15 +87,18 @@ def run_validate(
         "class_fractions": tables.class_fractions(manifest, class_names),
         "label_pairs": tables.label_pairs(manifest),
     }
-    current = _profile(manifest, class_names)
+    if task == drift.SEGMENTATION:
+        derived["masks"] = mask_files.mask_table(manifest, ingest_dir)
+        derived["empty_masks"] = tables.empty_masks(manifest)
+    current = _profile(manifest, class_names, task)
     drift_info = _compare(reference, ref_profile, current, derived, dataset)
     # Imported here so that only this stage pays for GX's slow import
     # (why: docs/decisions/validation-speed.md).
     from medflow.validation.suite import build_drift_suites, build_suites, run_suites
 
-    suites = build_suites(params, class_names)
+    suites = build_suites(params, class_names, task)
     if "drift" in derived:
-        suites += build_drift_suites(params.drift)
+        suites += build_drift_suites(params.drift, drift.checks(task))
 
     with atomic_dir(out_dir) as tmp:
         run = run_suites(suites, derived, tmp / DOCS_DIR)
@@ -112,6 +122,7 @@ def run_validate(
                 "drift": drift_info,
                 "manifest": {"rows": len(manifest), "columns": list(map(str, manifest.columns))},
                 "class_names": list(class_names),
+                "task": task,
                 "dataset": dataset.as_dict() if dataset is not None else None,
                 "params": params.model_dump(),
                 "docs_index": f"{DOCS_DIR}/index.html",
@@ -151,11 +162,11 @@ def run_validate(
     return result
 
 
-def _profile(manifest: Any, class_names: Sequence[str]) -> dict[str, Any] | None:
+def _profile(manifest: Any, class_names: Sequence[str], task: str) -> dict[str, Any] | None:
     """The drift profile, or None when the manifest lacks a column it needs (the schema suite
     reports that, and a failing run never becomes the reference)."""
     try:
-        return drift.profile(manifest, class_names)
+        return drift.profile(manifest, class_names, task)
     except KeyError as exc:
         log.warning("no drift profile: manifest column %s missing", exc)
         return None

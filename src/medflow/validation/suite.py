@@ -25,7 +25,8 @@ from great_expectations.expectations.row_conditions import Column
 from medflow.config import DriftCheckParams, DriftParams, ValidateParams
 from medflow.data.manifest import COLUMNS, IDENTIFYING_COLUMNS, SPLITS
 from medflow.validation import docs_site
-from medflow.validation.drift import CHECKS
+from medflow.validation.drift import CHECKS, SEGMENTATION
+from medflow.validation.mask_files import FRACTION_TOLERANCE
 from medflow.validation.tables import NEEDS, ROW_KEYS
 
 DOCS_SITE = "medflow"
@@ -57,26 +58,35 @@ def identifying_column_regex(names: Sequence[str] = IDENTIFYING_COLUMNS) -> str:
     return "(?i)^\\s*(?:" + "|".join(re.escape(n) for n in names) + ")\\s*$"
 
 
-def build_suites(params: ValidateParams, class_names: Sequence[str]) -> list[SuiteSpec]:
-    """The validate stage's suites, one per table, in report order.
+def build_suites(
+    params: ValidateParams, class_names: Sequence[str], task: str = "classification"
+) -> list[SuiteSpec]:
+    """The validate stage's suites, one per table, in report order; segmentation (data.task)
+    adds the mask rules.
 
     One suite per table is the GX layout (a suite describes one asset), and each suite costs a
     Data Docs page build, so rule groups are sections of a suite rather than suites.
     """
+    segmentation = task == SEGMENTATION
     return [
-        SuiteSpec("manifest", "manifest", _manifest_checks(params, class_names)),
+        SuiteSpec("manifest", "manifest", _manifest_checks(params, class_names, segmentation)),
         *_integrity_suites(class_names),
         *_balance_suites(params),
+        *(_mask_suites(params, class_names) if segmentation else []),
     ]
 
 
-def _manifest_checks(params: ValidateParams, class_names: Sequence[str]) -> list[gxe.Expectation]:
+def _manifest_checks(
+    params: ValidateParams, class_names: Sequence[str], segmentation: bool = False
+) -> list[gxe.Expectation]:
     """The manifest suite: schema, completeness, value sets and ranges, uniqueness."""
     value_checks = [*_value_checks(params, class_names), *_image_statistics_checks(params)]
+    if segmentation:
+        value_checks += _mask_column_checks(params)
     # Set and range checks ignore nulls, so every column they check must also be non-null;
     # pixel_spacing alone may be absent (then NaN), up to min_pixel_spacing_present.
     checked = [c for e in value_checks for c in sorted(_columns_of(e))]
-    not_null = dict.fromkeys([*REQUIRED, *checked])
+    not_null = dict.fromkeys([*REQUIRED, *(["mask_file"] if segmentation else []), *checked])
     return [
         # schema
         gxe.ExpectTableColumnsToMatchSet(column_set=list(COLUMNS), exact_match=False),
@@ -157,6 +167,115 @@ def _image_statistics_checks(params: ValidateParams) -> list[gxe.Expectation]:
             or_equal=True,
             mostly=1.0,
             meta={"rule": "pixel_max >= pixel_mean"},
+        ),
+    ]
+
+
+def _mask_column_checks(params: ValidateParams) -> list[gxe.Expectation]:
+    """Segmentation: the mask columns' ranges, their agreement, and the lesion area."""
+    empty, lesion = Column("mask_fraction") == 0, Column("mask_fraction") > 0
+    low, high = params.min_mask_fraction, params.max_mask_fraction
+    return [
+        gxe.ExpectColumnValuesToBeBetween(column="mask_fraction", min_value=0, max_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="mask_components", min_value=0),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="mask_components",
+            value_set=[0],
+            row_condition=empty,
+            meta={"rule": "mask_components 0 where mask_fraction is 0"},
+            notes="An empty mask has no connected lesion.",
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="mask_components",
+            min_value=1,
+            row_condition=lesion,
+            meta={"rule": "mask_components >= 1 where mask_fraction > 0"},
+            notes="A non-empty mask has at least one connected lesion.",
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="mask_fraction",
+            min_value=low,
+            max_value=high,
+            row_condition=lesion,
+            meta={"rule": f"lesion area: {low} <= mask_fraction <= {high} where not empty"},
+            notes="Share of the frame in any segment, of the non-empty masks (params"
+            " validate.min_mask_fraction, max_mask_fraction): a mask covering nearly the whole"
+            " frame is more often inverted or misplaced than a lesion.",
+        ),
+    ]
+
+
+def _mask_suites(params: ValidateParams, class_names: Sequence[str]) -> list[SuiteSpec]:
+    """Segmentation: each mask file against its row, and the share of empty masks per split."""
+    planes = len(class_names) - 1
+    return [
+        SuiteSpec(
+            "mask_files",
+            "masks",
+            [
+                gxe.ExpectColumnValuesToBeNull(
+                    column="mask_error",
+                    meta={
+                        "rule": "mask file readable: a (K, H, W) uint8 .npy in the ingest folder"
+                    },
+                    notes="One row per manifest row; mask_error says why its mask_file could"
+                    " not be read (missing, not a .npy, wrong number of axes or dtype).",
+                ),
+                gxe.ExpectColumnValuesToBeInSet(
+                    column="mask_planes",
+                    value_set=[planes],
+                    meta={"rule": f"{planes} mask plane(s): K = len(class_names) - 1"},
+                    notes="One plane per segment: class_names[0] is the background.",
+                ),
+                gxe.ExpectColumnPairValuesToBeEqual(
+                    column_A="mask_rows",
+                    column_B="rows",
+                    ignore_row_if="either_value_is_missing",
+                    meta={"rule": "mask height = image rows"},
+                    notes="The mask is in the image's own geometry: (K, rows, columns).",
+                ),
+                gxe.ExpectColumnPairValuesToBeEqual(
+                    column_A="mask_columns",
+                    column_B="columns",
+                    ignore_row_if="either_value_is_missing",
+                    meta={"rule": "mask width = image columns"},
+                ),
+                gxe.ExpectColumnValuesToBeInSet(
+                    column="mask_values",
+                    value_set=["0", "1", "0,1"],
+                    meta={"rule": "mask values 0 and 1 only"},
+                    notes="mask_values lists the distinct values in the file.",
+                ),
+                gxe.ExpectColumnPairValuesToBeEqual(
+                    column_A="label",
+                    column_B="mask_label",
+                    ignore_row_if="either_value_is_missing",
+                    meta={"rule": "label = highest class in the mask (plane k: k + 1; empty: 0)"},
+                ),
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="fraction_difference",
+                    max_value=FRACTION_TOLERANCE,
+                    meta={"rule": f"mask_fraction = the file's, within {FRACTION_TOLERANCE}"},
+                    notes="|recorded mask_fraction - share of the file's pixels in any plane|.",
+                ),
+            ],
+        ),
+        SuiteSpec(
+            "empty_masks",
+            "empty_masks",
+            [
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="empty_fraction",
+                    min_value=params.min_empty_mask_fraction,
+                    max_value=params.max_empty_mask_fraction,
+                    meta={
+                        "rule": f"share of empty masks per split within"
+                        f" [{params.min_empty_mask_fraction}, {params.max_empty_mask_fraction}]"
+                    },
+                    notes="One row per split; empty_fraction is the share of its images whose"
+                    " mask is empty (mask_fraction 0).",
+                )
+            ],
         ),
     ]
 
@@ -274,11 +393,12 @@ def _balance_suites(params: ValidateParams) -> list[SuiteSpec]:
 DRIFT_SUITES = {"fail": "drift", "warn": "drift_warnings"}
 
 
-def build_drift_suites(params: DriftParams) -> list[SuiteSpec]:
-    """The drift checks on the drift table, split by action: "drift" (its failures fail the
-    stage) and "drift_warnings" (reported only). A suite with no checks is left out."""
+def build_drift_suites(params: DriftParams, checks: Sequence[str] = CHECKS) -> list[SuiteSpec]:
+    """The drift checks (`medflow.validation.drift.checks(task)`) on the drift table, split by
+    action: "drift" (its failures fail the stage) and "drift_warnings" (reported only). A
+    suite with no checks is left out."""
     by_action: dict[str, list[gxe.Expectation]] = {a: [] for a in DRIFT_SUITES}
-    for check in CHECKS:
+    for check in checks:
         rule: DriftCheckParams = getattr(params, check)
         by_action[rule.action].append(
             gxe.ExpectColumnValuesToBeBetween(

@@ -22,6 +22,8 @@ ROW_KEYS: dict[str, list[str]] = {
     "class_fractions": ["label_name", "n_images"],
     "label_pairs": ["label", "label_name", "n_images", "example_image_id"],
     "drift": ["quantity", "reference", "current", "detail"],
+    "masks": ["image_id", "mask_file"],
+    "empty_masks": ["split", "n_images", "n_empty"],
 }
 
 # table name -> what one row is, for the failure summary
@@ -33,6 +35,8 @@ ROW_NOUNS: dict[str, str] = {
     "class_fractions": "classes",
     "label_pairs": "label/name pairs",
     "drift": "compared quantities",
+    "masks": "masks",
+    "empty_masks": "splits",
 }
 
 # derived table -> manifest columns it is built from
@@ -41,6 +45,8 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "class_balance": ("split", "label"),
     "class_fractions": ("label",),
     "label_pairs": ("image_id", "label", "label_name"),
+    "masks": ("image_id", "mask_file", "rows", "columns", "label", "mask_fraction"),
+    "empty_masks": ("split", "mask_fraction"),
 }
 
 
@@ -131,3 +137,24 @@ def label_pairs(manifest: pd.DataFrame) -> pd.DataFrame | None:
     table["label_name"] = table["label_name"].astype("string")
     table["example_image_id"] = table["example_image_id"].astype("string")
     return table[["label", "label_name", "n_images", "example_image_id"]]
+
+
+def empty_masks(manifest: pd.DataFrame) -> pd.DataFrame | None:
+    """Segmentation: one row per split with images: n_images, n_empty (mask_fraction 0) and
+    empty_fraction.
+
+    None when the manifest lacks split or mask_fraction. Rows with a null mask_fraction or an
+    undeclared split are not counted; the completeness and values suites report them.
+    """
+    if not set(NEEDS["empty_masks"]) <= set(manifest.columns):
+        return None
+    fractions = pd.to_numeric(manifest["mask_fraction"], errors="coerce")
+    rows = pd.DataFrame({"split": manifest["split"].astype("string"), "empty": fractions == 0})
+    rows = rows[fractions.notna() & rows["split"].isin(SPLITS)]
+    per_split = rows.groupby("split", sort=False)["empty"]
+    table = pd.DataFrame({"n_images": per_split.size(), "n_empty": per_split.sum()})
+    table = table.reindex([s for s in SPLITS if s in table.index]).reset_index()
+    table["split"] = table["split"].astype("string")
+    table["n_empty"] = table["n_empty"].astype("int64")
+    table["empty_fraction"] = table["n_empty"] / table["n_images"]
+    return table[["split", "n_images", "n_empty", "empty_fraction"]]
