@@ -21,6 +21,7 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import pytorch_lightning as pl
@@ -59,15 +60,21 @@ class Plan:
         return self.epochs * self.members * self.seconds_per_epoch
 
 
+# a training step's loss: (network, images, targets, generator of the augmentation) -> loss
+StepLoss = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+
+
 def measure_step_seconds(
     net: torch.nn.Module,
     params: TrainParams,
     x: torch.Tensor,
     y: torch.Tensor,
     device: torch.device | None = None,
+    loss: StepLoss | None = None,
 ) -> float:
     """Seconds per training step (augmentation, forward, backward, AdamW) of a copy of `net`
-    on batches of the training images; `net` itself is left as it was."""
+    on batches of the training images; `net` itself is left as it was. `loss` is the step's
+    augmentation and loss (default: the classifier's, cross-entropy on labels `y`)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     probe = copy.deepcopy(net).to(device).train()
     channels_last = device.type == "cpu"  # as the fit does in one process
@@ -79,15 +86,18 @@ def measure_step_seconds(
     times: list[float] = []
     for step in range(WARMUP_STEPS + TIMED_STEPS):
         idx = torch.arange(step * params.batch_size, (step + 1) * params.batch_size) % n
-        xb, yb = x[idx].float().to(device), y[idx].long().to(device)
+        xb, yb = x[idx].float().to(device), y[idx].to(device)
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        loss = F.cross_entropy(probe(augment_batch(xb, params.augment, gen)), yb)
+        if loss is None:
+            value = F.cross_entropy(probe(augment_batch(xb, params.augment, gen)), yb.long())
+        else:
+            value = loss(probe, xb, yb, gen)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()

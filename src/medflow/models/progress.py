@@ -1,4 +1,4 @@
-"""One log line per training epoch that a person can follow: losses, val AUROC, time left."""
+"""One log line per training epoch that a person can follow: losses, val metric, time left."""
 
 from __future__ import annotations
 
@@ -37,14 +37,20 @@ class EpochProgress(pl.Callback):
     max_epochs and `epochs_after` (the ensemble's members still to train); the first line
     adds that early stopping may end sooner. `label` starts the line ("member 2/3: ").
     `report`, when given, is called with (epochs done, max_epochs) after each line (the
-    Prefect flow's progress).
+    Prefect flow's progress). `metric` is the logged val metric shown and its name in the
+    line (segmentation: ("val_dice", "val Dice")).
     (A module-level class: DDP spawn pickles the callbacks.)
     """
 
     def __init__(
-        self, report: Progress | None = None, label: str = "", epochs_after: int = 0
+        self,
+        report: Progress | None = None,
+        label: str = "",
+        epochs_after: int = 0,
+        metric: tuple[str, str] = ("val_auroc", "val AUROC"),
     ) -> None:
         self.report = report
+        self.metric = metric
         self.label = label  # e.g. "member 2/3: "
         self.epochs_after = epochs_after  # epochs of the members still to come
         self._start = 0.0
@@ -63,7 +69,7 @@ class EpochProgress(pl.Callback):
         m = trainer.callback_metrics
         line = (
             f"{self.label}epoch {done}/{total or '?'}: train loss {_value(m, 'train_loss')}, "
-            f"val loss {_value(m, 'val_loss')}, val AUROC {_value(m, 'val_auroc')}; "
+            f"val loss {_value(m, 'val_loss')}, {self.metric[1]} {_value(m, self.metric[0])}; "
             f"{clock(elapsed)} elapsed"
         )
         if total is not None:

@@ -32,6 +32,7 @@ from medflow.models.budget import (
     PLANNED_SHARE,
     BudgetGuard,
     Plan,
+    StepLoss,
     measure_step_seconds,
     plan_training,
 )
@@ -93,11 +94,14 @@ def _fingerprint(
     class_names: list[str],
     meta: ArraysMeta,
     pretrained: WeightsFile | None = None,
+    task: str = "classification",
 ) -> str:
     # what makes two runs the same run: a checkpoint of another config is never resumed
     keep = params.model_dump(exclude={"num_workers"})
     shape = list(meta.shape)
     run = {"train": keep, "classes": class_names, "data": meta.data_hash, "shape": shape}
+    if task != "classification":  # (classification's fingerprints stay as they were)
+        run["task"] = task
     if pretrained is not None:  # the file's content, not only its name
         run["pretrained_sha256"] = pretrained.sha256
     blob = json.dumps(run, sort_keys=True)
@@ -295,10 +299,15 @@ PLAN_FILE = "plan.json"
 
 
 def _plan(
-    params: TrainParams, dm: ArrayDataModule, ckpt_dir: Path, network: Callable[[], torch.nn.Module]
+    params: TrainParams,
+    dm: pl.LightningDataModule,
+    ckpt_dir: Path,
+    network: Callable[[], torch.nn.Module],
+    loss: StepLoss | None = None,
 ) -> Plan:
     """The plan stored with the checkpoints (a resumed run, another DDP rank), else a new one
-    from the measured speed of `network`'s training steps, stored there."""
+    from the measured speed of `network`'s training steps (`loss`: models.budget), stored
+    there. `dm.data[split]` holds (images, targets) tensors."""
     path = ckpt_dir / PLAN_FILE
     if path.is_file():
         plan = Plan(**json.loads(path.read_text()))
@@ -307,7 +316,7 @@ def _plan(
     x, y = dm.data["train"].tensors
     step_s = 0.0
     if params.time_budget_minutes is not None:
-        step_s = measure_step_seconds(network(), params, x, y)
+        step_s = measure_step_seconds(network(), params, x, y, loss=loss)
     plan = plan_training(params, len(y), len(dm.data["val"].tensors[1]), step_s)
     if _is_rank_zero_launcher():
         write_json_atomic(path, plan.as_dict())
@@ -418,9 +427,12 @@ def _trainer(
     ckpt_dir: Path,
     callbacks: Sequence[pl.Callback],
     loggers: list[Logger],
+    monitor: str | None = None,
 ) -> pl.Trainer:
-    """The Trainer with its early stopping and its best and latest checkpoints in ckpt_dir."""
-    mode = "min" if params.monitor == "val_loss" else "max"
+    """The Trainer with its early stopping and its best and latest checkpoints in ckpt_dir,
+    following `monitor` (default: params.monitor; a loss is minimised, a score maximised)."""
+    monitor = monitor or params.monitor
+    mode = "min" if monitor == "val_loss" else "max"
     # The one-cycle rate peaks at 30% of the run and validation is noisy until it comes
     # down: the best model is chosen, and early stopping decided, in the second half only.
     settled = params.max_epochs // 2
@@ -428,7 +440,7 @@ def _trainer(
         settled,
         dirpath=ckpt_dir,
         filename="best",
-        monitor=params.monitor,
+        monitor=monitor,
         mode=mode,
         save_top_k=1,
         enable_version_counter=False,
@@ -448,7 +460,7 @@ def _trainer(
         callbacks=[
             SettledEarlyStopping(
                 settled,
-                monitor=params.monitor,
+                monitor=monitor,
                 mode=mode,
                 patience=params.early_stopping_patience,
             ),

@@ -1,4 +1,5 @@
-"""The train stage: fit the classifier with Lightning; write the model artifact."""
+"""The train stage: fit the classifier (or, for data.task segmentation, the U-Net) with
+Lightning; write the model artifact."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ def train(
     curves: Path | None = None,
 ) -> Any:
     """Train on the arrays of `arrays_dir`; write model.pt, model.json and the card into `out`.
+    params.data.task chooses the classifier (models.training) or the U-Net
+    (models.segmentation, which also reads the masks `<split>_m.npy`).
 
     Args:
         checkpoint_dir: where an interrupted run of the same params and data resumes from
@@ -30,7 +33,10 @@ def train(
         progress: called with (epochs done, train.max_epochs) after each epoch.
         curves: folder for the per-epoch curves (dvclive: metrics.json, plots/metrics/).
     """
-    from medflow.models.training import run_train
+    if params.data.task == "segmentation":
+        from medflow.models.segmentation import run_train_segmentation as run_train
+    else:
+        from medflow.models.training import run_train
 
     return run_train(
         params.train,
@@ -69,7 +75,8 @@ def command(
         typer.Option(help="folder for the per-epoch curves (dvclive; the train stage's plots)"),
     ] = None,
 ) -> None:
-    """Train the classifier on ARRAYS_DIR; write the model artifact into OUT.
+    """Train the classifier (or the U-Net: data.task) on ARRAYS_DIR; write the model
+    artifact into OUT.
 
     An interrupted run of the same params and data resumes from its last checkpoint.
     """
