@@ -14,8 +14,10 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StrictBool,
+    Tag,
     ValidationError,
     computed_field,
     field_serializer,
@@ -29,14 +31,17 @@ from medflow.io import write_json_atomic
 
 # every metric is written with its bootstrap interval: <metric>, <metric>_ci_low, _ci_high
 METRICS = ("auroc", "auprc", "accuracy", "sensitivity", "specificity", "f1", "brier", "ece")
+# segmentation (data.task: segmentation): means over test images and segments, with intervals
+SEGMENTATION_METRICS = ("dice", "iou", "hd95")
 
 # what the evaluate stage found to compare the candidate with (baseline.json `status`)
 COMPARED = "compared"
 NO_CHAMPION = "no champion"
 CLASSES_DIFFER = "class names differ"
 UNAVAILABLE = "champion model unavailable"
+TASK_DIFFERS = "task differs"  # a classifier champion for a segmentation candidate, or back
 BaselineStatus = Literal[
-    "compared", "no champion", "class names differ", "champion model unavailable"
+    "compared", "no champion", "class names differ", "champion model unavailable", "task differs"
 ]
 
 # a number as JSON writes it (NaN included), never a bool or a string
@@ -48,11 +53,16 @@ class HandoffError(ValueError):
     """A hand-off file exists but does not hold what its model says (names file and fields)."""
 
 
+# the tags of the metrics unions (AnyMetrics): pydantic puts them in an error's path
+_TASK_TAGS = ("classification", "segmentation")
+
+
 def _problems(exc: ValidationError) -> str:
     # field and problem only: values may be identifiers and never reach a message
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors()
-    )
+    def where(loc: tuple[Any, ...]) -> str:
+        return ".".join(str(p) for p in loc if p not in _TASK_TAGS) or "(top level)"
+
+    return "; ".join(f"{where(e['loc'])}: {e['msg']}" for e in exc.errors())
 
 
 class Handoff(BaseModel):
@@ -157,6 +167,81 @@ class Metrics(ScoredMetrics):
         return out
 
 
+class SegmentScores(Handoff):
+    """One segment's means over the test images (metrics.json `per_segment`)."""
+
+    dice: Number
+    iou: Number
+    hd95: Number
+
+
+class SegmentationMetrics(Handoff):
+    """metrics.json of a segmentation model (task: segmentation), and the champion's scores
+    on the same test split in baseline.json: means over test images and segments with their
+    patient-bootstrap intervals, lesion detection, per segment (docs/evaluation.md)."""
+
+    FIX: ClassVar[str] = "re-run the evaluate stage"
+    NAMES: ClassVar[tuple[str, ...]] = SEGMENTATION_METRICS
+
+    task: Literal["segmentation"] = "segmentation"
+    dice: Number
+    dice_ci_low: Number
+    dice_ci_high: Number
+    iou: Number
+    iou_ci_low: Number
+    iou_ci_high: Number
+    hd95: Number  # mm; model-space pixels when the images carry no PixelSpacing
+    hd95_ci_low: Number
+    hd95_ci_high: Number
+    detection_sensitivity: Number  # detected / true lesions (NaN: no true lesion)
+    false_positives_per_image: Number  # unmatched predicted lesions / images
+    per_segment: dict[str, SegmentScores]  # segment name (data.class_names[1:]) -> means
+    threshold: Number  # the probability from which a pixel is in a segment (served)
+    n_images: Count
+    n_patients: Count
+    n_lesions: Count  # true lesions (connected components) over images and segments
+
+    def interval(self, metric: str) -> tuple[float, float, float]:
+        """(value, ci_low, ci_high) of `metric` (one of SEGMENTATION_METRICS)."""
+        if metric not in SEGMENTATION_METRICS:
+            raise KeyError(
+                f"unknown metric {metric!r} (metrics: {', '.join(SEGMENTATION_METRICS)})"
+            )
+        return tuple(getattr(self, f"{metric}{end}") for end in ("", "_ci_low", "_ci_high"))
+
+    def values(self) -> dict[str, Any]:
+        """Name -> number, as in the file: what the gate's rules look metrics up in."""
+        return self.model_dump()
+
+
+def _task_of(value: Any) -> str:
+    # classification files carry no `task` key (their format predates segmentation)
+    if isinstance(value, dict):
+        return str(value.get("task", "classification"))
+    return str(getattr(value, "task", "classification"))
+
+
+# metrics.json, either task (GateReport.metrics)
+AnyMetrics = Annotated[
+    Annotated[Metrics, Tag("classification")] | Annotated[SegmentationMetrics, Tag("segmentation")],
+    Discriminator(_task_of),
+]
+# a champion's scores on the candidate's test split, either task (baseline.json, gate.json)
+AnyScoredMetrics = Annotated[
+    Annotated[ScoredMetrics, Tag("classification")]
+    | Annotated[SegmentationMetrics, Tag("segmentation")],
+    Discriminator(_task_of),
+]
+
+
+def read_metrics(path: Path) -> Metrics | SegmentationMetrics:
+    """metrics.json of either task: SegmentationMetrics when it says `task: segmentation`,
+    Metrics otherwise (FileNotFoundError / HandoffError as Handoff.read)."""
+    raw = read_json(path, Metrics.FIX)
+    model = SegmentationMetrics if _task_of(raw) == "segmentation" else Metrics
+    return model.parse(raw, Path(path))
+
+
 # --- evaluation.json ---------------------------------------------------------------------
 
 
@@ -211,6 +296,16 @@ class EvaluationContext(Handoff):
     model: ModelSummary
     plots: dict[str, str]  # plot name -> path relative to the reports folder
     evaluated_with: Versions
+    # segmentation: the unit of HD95 (mm, or model pixels when an image lacks PixelSpacing);
+    # absent from the file of a classifier
+    hd95_unit: Literal["mm", "pixel"] | None = None
+
+    @model_serializer(mode="wrap")
+    def _no_unit_for_classifiers(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("hd95_unit") is None:
+            out.pop("hd95_unit", None)
+        return out
 
 
 # --- baseline.json -----------------------------------------------------------------------
@@ -259,7 +354,7 @@ class Baseline(Handoff):
     reason: str
     dataset: DatasetRef | None = None
     champion: BaselineChampion | None = None
-    metrics: ScoredMetrics | None = None
+    metrics: AnyScoredMetrics | None = None
     evaluated_on: EvaluatedOn | None = None  # {} in the file when there is none
 
     _evaluated_on_in = field_validator("evaluated_on", mode="before")(_empty_is_none)
@@ -315,7 +410,7 @@ class ChampionComparison(Handoff):
     dataset: str | None = None  # the dataset key
     model_tag: str | None = None
     evaluated_on: EvaluatedOn | None = None  # {} in the file when there is none
-    metrics: ScoredMetrics | None = None  # the champion's, when compared
+    metrics: AnyScoredMetrics | None = None  # the champion's, when compared
     file: str | None = None  # the baseline.json read
 
     _evaluated_on_in = field_validator("evaluated_on", mode="before")(_empty_is_none)
@@ -336,7 +431,7 @@ class GateReport(Handoff):
     rules: list[GateRule]
     champion: ChampionComparison
     thresholds: GateParams
-    metrics: Metrics
+    metrics: AnyMetrics
 
     @model_validator(mode="after")
     def _consistent(self) -> GateReport:

@@ -141,8 +141,8 @@ def test_a_compared_baseline_without_metrics_is_refused(tmp_path):
 
 
 def test_unknown_champion_metric_is_a_config_error():
-    with pytest.raises(ValueError, match="unknown metric 'dice'"):
-        GateParams(max_worse_than_champion={"dice": 0.1})
+    with pytest.raises(ValueError, match="unknown metric 'kappa'"):
+        GateParams(max_worse_than_champion={"kappa": 0.1})
 
 
 def test_model_card_is_written_when_the_gate_refuses(tmp_path):

@@ -14,6 +14,7 @@ from medflow.handoffs import (
     COMPARED,
     METRICS,
     NO_CHAMPION,
+    SEGMENTATION_METRICS,
     Baseline,
     ChampionComparison,
     EvaluationContext,
@@ -139,7 +140,10 @@ def test_metrics_file_is_flat_numbers_with_every_metric_and_interval(tmp_path: P
 
 
 def test_the_metric_names_are_the_gate_params_metric_names() -> None:
-    assert sorted(METRICS) == sorted(HIGHER_IS_BETTER + LOWER_IS_BETTER)
+    detection = ("detection_sensitivity", "false_positives_per_image")
+    assert sorted(METRICS + SEGMENTATION_METRICS + detection) == sorted(
+        HIGHER_IS_BETTER + LOWER_IS_BETTER
+    )
     assert metrics().interval("ece") == (0.03, pytest.approx(-0.02), 0.08)
     with pytest.raises(KeyError, match="dice"):
         metrics().interval("dice")

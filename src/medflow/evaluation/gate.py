@@ -1,8 +1,10 @@
 """The gate stage: a model that breaks a rule in params.yaml is never packaged.
 
-Value rules judge the candidate's own numbers; change rules compare it with the champion
-scored on the same test split (baseline.json). The decision (gate.json) and the model card are
-written whether the model passes or not, then a refusal raises GateFailed (docs/evaluation.md).
+Value rules judge the candidate's own numbers (classification: AUROC, sensitivity...;
+segmentation: Dice and HD95); change rules compare it with the champion scored on the same
+test split (baseline.json), for the metrics of max_worse_than_champion the candidate has. The
+decision (gate.json) and the model card are written whether the model passes or not, then a
+refusal raises GateFailed (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from medflow.handoffs import (
     GateReport,
     GateRule,
     Metrics,
+    SegmentationMetrics,
+    read_metrics,
 )
 from medflow.handoffs import NO_CHAMPION as NO_CHAMPION
 from medflow.io import write_text_atomic
@@ -39,6 +43,12 @@ _VALUE_RULES = {
     "specificity": ("min_specificity", ">="),
     "ece": ("max_ece", "<="),
 }
+_SEGMENTATION_VALUE_RULES = {
+    "dice": ("min_dice", ">="),
+    "dice_ci_low": ("min_dice_ci_low", ">="),
+    "hd95": ("max_hd95", "<="),
+}
+SEGMENTATION = "segmentation"
 
 
 @dataclass(frozen=True)
@@ -73,10 +83,17 @@ def _check(rule: str, metric: str, observed: Any, threshold: float, op: str) -> 
     )
 
 
+def _segmentation(metrics: Mapping[str, Any]) -> bool:
+    # metrics.json of a segmentation model says so; a classifier's has no task key
+    return metrics.get("task") == SEGMENTATION
+
+
 def value_rules(params: GateParams, metrics: Mapping[str, Any]) -> list[GateRule]:
+    """The rules on the candidate's own metrics, those of its task."""
+    rules = _SEGMENTATION_VALUE_RULES if _segmentation(metrics) else _VALUE_RULES
     return [
         _check(f"gate.{field}", metric, metrics.get(metric), getattr(params, field), op)
-        for metric, (field, op) in _VALUE_RULES.items()
+        for metric, (field, op) in rules.items()
     ]
 
 
@@ -105,10 +122,15 @@ def subgroup_rules(
 def champion_rules(
     params: GateParams, metrics: Mapping[str, Any], champion: Mapping[str, Any]
 ) -> list[GateRule]:
-    """No metric worse than the champion's by more than gate.max_worse_than_champion."""
+    """No metric worse than the champion's by more than gate.max_worse_than_champion, for
+    the metrics the candidate has (a classifier has no dice, a segmentation model no auroc:
+    those keys are not rules for it)."""
     out = []
     for metric, delta in sorted(params.max_worse_than_champion.items()):
         rule = f"gate.max_worse_than_champion.{metric}"
+        if metric not in metrics:
+            log.debug("%s: the candidate's task has no %s", rule, metric)
+            continue
         base = champion.get(metric)
         if not isinstance(base, int | float) or not math.isfinite(base):
             log.warning("champion has no %s: %s not checked", metric, rule)
@@ -145,8 +167,11 @@ def all_rules(
     champion: Mapping[str, Any] | None = None,
 ) -> list[GateRule]:
     """Every rule of the gate: value and subgroup rules, and the change rules when there is a
-    champion's metrics (name -> number) to compare with."""
-    rules = value_rules(params, metrics) + subgroup_rules(params, subgroups or {})
+    champion's metrics (name -> number) to compare with. Segmentation has no subgroup rule
+    (subgroups.json reports them; min_subgroup_auroc is a classifier's)."""
+    rules = value_rules(params, metrics)
+    if not _segmentation(metrics):
+        rules += subgroup_rules(params, subgroups or {})
     if champion is not None:
         rules += champion_rules(params, metrics, champion)
     return rules
@@ -176,6 +201,22 @@ def champion_report(baseline: Baseline | None, baseline_file: Path | None) -> Ch
     )
 
 
+def _card(
+    metrics: Metrics | SegmentationMetrics,
+    subgroups: dict[str, Any],
+    context: EvaluationContext | None,
+    report: GateReport,
+) -> str:
+    """The model card of the metrics' task."""
+    if isinstance(metrics, SegmentationMetrics):
+        from medflow.evaluation.segmentation_card import render_segmentation_card
+
+        return render_segmentation_card(metrics, subgroups, context, report)
+    from medflow.evaluation.model_card import render_model_card
+
+    return render_model_card(metrics, subgroups, context, report)
+
+
 def run_gate(
     params: GateParams,
     metrics_file: Path,
@@ -185,14 +226,21 @@ def run_gate(
     baseline_file: Path | None = None,
     context_file: Path | None = None,
     card_file: Path | None = None,
+    task: str | None = None,
 ) -> GateResult:
     """Judge the evaluation, write the decision to out_file (and the model card to card_file);
     raise GateFailed with every reason when it fails.
 
     baseline_file: the evaluate stage's baseline.json; the change rules apply only when its
     status is `compared` (the champion scored on this test split).
+    task: data.task, when known: a metrics file of the other task is an error.
     """
-    metrics = Metrics.read(metrics_file)
+    metrics = read_metrics(metrics_file)
+    found = SEGMENTATION if isinstance(metrics, SegmentationMetrics) else "classification"
+    if task is not None and task != found:
+        raise ValueError(
+            f"data.task is {task} but {metrics_file} holds {found} metrics: re-run evaluate"
+        )
     subgroups = _read_subgroups(subgroups_file)
     has_baseline = baseline_file is not None and Path(baseline_file).is_file()
     baseline = Baseline.read(baseline_file) if has_baseline else None
@@ -212,11 +260,9 @@ def run_gate(
     )
     report.write(out_file)
     if card_file is not None:
-        from medflow.evaluation.model_card import render_model_card
-
         has_context = context_file is not None and Path(context_file).is_file()
         context = EvaluationContext.read(context_file) if has_context else None
-        write_text_atomic(card_file, render_model_card(metrics, subgroups, context, report))
+        write_text_atomic(card_file, _card(metrics, subgroups, context, report))
     if champion is None:
         log.info(
             "gate: %s (%s), judged by the value rules alone",

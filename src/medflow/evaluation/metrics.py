@@ -8,6 +8,8 @@ A metric a sample cannot define (AUROC with one class present) is NaN, never a g
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from medflow.config import EvaluateParams
@@ -141,29 +143,39 @@ def bootstrap_intervals(
     """
     if n_bootstrap == 0 or len(y) == 0:
         return {m: (float("nan"), float("nan")) for m in METRICS}
+    draws = np.empty((n_bootstrap, len(METRICS)))
+    for b, idx in enumerate(resamples(len(y), groups, n_bootstrap, seed)):
+        values = point_metrics(y[idx], probs[idx], threshold, n_bins)
+        draws[b] = [values[m] for m in METRICS]
+    return {m: percentile_interval(draws[:, j], level) for j, m in enumerate(METRICS)}
+
+
+def resamples(
+    n: int, groups: np.ndarray | None, n_bootstrap: int, seed: int
+) -> Iterator[np.ndarray]:
+    """`n_bootstrap` bootstrap samples of the indices 0..n-1: whole groups (patients) drawn
+    with replacement, or single items when groups is None. The classification and the
+    segmentation intervals both draw through here."""
     rng = np.random.default_rng(seed)
     if groups is None:
-        members = [np.array([i]) for i in range(len(y))]
+        members = [np.array([i]) for i in range(n)]
     else:
         _, inverse = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
         order = np.argsort(inverse, kind="stable")
         members = np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
-    draws = np.empty((n_bootstrap, len(METRICS)))
-    for b in range(n_bootstrap):
+    for _ in range(n_bootstrap):
         picked = rng.integers(0, len(members), len(members))
-        idx = np.concatenate([members[g] for g in picked])
-        values = point_metrics(y[idx], probs[idx], threshold, n_bins)
-        draws[b] = [values[m] for m in METRICS]
+        yield np.concatenate([members[g] for g in picked])
+
+
+def percentile_interval(draws: np.ndarray, level: float) -> tuple[float, float]:
+    """The central `level` percentile interval of the finite draws (NaN, NaN when none)."""
+    finite = draws[np.isfinite(draws)]
+    if len(finite) == 0:
+        return float("nan"), float("nan")
     tail = (1 - level) / 2 * 100
-    out = {}
-    for j, metric in enumerate(METRICS):
-        finite = draws[:, j][np.isfinite(draws[:, j])]
-        if len(finite) == 0:
-            out[metric] = (float("nan"), float("nan"))
-        else:
-            low, high = np.percentile(finite, [tail, 100 - tail])
-            out[metric] = (float(low), float(high))
-    return out
+    low, high = np.percentile(finite, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def metrics_with_ci(

@@ -6,7 +6,7 @@
     (predictions.csv: actual, predicted -> DVC's confusion template)   confusion.png
 
 Binary curves are for the positive class (index 1); multi-class ones are micro-averaged
-(every image x class pair one-vs-rest).
+(every image x class pair one-vs-rest). Segmentation draws overlays instead (overlays.py).
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def curve_tables(y: np.ndarray, probs: np.ndarray, n_bins: int) -> dict[str, pd.
     }
 
 
-def _png(fig) -> bytes:  # noqa: ANN001 (a matplotlib Figure)
+def png_bytes(fig) -> bytes:  # noqa: ANN001 (a matplotlib Figure)
+    """The figure as PNG bytes (100 dpi, tight); closes it."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -124,5 +125,5 @@ def write_plots(
     paths = {}
     for name, fig in figures.items():
         paths[name] = out_dir / f"{name}.png"
-        write_bytes_atomic(paths[name], _png(fig))
+        write_bytes_atomic(paths[name], png_bytes(fig))
     return paths

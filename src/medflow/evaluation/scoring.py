@@ -33,6 +33,7 @@ from medflow.handoffs import (
     Metrics,
     ModelSummary,
     ScoredMetrics,
+    SegmentationMetrics,
     SubgroupCoverage,
     ThresholdChoice,
     Versions,
@@ -52,7 +53,7 @@ PLOTS_DIR = "plots"
 
 @dataclass(frozen=True)
 class EvaluateResult:
-    metrics: Metrics
+    metrics: Metrics | SegmentationMetrics  # the latter: evaluation.segmentation
     metrics_file: Path
 
 
@@ -161,6 +162,11 @@ def run_evaluate(
     """
     arrays_dir, out_dir, manifest_file = Path(arrays_dir), Path(out_dir), Path(manifest_file)
     net, spec = load_model(model_dir)
+    if spec.task != "classification":
+        raise ValueError(
+            f"the model in {model_dir} is a {spec.task} model: set data.task: {spec.task}"
+            " (evaluation.segmentation scores it), or re-run train"
+        )
     meta = read_meta(arrays_dir)
     test = _test_split(arrays_dir, manifest_file)
     probs = predict_proba(net, test.x)

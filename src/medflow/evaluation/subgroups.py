@@ -9,6 +9,7 @@ reader: their intervals are wide and the gate does not judge them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,26 @@ def subgroup_metrics(
     frame holds one row per test image, in the order of y and probs, with the manifest's
     subgroup columns. Each subgroup's metrics carry n, n_positive (binary) and small (0/1).
     """
+
+    def score(mask: np.ndarray) -> dict[str, float]:
+        row: dict[str, float] = {}
+        if probs.shape[1] == 2:
+            row["n_positive"] = int(np.sum(y[mask] == 1))
+        sub_groups = None if groups is None else groups[mask]
+        row.update(metrics_with_ci(y[mask], probs[mask], threshold, params, sub_groups))
+        return row
+
+    return subgroup_table(frame, params, score)
+
+
+def subgroup_table(
+    frame: pd.DataFrame,
+    params: EvaluateParams,
+    score: Callable[[np.ndarray], dict[str, float]],
+) -> tuple[dict[str, dict[str, dict[str, float]]], list[str]]:
+    """({attribute: {value: n, small and score(its boolean row mask)}}, missing attributes)
+    over the subgroup columns of `frame` (one row per test image): the slicing both tasks
+    share."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     missing = [a for a in params.subgroups if a not in frame.columns]
     if missing:
@@ -42,15 +63,11 @@ def subgroup_metrics(
         out[attribute] = {}
         for value in sorted(values.unique()):
             mask = (values == value).to_numpy()
-            sub_y, sub_p = y[mask], probs[mask]
             row: dict[str, float] = {
                 "n": int(mask.sum()),
                 "small": int(mask.sum() < params.min_subgroup_n),
             }
-            if probs.shape[1] == 2:
-                row["n_positive"] = int(np.sum(sub_y == 1))
-            sub_groups = None if groups is None else groups[mask]
-            row.update(metrics_with_ci(sub_y, sub_p, threshold, params, sub_groups))
+            row.update(score(mask))
             out[attribute][str(value)] = row
         log.info(
             "subgroups by %s: %s",

@@ -14,6 +14,7 @@ from medflow.data.dataset import Dataset
 from medflow.handoffs import CLASSES_DIFFER as CLASSES_DIFFER
 from medflow.handoffs import COMPARED as COMPARED
 from medflow.handoffs import NO_CHAMPION as NO_CHAMPION
+from medflow.handoffs import TASK_DIFFERS as TASK_DIFFERS
 from medflow.handoffs import UNAVAILABLE as UNAVAILABLE
 from medflow.handoffs import Baseline, BaselineChampion, DatasetRef
 from medflow.registry.champion import read_champion
@@ -47,10 +48,16 @@ def load_store_model(model_tag: str) -> tuple[torch.nn.Module, ModelSpec]:
 
 
 def find_baseline(
-    champion_dir: Path | None, dataset: Dataset | None, class_names: list[str]
+    champion_dir: Path | None,
+    dataset: Dataset | None,
+    class_names: list[str],
+    task: str = "classification",
 ) -> ChampionModel | Baseline:
     """The champion of the dataset loaded for scoring, or the Baseline saying why there is
-    none to compare with (never raises for a missing or unloadable champion: it says so)."""
+    none to compare with (never raises for a missing or unloadable champion: it says so).
+
+    task: the candidate's (data.task); a champion of the other task does not compare (the
+    dataset key names the source and classes, not the task)."""
     ds = DatasetRef.model_validate(dataset.as_dict()) if dataset is not None else None
     if champion_dir is None:
         return Baseline(status=NO_CHAMPION, reason="no champion folder given", dataset=ds)
@@ -76,6 +83,13 @@ def find_baseline(
         )
         log.warning("%s", reason)
         return Baseline(status=UNAVAILABLE, reason=reason, dataset=ds, champion=kept)
+    if spec.task != task:
+        reason = (
+            f"champion {tag} is a {spec.task} model, this one a {task} model: their metrics do"
+            " not compare, so only the value rules apply"
+        )
+        log.warning("%s", reason)
+        return Baseline(status=TASK_DIFFERS, reason=reason, dataset=ds, champion=kept)
     if list(spec.class_names) != list(class_names):
         reason = (
             f"champion {tag} classifies {list(spec.class_names)}, this model {list(class_names)}:"

@@ -20,7 +20,8 @@ def evaluate(
     out: Path,
     champions: Path | None = None,
 ) -> Any:
-    """Score the model of `model_dir` on the test split; write the reports into `out`.
+    """Score the model of `model_dir` on the test split; write the reports into `out`
+    (data.task segmentation: masks, by medflow.evaluation.segmentation).
 
     Args:
         manifest: the ingested manifest.csv (subgroups, the champion's preprocessing).
@@ -28,7 +29,11 @@ def evaluate(
             test split (out/baseline.json). None: no baseline.
     """
     from medflow.data.dataset import Dataset, champion_folder
-    from medflow.evaluation.scoring import run_evaluate
+
+    if params.data.task == "segmentation":
+        from medflow.evaluation.segmentation import run_segmentation_evaluate as run_evaluate
+    else:
+        from medflow.evaluation.scoring import run_evaluate
 
     dataset = Dataset.of(params.data)
     folder = champion_folder(champions, dataset.key) if champions is not None else None

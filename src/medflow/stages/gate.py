@@ -43,6 +43,7 @@ def gate(
         baseline_file=baseline,
         context_file=context,
         card_file=card,
+        task=params.data.task,
     )
 
 
