@@ -20,6 +20,12 @@ whether targets are met or missed.
     .venv/bin/python benchmarks/serve.py                  # 400 requests per level
     .venv/bin/python benchmarks/serve.py --quick          # 100 requests per level
     .venv/bin/python benchmarks/serve.py --soak           # and the 60 s soak
+    .venv/bin/python benchmarks/serve.py --segment        # a U-Net's Bento, POST /segment
+
+`--segment`: the same comparison for a segmentation model (a U-Net of train.unet_channels,
+random weights, a threshold of 0.5): the Bento's /segment (masks back in the upload's
+geometry, areas, boxes, mask PNGs: medflow.serving.segment) against the plain server doing the
+same work with the same functions; the floor is that work in process.
 """
 
 from __future__ import annotations
@@ -91,7 +97,30 @@ def plain_app(model_dir: Path):  # -> fastapi.FastAPI
         probs = probabilities(net, image[None], torch.device("cpu"))[0].tolist()
         return {"probabilities": dict(zip(spec.class_names, probs, strict=True))}
 
+    @app.post("/segment")
+    def segment(file: UploadFile = File(...)) -> dict:  # noqa: B008 (FastAPI's idiom)
+        try:
+            return segment_answer(net, spec, read_dicom(file.file))
+        except DicomError as exc:
+            raise HTTPException(400, str(exc)) from None
+
     return app
+
+
+def segment_answer(net, spec, ds) -> dict:  # noqa: ANN001 (torch, ModelSpec, Dataset)
+    """What /segment computes, without the service: preprocess, sigmoid, masks in the
+    upload's geometry, segments with their PNGs (medflow.serving.segment)."""
+    import torch
+
+    from medflow.imaging.preprocess import preprocess_dataset
+    from medflow.serving.engine import probabilities
+    from medflow.serving.segment import pixel_spacing, segments, source_masks
+
+    image, summary = preprocess_dataset(ds, spec.preprocess_params)
+    probs = probabilities(net, image[None], torch.device("cpu"), "sigmoid")[0]
+    masks = source_masks(probs, spec.threshold, summary.original_shape)
+    spacing = pixel_spacing(ds)
+    return {"segments": [s.model_dump() for s in segments(masks, spec.class_names[1:], spacing)]}
 
 
 async def echo_app(scope: dict, receive, send) -> None:
@@ -144,13 +173,14 @@ def serve_plain(model_dir: Path, workdir: Path) -> Iterator[tuple[str, int]]:
 # ---- the Bento --------------------------------------------------------------------------
 
 
-def build(workdir: Path, params_file: Path) -> tuple[Path, str]:
-    """A model folder of the params' network and the Bento serving it; (model_dir, bento)."""
+def build(workdir: Path, params_file: Path, segment: bool = False) -> tuple[Path, str]:
+    """A model folder of the params' network (with `segment`, their U-Net) and the Bento
+    serving it; (model_dir, bento)."""
     import torch
 
     from medflow.config import PackageParams, load_params
     from medflow.models.artifact import ModelSpec, save_model
-    from medflow.models.net import build_network
+    from medflow.models.net import build_network, build_unet
     from medflow.registry.packaging import run_package
 
     sys.path.insert(0, str(ROOT))
@@ -159,20 +189,38 @@ def build(workdir: Path, params_file: Path) -> tuple[Path, str]:
     p = load_params(params_file)
     torch.manual_seed(p.train.seed)
     n = len(p.data.class_names)
-    net = build_network(p.train.architecture, 1, n, p.train.width, p.train.dropout)
-    spec = ModelSpec(
-        p.train.architecture,
-        1,
-        n,
-        p.train.width,
-        p.train.dropout,
-        list(p.data.class_names),
-        p.preprocess.model_dump(),
-        provenance={"data_hash": "benchmark"},
-    )
+    if segment:
+        net = build_unet(1, n - 1, p.train.unet_channels, p.train.dropout)
+        spec = ModelSpec(
+            "unet",
+            1,
+            n - 1,
+            p.train.width,
+            p.train.dropout,
+            list(p.data.class_names),
+            p.preprocess.model_dump(),
+            provenance={"data_hash": "benchmark"},
+            task="segmentation",
+            unet_channels=list(p.train.unet_channels),
+        )
+    else:
+        net = build_network(p.train.architecture, 1, n, p.train.width, p.train.dropout)
+        spec = ModelSpec(
+            p.train.architecture,
+            1,
+            n,
+            p.train.width,
+            p.train.dropout,
+            list(p.data.class_names),
+            p.preprocess.model_dump(),
+            provenance={"data_hash": "benchmark"},
+        )
     model_dir = workdir / "model"
     save_model(model_dir, net, spec)
-    write_evaluated(workdir, auroc=0.5)
+    if segment:
+        _write_segmentation_evaluated(workdir, list(p.data.class_names[1:]))
+    else:
+        write_evaluated(workdir, auroc=0.5)
     result = run_package(
         PackageParams(),
         model_dir,
@@ -182,6 +230,35 @@ def build(workdir: Path, params_file: Path) -> tuple[Path, str]:
         workdir / "package.json",
     )
     return model_dir, result.bento_tag
+
+
+def _write_segmentation_evaluated(folder: Path, segment_names: list[str]) -> None:
+    """metrics.json and gate.json of a segmentation model the gate accepted (threshold 0.5)."""
+    from medflow.config import GateParams
+    from medflow.handoffs import NO_CHAMPION, ChampionComparison, GateReport, SegmentationMetrics
+
+    scores = {"dice": 0.9, "iou": 0.8, "hd95": 2.0}
+    values = {f"{k}{end}": v for k, v in scores.items() for end in ("", "_ci_low", "_ci_high")}
+    metrics = SegmentationMetrics(
+        **values,
+        detection_sensitivity=1.0,
+        false_positives_per_image=0.0,
+        per_segment={name: scores for name in segment_names},
+        threshold=0.5,
+        n_images=1,
+        n_patients=1,
+        n_lesions=1,
+    )
+    metrics.write(folder / "metrics.json")
+    GateReport(
+        passed=True,
+        decision="accepted",
+        failures=[],
+        rules=[],
+        champion=ChampionComparison(status=NO_CHAMPION, reason="benchmark"),
+        thresholds=GateParams(),
+        metrics=metrics,
+    ).write(folder / "gate.json")
 
 
 def sample_file(workdir: Path) -> bytes:
@@ -211,6 +288,11 @@ def in_process_p50(model_dir: Path, data: bytes, n: int) -> float:
     times = []
     for i in range(n + 10):
         t0 = time.perf_counter()
+        if spec.task == "segmentation":
+            segment_answer(net, spec, read_dicom(io.BytesIO(data)))
+            if i >= 10:
+                times.append((time.perf_counter() - t0) * 1000)
+            continue
         image, _ = preprocess_dataset(read_dicom(io.BytesIO(data)), params)
         probabilities(net, image[None], cpu)[0].tolist()
         if i >= 10:  # warm-up
@@ -230,7 +312,14 @@ def _headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-async def _load(url: str, data: bytes, concurrency: int, n: int | None, seconds: float | None):
+async def _load(
+    url: str,
+    data: bytes,
+    concurrency: int,
+    n: int | None,
+    seconds: float | None,
+    route: str = "/predict",
+):
     """n requests (or as many as fit in `seconds`) from `concurrency` clients.
 
     The client is aiohttp, not httpx: on this machine an httpx round trip to a server that
@@ -256,7 +345,7 @@ async def _load(url: str, data: bytes, concurrency: int, n: int | None, seconds:
                 form.add_field("file", data, filename="image.dcm", content_type="application/dicom")
                 t0 = time.perf_counter()
                 try:
-                    async with client.post(f"{url}/predict", data=form) as resp:
+                    async with client.post(f"{url}{route}", data=form) as resp:
                         body = await resp.read()
                         if resp.status != 200:
                             errors.append(f"HTTP {resp.status}: {body[:200]!r}")
@@ -272,9 +361,10 @@ async def _load(url: str, data: bytes, concurrency: int, n: int | None, seconds:
     return latencies, errors, wall
 
 
-def measure(url: str, data: bytes, concurrency: int, n: int) -> Load:
-    asyncio.run(_load(url, data, concurrency, max(10, concurrency * 2), None))  # warm-up
-    lat, errors, wall = asyncio.run(_load(url, data, concurrency, n, None))
+def measure(url: str, data: bytes, concurrency: int, n: int, route: str = "/predict") -> Load:
+    warm_up = max(10, concurrency * 2)
+    asyncio.run(_load(url, data, concurrency, warm_up, None, route))
+    lat, errors, wall = asyncio.run(_load(url, data, concurrency, n, None, route))
     if errors:
         print(f"  {len(errors)} errors at concurrency {concurrency}, first: {errors[0]}")
     if len(lat) < 2:
@@ -354,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--quick", action="store_true", help="100 requests per level; soak 15 s")
     parser.add_argument("--soak", action="store_true", help="also the soak test")
+    parser.add_argument(
+        "--segment", action="store_true", help="a U-Net's Bento and POST /segment instead"
+    )
     parser.add_argument("--soak-clients", type=int, default=50)
     parser.add_argument("--soak-seconds", type=float, help="default 60; 15 with --quick")
     parser.add_argument(
@@ -391,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
         from medflow.registry.infra_validation import serve_bento
 
         t0 = time.perf_counter()
-        model_dir, bento_tag = build(work, args.params)
+        model_dir, bento_tag = build(work, args.params, segment=args.segment)
+        route = "/segment" if args.segment else "/predict"
         data = sample_file(work)
         print(f"built {bento_tag} in {time.perf_counter() - t0:.1f} s; sample {len(data)} bytes")
         (work / "sample.dcm").write_bytes(data)
@@ -407,11 +501,13 @@ def main(argv: list[str] | None = None) -> int:
         with serve_bento("bentoml_noop:Noop", workdir=noop_dir) as server:
             bentoml_only = measure(server.url, data, 1, args.requests)
         with serve_plain(model_dir, work) as (url, pid):
-            results["plain"] = [measure(url, data, c, args.requests) for c in CONCURRENCY]
+            results["plain"] = [measure(url, data, c, args.requests, route) for c in CONCURRENCY]
             rss["plain"] = tree_rss_mib(pid)
             floors.append(_floor(model_dir, work / "sample.dcm"))
         with serve_bento(bento_tag, workdir=work / "serve") as server:
-            results["medflow"] = [measure(server.url, data, c, args.requests) for c in CONCURRENCY]
+            results["medflow"] = [
+                measure(server.url, data, c, args.requests, route) for c in CONCURRENCY
+            ]
             rss["medflow"] = tree_rss_mib(server.pid)
             floors.append(_floor(model_dir, work / "sample.dcm"))
             soaked = (
@@ -421,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     print(
-        f"model {load_net_name(args.params)}, 1 DICOM file, torch {torch.__version__}"
+        f"model {load_net_name(args.params, args.segment)}, {route}, 1 DICOM file,"
+        f" torch {torch.__version__}"
         f" ({args.threads} threads),"
         f" {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; client, servers"
         " and in-process run on the same machine"
@@ -484,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(
             json.dumps(
                 {
+                    "route": route,
                     "in_process_p50_ms": floor,
                     "in_process_p50_ms_each": floors,
                     "http_alone_p50_ms": http_only.p50_ms,
@@ -499,11 +597,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def load_net_name(params_file: Path) -> str:
+def load_net_name(params_file: Path, segment: bool = False) -> str:
     from medflow.config import load_params
 
     t = load_params(params_file).train
-    return f"{t.architecture} width {t.width}, {load_params(params_file).preprocess.image_size} px"
+    size = load_params(params_file).preprocess.image_size
+    if segment:
+        return f"unet channels {t.unet_channels}, {size} px"
+    return f"{t.architecture} width {t.width}, {size} px"
 
 
 if __name__ == "__main__":

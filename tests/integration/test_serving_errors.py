@@ -175,6 +175,12 @@ def _sr_document(url: str, files: dict[str, Path]) -> httpx.Response:
     return _upload(url, _sr())
 
 
+def _segment_a_classifier(url: str, files: dict[str, Path]) -> httpx.Response:
+    """/segment to the pipeline's Bento, a classifier's."""
+    data = files["ct"].read_bytes()
+    return httpx.post(f"{url}/segment", files={"file": ("x.dcm", data)}, headers=AUTH, timeout=30)
+
+
 def _too_many(url: str, files: dict[str, Path]) -> httpx.Response:
     data = files["ct"].read_bytes()
     batch = [("files", (f"{i}.dcm", data)) for i in range(MAX_BATCH + 1)]
@@ -270,6 +276,9 @@ CASES: dict[str, list[Case]] = {
         )
     ],
     "overloaded": [Case("64 requests at once, 10 ms bound on the wait", _burst, "max_latency_ms")],
+    "wrong_task": [
+        Case("a DICOM to /segment of a classifier's Bento", _segment_a_classifier, "POST /predict")
+    ],
 }
 
 

@@ -2,7 +2,9 @@
 
 `bentoml serve` runs on a free loopback port in its own process group. /readyz and /healthz
 must answer 200, and the model's reference DICOM files (stored beside the weights by
-medflow.registry.packaging) must get the probabilities evaluation scored, within REFERENCE_ATOL.
+medflow.registry.packaging) must get the probabilities evaluation scored, within REFERENCE_ATOL;
+a segmentation model's go to /segment, and each segment's mask must match the stored one
+(Dice >= REFERENCE_MIN_DICE).
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ REFERENCE_DIR = "reference"
 REFERENCE_FILE = "expected.json"
 # served vs evaluated probability: the same code and weights; float32 noise is ~1e-6
 REFERENCE_ATOL = 1e-4
+# segmentation: the reference is {"task": "segmentation", "samples": [{"file": name, "mask":
+# "<name>_mask.npy"}]}, masks (K, rows, columns) uint8; a served mask must match each plane
+# with at least this Dice (float32 noise may flip a pixel at the threshold, no more)
+SEGMENTATION = "segmentation"
+REFERENCE_MIN_DICE = 0.99
 
 
 class InfraValidationFailed(StageFailed):
@@ -186,6 +193,93 @@ def stored_reference(model_tag: str) -> tuple[list[Path], list[list[float]]] | N
     return [folder / r["file"] for r in rows], [list(r["probabilities"]) for r in rows]
 
 
+def model_task(model_tag: str) -> str:
+    """The task of `model_tag` in the BentoML model store: its model.json's (ModelSpec)."""
+    import bentoml
+
+    card = Path(bentoml.models.get(model_tag).path) / "model.json"
+    spec = json.loads(card.read_text()) if card.is_file() else {}
+    return str(spec.get("task", "classification"))
+
+
+def stored_seg_reference(model_tag: str) -> tuple[list[Path], list[Any]] | None:
+    """A segmentation model's reference samples and the masks (K, rows, columns) stored for
+    each; None when it has none."""
+    import bentoml
+    import numpy as np
+
+    folder = Path(bentoml.models.get(model_tag).path) / REFERENCE_DIR
+    if not (folder / REFERENCE_FILE).is_file():
+        return None
+    rows = json.loads((folder / REFERENCE_FILE).read_text())["samples"]
+    return [folder / r["file"] for r in rows], [np.load(folder / r["mask"]) for r in rows]
+
+
+def dice(a: Any, b: Any) -> float:
+    """Dice of two binary masks; 1.0 when both are empty."""
+    import numpy as np
+
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def check_segmentation(
+    status: int,
+    body: Any,
+    expected_model_tag: str,
+    segment_names: list[str],
+    expected: Any | None = None,
+) -> list[str]:
+    """Every way one /segment answer is wrong (empty when it is right); with `expected`, the
+    masks (K, rows, columns) stored for that image, which each served mask must match with
+    Dice >= REFERENCE_MIN_DICE."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    if status != 200:
+        return [f"HTTP {status} (expected 200): {str(body)[:300]}"]
+    if not isinstance(body, dict):
+        return [f"answer is not a JSON object: {str(body)[:300]}"]
+    problems = []
+    if body.get("model_tag") != expected_model_tag:
+        problems.append(
+            f"served model_tag {body.get('model_tag')!r}, expected {expected_model_tag!r}"
+        )
+    segments = body.get("segments")
+    names = [s.get("name") for s in segments] if isinstance(segments, list) else segments
+    if names != list(segment_names):
+        return [*problems, f"segments {names}, expected one per segment {segment_names}"]
+    for k, segment in enumerate(segments):
+        try:
+            with Image.open(io.BytesIO(base64.b64decode(segment["mask_png"]))) as im:
+                mask = np.asarray(im) > 0
+        except Exception as exc:  # whatever the server sent, say what is wrong with it
+            problems.append(f"segment {segment['name']!r}: mask_png unreadable ({exc})")
+            continue
+        if int(mask.sum()) != segment.get("area_px"):
+            problems.append(
+                f"segment {segment['name']!r}: area_px {segment.get('area_px')} but its mask"
+                f" holds {int(mask.sum())} pixels"
+            )
+        if expected is not None:
+            want = np.asarray(expected)[k]
+            if mask.shape != want.shape:
+                problems.append(
+                    f"segment {segment['name']!r}: mask {mask.shape}, expected {want.shape}"
+                )
+            elif (score := dice(mask, want)) < REFERENCE_MIN_DICE:
+                problems.append(
+                    f"segment {segment['name']!r}: Dice {score:.4f} against the stored mask,"
+                    f" below {REFERENCE_MIN_DICE}: the Bento does not answer as the packaged"
+                    " model"
+                )
+    return problems
+
+
 def check_prediction(
     status: int,
     body: Any,
@@ -242,7 +336,8 @@ def infra_validate(
     The model's stored reference samples (stored_reference) are always sent, and their answers
     must be the evaluated probabilities; `samples`, extra files, are checked for shape only.
     Without `samples`, a model packaged without a reference is refused: nothing would show
-    that its Bento answers as the evaluated model.
+    that its Bento answers as the evaluated model. A segmentation model (its model.json's
+    task) is asked /segment, and its stored masks are compared (check_segmentation).
     """
     import httpx
 
@@ -250,8 +345,10 @@ def infra_validate(
     if token := os.environ.get(API_TOKEN_ENV):
         headers["Authorization"] = f"Bearer {token}"
     files: list[Path] = list(samples or [])
-    expected: list[list[float] | None] = [None] * len(files)
-    reference = stored_reference(expected_model_tag)
+    expected: list[Any] = [None] * len(files)
+    segmenting = model_task(expected_model_tag) == SEGMENTATION
+    route = "/segment" if segmenting else "/predict"
+    reference = (stored_seg_reference if segmenting else stored_reference)(expected_model_tag)
     if reference is not None:
         files += reference[0]
         expected += reference[1]
@@ -277,7 +374,7 @@ def infra_validate(
                 with path.open("rb") as fh:
                     # the sample's index, not its name: upload names never carry meaning
                     resp = httpx.post(
-                        f"{server.url}/predict",
+                        f"{server.url}{route}",
                         files={"file": (f"sample{i}.dcm", fh)},
                         headers=headers,
                         timeout=60,
@@ -289,11 +386,12 @@ def infra_validate(
                     body = resp.text
                 if isinstance(body, dict):
                     served.add(str(body.get("model_tag")))
-                for problem in check_prediction(
+                check = check_segmentation if segmenting else check_prediction
+                for problem in check(
                     resp.status_code,
                     body,
                     expected_model_tag,
-                    class_names,
+                    class_names[1:] if segmenting else class_names,
                     expected[i],
                 ):
                     problems.append(f"sample {i} ({path.name}): {problem}")

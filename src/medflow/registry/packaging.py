@@ -2,7 +2,8 @@
 
 The store entry carries the model, its metrics, spec and gate decision, and reference samples
 for infra-validation; the Bento is built for exactly that model tag
-(docs/decisions/champion-records.md).
+(docs/decisions/champion-records.md). Either task: a classifier's Bento answers /predict, a
+segmentation model's /segment (the same service, medflow.serving.service).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import Any
 from medflow.config import PackageParams
 from medflow.data.dataset import Dataset
 from medflow.errors import GateFailed
-from medflow.handoffs import GateReport, Metrics
-from medflow.io import write_json_atomic
-from medflow.models.artifact import CARD_FILE, WEIGHTS_FILE, ModelSpec, load_spec
+from medflow.handoffs import GateReport, Metrics, SegmentationMetrics, read_metrics
+from medflow.io import write_bytes_atomic, write_json_atomic
+from medflow.models.artifact import CARD_FILE, WEIGHTS_FILE, ModelSpec, load_model, load_spec
 
 # The champion's file names are re-exported here for callers that knew them from package.
 from medflow.registry.champion import (  # noqa: F401
@@ -29,7 +30,7 @@ from medflow.registry.champion import (  # noqa: F401
     record_champion,
     replaced_by_hand,
 )
-from medflow.registry.infra_validation import REFERENCE_DIR, REFERENCE_FILE
+from medflow.registry.infra_validation import REFERENCE_DIR, REFERENCE_FILE, SEGMENTATION
 from medflow.serving import MODEL_TAG_ARG, SERVE_ARG
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def read_gate(gate_file: Path) -> GateReport:
     return gate
 
 
-def served_spec(spec: ModelSpec, metrics: Metrics) -> ModelSpec:
+def served_spec(spec: ModelSpec, metrics: Metrics | SegmentationMetrics) -> ModelSpec:
     """The spec to serve, with the decision threshold the evaluation (and so the gate) used.
 
     evaluate scores at `evaluate.threshold` and writes it into metrics.json; serving decides
@@ -96,6 +97,7 @@ def model_labels(spec: ModelSpec, dataset: Dataset | None = None) -> dict[str, s
     """Short, filterable labels (`bentoml models list -l ...`); details go in the metadata."""
     labels = {
         "project": "medflow",
+        "task": spec.task,
         "architecture": spec.architecture,
         "classes": ",".join(spec.class_names),
         "gate": "passed",
@@ -132,23 +134,12 @@ def write_reference(
     import pandas as pd
 
     manifest = Path(manifest)
-    rows = pd.read_csv(manifest, dtype={"image_id": str, "file": str})
     preds = pd.read_csv(predictions, dtype={"image_id": str}).set_index("image_id")
     columns = [f"p_{c}" for c in class_names]
     missing = [c for c in columns if c not in preds.columns]
     if missing:
         raise ValueError(f"{predictions} has no columns {missing}: re-run the evaluate stage")
-    # one row per file: the Bento reads the frame preprocess.frames names, the row holds it
-    single = rows[~rows["file"].duplicated(keep=False)]
-    test = single[(single["split"] == "test") & single["image_id"].isin(preds.index)]
-    if test.empty:
-        raise ValueError(
-            f"no single-frame test-split image of {manifest} has a prediction in {predictions}:"
-            " re-run the evaluate stage"
-        )
-    test = test.sort_values("image_id")
-    # classes in turn (0, 1, 0, 1, ...): both sides of the threshold are checked
-    picked = test.assign(turn=test.groupby("label").cumcount()).sort_values(["turn", "label"])
+    picked = _test_rows(manifest, preds.index, f"has a prediction in {predictions}")
     out = Path(folder) / REFERENCE_DIR
     out.mkdir(parents=True, exist_ok=True)
     samples = []
@@ -161,18 +152,82 @@ def write_reference(
     return len(samples)
 
 
+def _test_rows(manifest: Path, ids: Any = None, why: str = "") -> Any:
+    """The manifest's single-frame test-split rows (with an image_id in `ids`, when given),
+    classes in turn (0, 1, 0, 1, ...: both sides of a threshold are checked); ValueError when
+    there is none."""
+    import pandas as pd
+
+    rows = pd.read_csv(manifest, dtype={"image_id": str, "file": str})
+    # one row per file: the Bento reads the frame preprocess.frames names, the row holds it
+    single = rows[~rows["file"].duplicated(keep=False)]
+    test = single[single["split"] == "test"]
+    if ids is not None:
+        test = test[test["image_id"].isin(ids)]
+    if test.empty:
+        raise ValueError(
+            f"no single-frame test-split image of {manifest} {why or 'exists'}:"
+            " re-run the evaluate stage"
+        )
+    test = test.sort_values("image_id")
+    return test.assign(turn=test.groupby("label").cumcount()).sort_values(["turn", "label"])
+
+
+def write_seg_reference(
+    folder: Path, manifest: Path, model_dir: Path, spec: ModelSpec, n: int = N_REFERENCE
+) -> int:
+    """Copy `n` test-split images (de-identified DICOM files of the ingested manifest, one
+    frame each, with and without lesions in turn) into folder/reference/ with the masks the
+    packaged network gives them (K, rows, columns) as reference/sample<i>_mask.npy; returns
+    how many.
+
+    The masks are computed here, from model_dir's weights through medflow.imaging.preprocess,
+    at the served threshold: infra-validation then shows that the Bento, its copy of the code
+    and its weights, answers /segment with them (Dice >= REFERENCE_MIN_DICE).
+    """
+    import io
+
+    import numpy as np
+    import torch
+
+    from medflow.imaging.masks import to_source_mask
+    from medflow.imaging.preprocess import preprocess_dataset, read_dicom
+
+    manifest = Path(manifest)
+    picked = _test_rows(manifest)
+    net, _ = load_model(Path(model_dir))
+    params = spec.preprocess_params
+    out = Path(folder) / REFERENCE_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for i, row in enumerate(picked.head(n).itertuples()):
+        name, mask_name = f"sample{i}.dcm", f"sample{i}_mask.npy"  # not the source's name
+        shutil.copyfile(manifest.parent / row.file, out / name)
+        image, summary = preprocess_dataset(read_dicom(out / name), params)
+        with torch.inference_mode():
+            probs = torch.sigmoid(net(torch.from_numpy(image)[None]).float())[0].numpy()
+        mask = to_source_mask((probs >= spec.threshold).astype(np.uint8), summary.original_shape)
+        buffer = io.BytesIO()
+        np.save(buffer, mask)
+        write_bytes_atomic(out / mask_name, buffer.getvalue())
+        samples.append({"file": name, "mask": mask_name})
+    write_json_atomic(out / REFERENCE_FILE, {"task": SEGMENTATION, "samples": samples})
+    return len(samples)
+
+
 def save_to_store(
     name: str,
     model_dir: Path,
     spec: ModelSpec,
-    metrics: Metrics,
+    metrics: Metrics | SegmentationMetrics,
     gate: GateReport,
     weights_sha256: str | None = None,
     dataset: Dataset | None = None,
-    reference: tuple[Path, Path] | None = None,
+    reference: tuple[Path, Path | None] | None = None,
 ) -> str:
     """A new model store entry holding model.pt and `spec` as model.json, and with
-    `reference` (manifest, predictions) its reference samples (write_reference); returns
+    `reference` (manifest, predictions) its reference samples (write_reference; for a
+    segmentation model write_seg_reference, which needs the manifest only); returns
     `name:version`."""
     import bentoml
 
@@ -192,8 +247,13 @@ def save_to_store(
         # save_model's format, so that load_model reads it; differs from model_dir's copy
         # only when served_spec changed the threshold.
         write_json_atomic(Path(m.path_of(CARD_FILE)), asdict(spec))
-        if reference is not None:
-            n = write_reference(Path(m.path), *reference, spec.class_names)
+        if reference is not None and spec.task == SEGMENTATION:
+            n = write_seg_reference(Path(m.path), reference[0], model_dir, spec)
+            logger.info("stored %d test-split reference samples and masks", n)
+        elif reference is not None:
+            if reference[1] is None:
+                raise ValueError("a classifier's reference samples need predictions.csv")
+            n = write_reference(Path(m.path), reference[0], reference[1], spec.class_names)
             logger.info("stored %d test-split reference samples for infra-validation", n)
     return str(m.tag)
 
@@ -246,15 +306,22 @@ def run_package(
     """Save a gated model to the model store, build its Bento and record both tags in out_file.
 
     With manifest (the ingested one) and predictions (evaluate's predictions.csv), the model
-    store entry gets its reference samples, which infra-validation (promote, rollback) needs.
+    store entry gets its reference samples, which infra-validation (promote, rollback) needs;
+    a segmentation model's need the manifest only (write_seg_reference).
     Raises GateFailed (and builds nothing) unless gate_file says the model passed. With
     champion_dir (the dataset's champion folder, medflow.data.dataset.champion_folder), the packaged
     model becomes the champion the next gate on `dataset` compares against.
     """
     model_dir, project_root = Path(model_dir), Path(project_root)
     gate = read_gate(gate_file)
-    metrics = Metrics.read(metrics_file)
+    metrics = read_metrics(metrics_file)
     spec = served_spec(load_spec(model_dir), metrics)
+    task = getattr(metrics, "task", "classification")
+    if task != spec.task:
+        raise ValueError(
+            f"{metrics_file} holds {task} metrics but {model_dir / CARD_FILE} a {spec.task}"
+            " model: re-run the evaluate stage"
+        )
     if not (model_dir / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"no weights at {model_dir / WEIGHTS_FILE}: run the train stage")
     bentofile, build_ctx = project_root / BENTOFILE, project_root / BUILD_CONTEXT
@@ -262,7 +329,7 @@ def run_package(
         raise FileNotFoundError(f"no bentofile at {bentofile}: is {project_root} the project root?")
 
     weights = _sha256(model_dir / WEIGHTS_FILE)
-    if (manifest is None) != (predictions is None):
+    if spec.task != SEGMENTATION and (manifest is None) != (predictions is None):
         raise ValueError("the reference samples need both the manifest and predictions.csv")
     model_tag = save_to_store(
         params.model_name,
@@ -272,7 +339,9 @@ def run_package(
         gate,
         weights,
         dataset=dataset,
-        reference=None if manifest is None else (Path(manifest), Path(predictions)),
+        reference=None
+        if manifest is None
+        else (Path(manifest), None if predictions is None else Path(predictions)),
     )
     logger.info("saved model %s to the BentoML model store", model_tag)
     try:
@@ -308,7 +377,8 @@ def run_package(
         {
             **asdict(result),
             "serve": f"bentoml serve {bento_tag}",
-            "predict": "curl -F file=@image.dcm http://127.0.0.1:3000/predict",
+            "predict": "curl -F file=@image.dcm http://127.0.0.1:3000/"
+            + ("segment" if spec.task == SEGMENTATION else "predict"),
             "containerize": f"bentoml containerize {bento_tag}",
             "metrics": metrics.values(),
         },
@@ -321,7 +391,7 @@ def run_package(
 def write_champion(
     folder: Path,
     result: PackageResult,
-    metrics: Metrics,
+    metrics: Metrics | SegmentationMetrics,
     spec: ModelSpec,
     weights_sha256: str | None = None,
     dataset: Dataset | None = None,

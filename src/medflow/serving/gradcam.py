@@ -96,15 +96,21 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarr
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
-    """(H, W, 3) uint8 as a PNG file (8-bit RGB, no filtering), with zlib only."""
-    height, width, _ = rgb.shape
-    raw = b"".join(b"\x00" + np.ascontiguousarray(row).tobytes() for row in rgb)
+    """(H, W, 3) uint8 as a PNG file (8-bit RGB), or (H, W) uint8 as 8-bit grey; no
+    filtering, zlib only."""
+    if rgb.ndim == 2:
+        (height, width), colour = rgb.shape, 0
+    else:
+        (height, width, _), colour = rgb.shape, 2
+    rows = np.asarray(rgb, dtype=np.uint8).reshape(height, -1)
+    # each row starts with its filter type, 0 (none)
+    raw = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1).tobytes()
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = zlib.crc32(kind + data) & 0xFFFFFFFF
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)

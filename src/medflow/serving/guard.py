@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from typing import Any
 
@@ -40,10 +40,11 @@ class Route:
 @dataclass(frozen=True)
 class Form:
     """A checked request's form: the bytes of each upload per file field, in the order sent,
-    and the text fields (the last value of each)."""
+    the text fields (the last value of each), and the request's Accept header."""
 
     files: dict[str, list[bytes]]
     values: dict[str, str]
+    accept: str = ""
 
 
 # (path, form) -> the response
@@ -103,6 +104,7 @@ class RequestGuard:
             self._check_headers(headers)
             messages = await self._read_body(receive, headers.get(b"content-length"))
             form = await self._read_form(scope, messages, route)
+            accept = headers.get(b"accept", b"").decode("latin-1")
         except _Refused as refused:
             logger.info("refused a request: %s (%d)", refused.error.code, refused.error.status)
             response = refused.error.response()
@@ -115,7 +117,7 @@ class RequestGuard:
             await self.app(scope, _replay(messages, receive), send)
             return
         del messages  # the form holds the uploads: one copy of a big body in memory, not two
-        response = await answer(scope["path"], form)
+        response = await answer(scope["path"], replace(form, accept=accept))
         await response(scope, receive, send)
 
     def _check_token(self, header: bytes) -> None:

@@ -28,11 +28,13 @@ DICM_MAGIC = (128, b"DICM")  # after the 128-byte preamble of a Part-10 file
 
 @dataclass(frozen=True)
 class Prepared:
-    """A model input (channels, size, size) and what was done to get it."""
+    """A model input (channels, size, size), what was done to get it, and the data set it came
+    from (its header and pixel data: /segment reads PixelSpacing and builds a SEG on it)."""
 
     image: np.ndarray
     summary: PreprocessSummary
     input_format: str  # dicom | png | jpeg
+    ds: Dataset | None = None
 
 
 def sniff(head: bytes) -> str:
@@ -101,7 +103,7 @@ def prepare_checked(checked: Checked, params: PreprocessParams) -> Prepared:
             "invalid_image",
             f"the image cannot be preprocessed: {type(exc).__name__}",
         ) from None
-    return Prepared(image=image, summary=summary, input_format=checked.input_format)
+    return Prepared(image=image, summary=summary, input_format=checked.input_format, ds=checked.ds)
 
 
 def _read_dicom(raw: bytes, serve: ServeParams) -> Dataset:

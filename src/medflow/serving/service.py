@@ -1,9 +1,11 @@
-"""The BentoML service: POST /predict (one image) and /predict_batch (several).
+"""The BentoML service: POST /predict (one image) and /predict_batch (several) for a
+classification model, POST /segment for a segmentation model.
 
 `MedflowClassifier` runs, in each worker: the guard (medflow.serving.guard), upload checks and
 medflow.imaging.preprocess (medflow.serving.inputs), the network (medflow.serving.engine) and
-the decision. Client errors are 4xx with {"error", "detail"}; no file name or identifying
-header value is logged or returned. Why one service: docs/decisions/serving-network-in-worker.md.
+the decision, or the masks (medflow.serving.segment; a DICOM SEG: medflow.serving.seg_dicom).
+Client errors are 4xx with {"error", "detail"}; no file name or identifying header value is
+logged or returned. Why one service: docs/decisions/serving-network-in-worker.md.
 """
 
 from __future__ import annotations
@@ -32,6 +34,16 @@ from medflow.serving.errors import ServeError
 from medflow.serving.gradcam import GradCam, overlay, png_bytes
 from medflow.serving.guard import Answer, Form, RequestGuard, Route
 from medflow.serving.inputs import Checked, Prepared, check_upload, prepare_checked, sniff
+from medflow.serving.seg_dicom import MEDIA_TYPE as DICOM_MEDIA_TYPE
+from medflow.serving.seg_dicom import build_seg, wants_dicom
+from medflow.serving.segment import (
+    SegmentationResult,
+    overlay_png,
+    pixel_spacing,
+    segments,
+    source_image,
+    source_masks,
+)
 from medflow.serving.settings import resolve_serve_params
 
 logger = logging.getLogger(__name__)
@@ -72,7 +84,9 @@ INLINE_MAX_VALUES = 512 * 512
 # Decorator-time values (workers, batching, timeout): resolved once, at import.
 SERVE = resolve_serve_params(getattr(bentoml.use_arguments(), SERVE_ARG, None))
 
-PREDICT_ROUTES = ("/predict", "/predict_batch")
+PREDICT_ROUTES = ("/predict", "/predict_batch", "/segment")
+CLASSIFY_ROUTES = ("/predict", "/predict_batch")
+SEGMENTATION = "segmentation"
 # The prediction routes skip BentoML's tracing middleware unless package.serve.trace_predictions
 # (a BENTOML_CONFIG setting tracing.excluded_urls wins). Why: docs/decisions/serving-request-path.md
 TRACING = {} if SERVE.trace_predictions else {"excluded_urls": list(PREDICT_ROUTES)}
@@ -113,21 +127,31 @@ class MedflowClassifier:
         self.model_tag = str(self.model_ref.tag)
         net, self.spec = load_model(Path(self.model_ref.path))
         self.preprocess_params = self.spec.preprocess_params
-        if len(self.spec.class_names) != self.spec.num_classes:
+        self.segments = self.spec.task == SEGMENTATION
+        # a U-Net has an output per segment: every class name but the background's
+        names = self.spec.class_names[1:] if self.segments else self.spec.class_names
+        if len(names) != self.spec.num_classes:
             raise ValueError(
-                f"model {self.model_tag} has {self.spec.num_classes} outputs but"
-                f" {len(self.spec.class_names)} class names: re-run the train stage"
+                f"model {self.model_tag} ({self.spec.task}) has {self.spec.num_classes} outputs"
+                f" but {len(self.spec.class_names)} class names: re-run the train stage"
             )
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         # Grad-CAM on its own CPU copy of the network (hooks, gradients), made before the
-        # engine moves the network
-        self.gradcam = GradCam(net)
-        self.engine = Engine(net, device, SERVE.max_batch_size, SERVE.max_latency_ms)
+        # engine moves the network; a classifier's only
+        self.gradcam = None if self.segments else GradCam(net)
+        self.engine = Engine(
+            net,
+            device,
+            SERVE.max_batch_size,
+            SERVE.max_latency_ms,
+            activation="sigmoid" if self.segments else "softmax",
+        )
         self._active = 0  # prediction requests in this worker (all on its event loop)
         _WORKER["service"] = self  # the guard now hands requests to self.answer
         logger.info(
-            "serving %s (%s, classes %s) on %s; png/jpeg %s, modalities %s",
+            "serving %s (%s %s, classes %s) on %s; png/jpeg %s, modalities %s",
             self.model_tag,
+            self.spec.task,
             self.spec.architecture,
             self.spec.class_names,
             device,
@@ -150,16 +174,27 @@ class MedflowClassifier:
         uploads = [f.read_bytes() for f in files]
         return await self._classify(uploads, gradcam, batch=True)  # type: ignore[return-value]
 
+    @bentoml.api
+    async def segment(self, file: Path, overlay: bool = False) -> SegmentationResult:
+        """Segment one image: the multipart field `file` (DICOM; PNG/JPEG if the server allows
+        them). Per segment: area, bounding box and mask (base64 PNG) in the upload's geometry;
+        with overlay=true a picture of them over the image. Over HTTP, with `Accept:
+        application/dicom` the answer is a DICOM SEG referencing the upload."""
+        return await self._segment(file.read_bytes(), overlay, as_dicom=False)  # type: ignore[return-value]
+
     async def answer(self, path: str, form: Form) -> Response:
         """A request to one of PREDICT_ROUTES that the guard has checked; any failure that is
         not the client's is a 500 with a generic JSON error (details in the server log)."""
         try:
-            try:
-                gradcam = _FLAG.validate_python(form.values.get("gradcam", False))
-            except ValidationError:
-                raise ServeError(
-                    HTTPStatus.BAD_REQUEST, "bad_field", "form field 'gradcam': want true or false"
-                ) from None
+            self._check_task(path)
+            if path == "/segment":
+                overlay = _flag(form, "overlay")
+                if len(form.files["file"]) != 1:
+                    raise ServeError(
+                        HTTPStatus.BAD_REQUEST, "bad_field", "form field 'file': send one file"
+                    )
+                return await self._segment(form.files["file"][0], overlay, wants_dicom(form.accept))
+            gradcam = _flag(form, "gradcam")
             if path == "/predict_batch":
                 return await self._classify(form.files["files"], gradcam, batch=True)
             if len(form.files["file"]) != 1:
@@ -180,10 +215,27 @@ class MedflowClassifier:
                 "an unexpected error; see the server log",
             ).response()
 
+    def _check_task(self, path: str) -> None:
+        """A classifier answers /predict*, a segmentation model /segment; the other route is
+        a 409 naming the one to use."""
+        if self.segments and path in CLASSIFY_ROUTES:
+            raise ServeError(
+                HTTPStatus.CONFLICT,
+                "wrong_task",
+                f"this Bento serves a segmentation model ({self.model_tag}): POST /segment",
+            )
+        if not self.segments and path == "/segment":
+            raise ServeError(
+                HTTPStatus.CONFLICT,
+                "wrong_task",
+                f"this Bento serves a classification model ({self.model_tag}): POST /predict",
+            )
+
     async def _classify(self, uploads: list[bytes], gradcam: bool, *, batch: bool) -> Response:
         """The response of /predict (one upload) or /predict_batch; a refusal is a 4xx
         response, not raised: BentoML would log a traceback and answer its own error shape."""
         try:
+            self._check_task("/predict_batch" if batch else "/predict")
             if batch and not 1 <= len(uploads) <= SERVE.max_batch_size:
                 raise ServeError(
                     HTTPStatus.REQUEST_ENTITY_TOO_LARGE if uploads else HTTPStatus.BAD_REQUEST,
@@ -201,6 +253,78 @@ class MedflowClassifier:
         except ServeError as exc:
             logger.info("refused a request: %s (%d)", exc.code, exc.status)
             return exc.response()
+
+    async def _segment(self, upload: bytes, overlay: bool, as_dicom: bool) -> Response:
+        """The response of /segment: JSON (SegmentationResult) or, with as_dicom, a DICOM SEG;
+        a refusal is a 4xx response, as in _classify."""
+        try:
+            self._check_task("/segment")
+            if as_dicom and sniff(upload[:132]) != "dicom":
+                raise ServeError(
+                    HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                    "png_jpeg_not_allowed",
+                    "a DICOM SEG answer (Accept: application/dicom) references the uploaded"
+                    " DICOM image: send a DICOM file, or ask for JSON",
+                )
+            self._active += 1
+            try:
+                prepared, probs = await self._prepare([upload])
+                probs = await self._infer(prepared, probs)
+            finally:
+                self._active -= 1
+            return await asyncio.to_thread(
+                self._segment_response, prepared[0], probs[0], overlay, as_dicom
+            )
+        except ServeError as exc:
+            logger.info("refused a request: %s (%d)", exc.code, exc.status)
+            return exc.response()
+
+    def _segment_response(
+        self, p: Prepared, probs: np.ndarray, overlay: bool, as_dicom: bool
+    ) -> Response:
+        """Masks in the upload's geometry, then the JSON answer or the SEG (in a thread)."""
+        shape = p.summary.original_shape
+        masks = source_masks(probs, self.spec.threshold, shape)
+        names = self.spec.class_names[1:]
+        name, _, version = self.model_tag.partition(":")
+        logger.debug(  # counts and shapes only
+            "segmented a %dx%d %s image: %s pixels per segment",
+            *shape,
+            p.input_format,
+            [int(m.sum()) for m in masks],
+        )
+        if as_dicom:
+            seg = build_seg(p.ds, masks, p.summary.frame_used, names, name, version)
+            return Response(seg, media_type=DICOM_MEDIA_TYPE)
+        spacing = pixel_spacing(p.ds) if p.ds is not None else None
+        picture = None
+        if overlay:
+            grey = source_image(p.ds, p.summary.frame_used, self.preprocess_params)
+            picture = overlay_png(grey, masks)
+        result = SegmentationResult(
+            model_tag=self.model_tag,
+            model_name=name,
+            model_version=version,
+            threshold=self.spec.threshold,
+            input_format=p.input_format,
+            shape=shape,
+            pixel_spacing_mm=spacing,
+            preprocessing=p.summary,
+            segments=segments(masks, names, spacing),
+            overlay_png=picture,
+        )
+        return Response(result.model_dump_json().encode(), media_type="application/json")
+
+    async def _infer(self, prepared: list[Prepared], probs: np.ndarray | None) -> np.ndarray:
+        """The network's output for `prepared`: `probs` when _prepare computed it, else from
+        the batching queue (503 `overloaded` when it waited too long)."""
+        if probs is not None:
+            return probs
+        try:  # concurrent requests share a forward pass
+            return await self.engine(np.stack([p.image for p in prepared]))
+        except Overloaded as exc:
+            logger.warning("overloaded: %s", exc)
+            raise ServeError(HTTPStatus.SERVICE_UNAVAILABLE, "overloaded", str(exc)) from None
 
     async def _prepare(self, uploads: list[bytes]) -> tuple[list[Prepared], np.ndarray | None]:
         """Checks, preprocessing and (if the network is free) the forward pass, in a thread; or,
@@ -234,13 +358,7 @@ class MedflowClassifier:
     async def _predict(
         self, prepared: list[Prepared], probs: np.ndarray | None, gradcam: bool
     ) -> list[Prediction]:
-        if probs is None:
-            try:  # concurrent requests share a forward pass
-                probs = await self.engine(np.stack([p.image for p in prepared]))
-            except Overloaded as exc:
-                logger.warning("overloaded: %s", exc)
-                raise ServeError(HTTPStatus.SERVICE_UNAVAILABLE, "overloaded", str(exc)) from None
-        probs = np.asarray(probs, dtype=np.float64)
+        probs = np.asarray(await self._infer(prepared, probs), dtype=np.float64)
         names, threshold = self.spec.class_names, self.spec.threshold
         loop = asyncio.get_running_loop()
         name, _, version = self.model_tag.partition(":")
@@ -293,6 +411,18 @@ def _each(items: list, step: Callable) -> list:
 
 
 _FLAG = TypeAdapter(bool)  # form values as BentoML reads them: true/false, 1/0, yes/no, on/off
+
+
+def _flag(form: Form, name: str) -> bool:
+    """The boolean form field `name` (false when absent); 400 `bad_field` when not a boolean."""
+    try:
+        return _FLAG.validate_python(form.values.get(name, False))
+    except ValidationError:
+        raise ServeError(
+            HTTPStatus.BAD_REQUEST, "bad_field", f"form field {name!r}: want true or false"
+        ) from None
+
+
 _WORKER: dict[str, MedflowClassifier] = {}  # this worker's service instance, once created
 
 
