@@ -172,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         args.images, args.epochs = 512, 3
     logging.basicConfig(level=logging.WARNING)
     params = load_params(args.params).train.model_copy(update={"augment": NO_AUGMENT})
+    if args.task == "segmentation":  # the U-Net trains at its own batch size and rate
+        params = params.model_copy(
+            update={
+                "batch_size": params.unet_batch_size,
+                "learning_rate": params.unet_learning_rate,
+            }
+        )
     data = _data(args.images, args.size, args.task)
     epochs = args.epochs + 1
     # one after the other in the same process; on a shared machine compare a few runs

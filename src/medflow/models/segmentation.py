@@ -90,6 +90,10 @@ def run_train_segmentation(
         ValueError: masks missing, of the wrong shape or not 0/1; an empty split.
     """
     started = time.monotonic()
+    # the U-Net's own batch size and learning rate (train.unet_*) stand for the classifier's
+    params = params.model_copy(
+        update={"batch_size": params.unet_batch_size, "learning_rate": params.unet_learning_rate}
+    )
     _check_params(params)
     quiet_lightning()
     meta = read_meta(arrays_dir)
