@@ -16,13 +16,18 @@ PREDICTION_COLOUR = "#ff00ff"  # magenta: told apart from green also by red-gree
 CASES = ("best", "median", "worst")
 
 
-def pick_cases(dice: np.ndarray) -> dict[str, int]:
+def pick_cases(dice: np.ndarray, shown: np.ndarray | None = None) -> dict[str, int]:
     """Case name -> test image index: highest, median and lowest per-image Dice (ties: the
-    first image), from (N,) per-image Dice."""
+    first image), from (N,) per-image Dice, among the images `shown` marks (those with a
+    segment in truth or prediction: an image empty in both scores 1 and shows nothing);
+    among all when none is marked."""
     dice = np.asarray(dice, dtype=float)
     if dice.size == 0:
         return {}
-    order = np.argsort(-dice, kind="stable")  # best first
+    candidates = np.arange(dice.size)
+    if shown is not None and np.asarray(shown).any():
+        candidates = candidates[np.asarray(shown, dtype=bool)]
+    order = candidates[np.argsort(-dice[candidates], kind="stable")]  # best first
     return {"best": int(order[0]), "median": int(order[len(order) // 2]), "worst": int(order[-1])}
 
 
@@ -51,7 +56,9 @@ def write_overlays(
     from matplotlib.lines import Line2D
 
     paths = {}
-    for case, i in pick_cases(dice).items():
+    n = len(dice)
+    shown = (truth.reshape(n, -1).any(1) | pred.reshape(n, -1).any(1)) if n else None
+    for case, i in pick_cases(dice, shown).items():
         k = len(segment_names)
         fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 3.4), squeeze=False)
         for j, ax in enumerate(axes[0]):

@@ -18,7 +18,16 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 
-from medflow.handoffs import METRICS, GateReport, Handoff, HandoffError, Metrics
+from medflow.handoffs import (
+    METRICS,
+    SEGMENTATION_METRICS,
+    GateReport,
+    Handoff,
+    HandoffError,
+    Metrics,
+    SegmentationMetrics,
+    read_metrics,
+)
 from medflow.stages.layout import Layout
 
 H = TypeVar("H", bound=Handoff)
@@ -77,18 +86,36 @@ def _read(model: type[H], path: Path) -> H | None:
         return None
 
 
+def _read_metrics(path: Path) -> Metrics | SegmentationMetrics | None:
+    try:
+        return read_metrics(path)
+    except FileNotFoundError:
+        return None
+    except HandoffError as exc:
+        log.warning("not published: %s", exc)
+        return None
+
+
 def metrics(layout: Layout) -> None:
-    m = _read(Metrics, layout.metrics)
+    m = _read_metrics(layout.metrics)
     if m is None:
         return
+    segmentation = isinstance(m, SegmentationMetrics)
+    names = SEGMENTATION_METRICS if segmentation else METRICS
+    counts = (
+        ("threshold", "detection_sensitivity", "false_positives_per_image", "n_images")
+        + ("n_patients", "n_lesions")
+        if segmentation
+        else ("threshold", "n_test", "n_test_patients")
+    )
     table = [
         {"metric": name, "value": _num(value), "ci_low": _num(low), "ci_high": _num(high)}
-        for name in sorted(METRICS)
+        for name in sorted(names)
         for value, low, high in [m.interval(name)]
     ]
     table += [
         {"metric": name, "value": _num(getattr(m, name)), "ci_low": "-", "ci_high": "-"}
-        for name in ("threshold", "n_test", "n_test_patients")
+        for name in counts
     ]
     create_table_artifact(key="metrics", table=table, description="Test metrics, 95% intervals")
 

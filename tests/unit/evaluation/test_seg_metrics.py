@@ -150,3 +150,14 @@ def test_intervals_resample_patients():
     # no resampling: the intervals are undefined, the means are not
     none = summarize(scores, EvaluateParams(n_bootstrap=0), None)
     assert math.isnan(none["dice_ci_low"]) and none["dice"] == pytest.approx(0.5)
+
+
+def test_overlay_cases_skip_images_empty_in_truth_and_prediction() -> None:
+    from medflow.evaluation.overlays import pick_cases
+
+    dice = np.array([1.0, 0.9, 1.0, 0.2, 0.6, 1.0])
+    shown = np.array([False, True, False, True, True, False])  # the 1.0s are empty/empty
+    assert pick_cases(dice, shown) == {"best": 1, "median": 4, "worst": 3}
+    # nothing to show anywhere: all images are candidates
+    assert pick_cases(dice, np.zeros(6, dtype=bool))["best"] == 0
+    assert pick_cases(np.array([])) == {}
