@@ -25,7 +25,11 @@ def _prepare(dest: Path) -> None:
         dest,
         {
             "data": {"task": "segmentation"},
-            "train": {"max_epochs": 40, "unet_channels": [8, 16, 32], "early_stopping_patience": 8},
+            "train": {
+                "unet_max_epochs": 40,
+                "unet_channels": [8, 16, 32],
+                "early_stopping_patience": 8,
+            },
             # 28 test images: a tiny run's floor, far below the default's 0.8
             "gate": {"min_dice": 0.5, "min_dice_ci_low": 0.3, "max_hd95": 30.0},
         },

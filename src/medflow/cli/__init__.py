@@ -59,12 +59,16 @@ def show_bento(
     if not report.is_file():
         typer.secho(f"no {report}: run the pipeline first (make run)", fg="red", err=True)
         raise typer.Exit(code=int(ExitCode.FAILED))
-    tag = json.loads(report.read_text())["bento_tag"]
+    built = json.loads(report.read_text())
+    tag = built["bento_tag"]
     home = os.environ.get("BENTOML_HOME", "~/bentoml")
+    segments = (built.get("metrics") or {}).get("task") == "segmentation"
+    route = "segment" if segments else "predict"
     typer.echo(
         f"Bento built: {tag}\n"
         f"Serve it:    bentoml serve {tag}   (with BENTOML_HOME={home})\n"
-        "Then:        curl -F file=@image.dcm http://127.0.0.1:3000/predict"
+        f"Then:        curl -F file=@image.dcm http://127.0.0.1:3000/{route}"
+        + ("\n             (-H 'Accept: application/dicom' for a DICOM SEG)" if segments else "")
     )
 
 

@@ -92,7 +92,11 @@ def run_train_segmentation(
     started = time.monotonic()
     # the U-Net's own batch size and learning rate (train.unet_*) stand for the classifier's
     params = params.model_copy(
-        update={"batch_size": params.unet_batch_size, "learning_rate": params.unet_learning_rate}
+        update={
+            "batch_size": params.unet_batch_size,
+            "learning_rate": params.unet_learning_rate,
+            "max_epochs": params.unet_max_epochs,
+        }
     )
     _check_params(params)
     quiet_lightning()

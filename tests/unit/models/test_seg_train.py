@@ -25,7 +25,7 @@ from medflow.stages.train import train as train_stage
 
 NAMES = ["background", "lesion"]
 TINY = {
-    "max_epochs": 4,
+    "unet_max_epochs": 4,
     "unet_batch_size": 8,
     "unet_learning_rate": 1e-2,
     "unet_channels": [8, 16, 32],
@@ -89,7 +89,7 @@ def test_the_stage_trains_a_unet_that_beats_it_untrained_and_loads_back(
     """Through the stage (data.task segmentation): the artifact is a U-Net of one segment
     whose val Dice, recomputed from load_model's network, is the one reported and far above
     the same network's before training."""
-    p = params(max_epochs=16, unet_learning_rate=3e-2)
+    p = params(unet_max_epochs=16, unet_learning_rate=3e-2)
     all_params = Params(data={"task": "segmentation", "class_names": NAMES}, train=p)
     out = tmp_path / "models"
     result = train_stage(all_params, discs, out)
