@@ -63,11 +63,13 @@ def seg_source(ds: Dataset) -> Dataset:
             f"a DICOM SEG cannot reference this image: it lacks {', '.join(missing)};"
             " ask for JSON (no Accept: application/dicom)",
         )
-    # Without a frame of reference (DX, SC...) highdicom would write a Pixel Measures
-    # Sequence without SliceThickness, which highdicom's own reader then refuses: the SEG
-    # leaves pixel spacing out there (the JSON answer gives it).
+    # Without a frame of reference, or a projection image (DX, CR, MG, SC...: no slice
+    # thickness, no position, whether or not it carries a frame of reference), highdicom
+    # would write a Pixel Measures Sequence without SliceThickness, which highdicom's own
+    # reader then refuses: the SEG leaves pixel spacing out there (the JSON answer gives it).
     dropped = {"PixelData", "FloatPixelData", "DoubleFloatPixelData"}
-    if "FrameOfReferenceUID" not in ds:
+    thickness = str(ds.get("SliceThickness", "") or "").strip()
+    if "FrameOfReferenceUID" not in ds or not (thickness or "ImagePositionPatient" in ds):
         dropped |= {"PixelSpacing", "ImagerPixelSpacing"}
     source = Dataset()
     for element in ds:

@@ -91,6 +91,21 @@ def test_a_dx_without_patient_attributes_gets_them_empty_not_invented() -> None:
     assert seg.get_source_image_uids()[0][2] == dx.SOPInstanceUID
 
 
+def test_an_image_with_a_frame_of_reference_but_no_slice_thickness_is_readable() -> None:
+    """A projection image (the synthetic DX: FrameOfReferenceUID and PixelSpacing, no
+    SliceThickness): highdicom's reader refuses a Pixel Measures Sequence without a slice
+    thickness, so the SEG leaves the spacing out and stays readable."""
+    image = pydicom.examples.ct.copy()
+    for keyword in ("SliceThickness", "ImagePositionPatient", "ImageOrientationPatient"):
+        delattr(image, keyword)
+    assert "FrameOfReferenceUID" in image and "PixelSpacing" in image
+    masks = np.zeros((1, image.Rows, image.Columns), np.uint8)
+    masks[0, 40:60, 30:50] = 1
+    seg = _read(build_seg(image, masks, 0, ["lesion"], "m", "1"))
+    pixels = seg.get_pixels_by_source_instance([image.SOPInstanceUID], segment_numbers=[1])
+    np.testing.assert_array_equal(pixels[0, ..., 0], masks[0])
+
+
 def test_an_upload_without_uids_cannot_be_referenced() -> None:
     ct = pydicom.examples.ct
     del ct.SOPInstanceUID
