@@ -291,10 +291,12 @@ def _params() -> list:
 
 
 def _status_counts(url: str) -> dict[int, float]:
-    """Requests counted per response status on the prediction routes (BentoML's /metrics)."""
+    """Requests counted per response status on the prediction routes, /segment included
+    (BentoML's /metrics)."""
     counts: dict[int, float] = {}
     for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if not line.startswith("bentoml_service_request_total{") or "/predict" not in line:
+        routed = "/predict" in line or "/segment" in line
+        if not line.startswith("bentoml_service_request_total{") or not routed:
             continue
         status = re.search(r'response_code="(\d+)"', line)
         if status:

@@ -38,8 +38,8 @@ def test_layout_matches_dvc_outs():
     }
     for name, paths in expected.items():
         assert {str(p) for p in paths} <= _outs(stages[name]), name
-    plots = {p for p in _outs(stages["evaluate"]) if p.startswith(str(layout.plots) + "/")}
-    assert len(plots) == 7, plots
+    # one plots folder for both tasks (classification curves, segmentation overlays)
+    assert {str(layout.plots), str(layout.predictions)} <= _outs(stages["evaluate"])
     assert str(layout.manifest) in stages["evaluate"]["deps"]
     assert str(layout.ingested) in stages["evaluate"]["deps"]  # the champion's preprocessing
     assert f"--references {layout.references}" in stages["validate"]["cmd"]
@@ -70,9 +70,17 @@ def test_training_curves_are_plotted_from_the_train_stage_outputs():
     for entry in dvc_yaml["plots"]:
         (spec,) = entry.values()
         plotted |= set(spec["y"])
-    assert plotted == {
+    layout = Layout(Path("."))
+    training = {p for p in plotted if p.startswith(curves + "/")}
+    assert training == {
         f"{curves}/train/loss.tsv",
         f"{curves}/val/loss.tsv",
         f"{curves}/val/auroc.tsv",
+        f"{curves}/val/dice.tsv",
     }
     assert curves in _outs(dvc_yaml["stages"]["train"])
+    # the rest are the evaluate stage's test-split curves, in its declared outputs
+    evaluated = plotted - training
+    assert evaluated and all(
+        p.startswith(str(layout.plots) + "/") or p == str(layout.predictions) for p in evaluated
+    )
