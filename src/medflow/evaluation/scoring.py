@@ -280,6 +280,28 @@ def _context(
 ) -> EvaluationContext:
     """evaluation.json: how the threshold was chosen, the bootstrap, data, model, versions."""
     binary = spec.num_classes == 2
+    threshold = ThresholdChoice(
+        policy=params.threshold_policy,
+        value=metrics.threshold,
+        chosen_on="val" if binary and params.threshold_policy != "fixed" else "params",
+        applies="p(positive) >= threshold" if binary else "not used: argmax",
+    )
+    return evaluation_context(params, spec, meta, arrays_dir, test, threshold, subgroups, plots)
+
+
+def evaluation_context(
+    params: EvaluateParams,
+    spec: ModelSpec,
+    meta: ArraysMeta,
+    arrays_dir: Path,
+    test: _TestSplit,
+    threshold: ThresholdChoice,
+    subgroups: SubgroupCoverage,
+    plots: dict[str, Path],
+    **extra: object,
+) -> EvaluationContext:
+    """evaluation.json of either task: `threshold`, the bootstrap, data (class counts per
+    split), model, plots and versions, plus the task's `extra` fields."""
     class_counts = {}
     for split in ("train", "val", "test"):
         try:
@@ -290,12 +312,7 @@ def _context(
         class_counts[split] = dict(zip(spec.class_names, map(int, counts), strict=True))
     return EvaluationContext(
         params=params,
-        threshold=ThresholdChoice(
-            policy=params.threshold_policy,
-            value=metrics.threshold,
-            chosen_on="val" if binary and params.threshold_policy != "fixed" else "params",
-            applies="p(positive) >= threshold" if binary else "not used: argmax",
-        ),
+        threshold=threshold,
         bootstrap=BootstrapSetup(
             unit="patient" if test.groups is not None else "image",
             n=params.n_bootstrap,
@@ -317,4 +334,5 @@ def _context(
         ),
         plots={name: f"{PLOTS_DIR}/{path.name}" for name, path in plots.items()},
         evaluated_with=Versions(git_revision=git_revision(), library_versions=library_versions()),
+        **extra,
     )

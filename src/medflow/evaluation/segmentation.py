@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from medflow.config import EvaluateParams
-from medflow.data.arrays import ArraysMeta, load_ids, load_labels, load_masks, load_split, read_meta
+from medflow.data.arrays import ArraysMeta, load_ids, load_masks, load_split, read_meta
 from medflow.data.dataset import Dataset
 from medflow.data.manifest import MANIFEST_FILE, read_manifest
 from medflow.data.preprocessing import preprocess_rows
@@ -32,27 +32,23 @@ from medflow.evaluation.scoring import (
     SUBGROUPS_FILE,
     EvaluateResult,
     _test_rows,
+    evaluation_context,
 )
 from medflow.evaluation.seg_metrics import ImageScores, per_segment, score_images, summarize
 from medflow.evaluation.subgroups import subgroup_table
 from medflow.handoffs import (
     COMPARED,
     Baseline,
-    BootstrapSetup,
     DatasetRef,
-    DataSummary,
     EvaluatedOn,
     EvaluationContext,
-    ModelSummary,
     SegmentationMetrics,
     SubgroupCoverage,
     ThresholdChoice,
-    Versions,
 )
 from medflow.imaging.masks import model_pixel_spacing, to_model_mask
 from medflow.io import write_json_atomic, write_text_atomic
 from medflow.models.artifact import ModelSpec, load_model
-from medflow.provenance import git_revision, library_versions
 from medflow.registry.baseline import BASELINE_FILE, ChampionModel, find_baseline
 
 log = logging.getLogger(__name__)
@@ -315,42 +311,12 @@ def _context(
     unit: str,
 ) -> EvaluationContext:
     """evaluation.json: the mask threshold, the bootstrap, data, model, versions, HD95 unit."""
-    class_counts = {}
-    for split in ("train", "val", "test"):
-        try:
-            labels = load_labels(arrays_dir, split)
-        except FileNotFoundError:
-            continue
-        counts = np.bincount(labels, minlength=len(spec.class_names))
-        class_counts[split] = dict(zip(spec.class_names, map(int, counts), strict=True))
-    return EvaluationContext(
-        params=params,
-        threshold=ThresholdChoice(
-            policy="fixed",
-            value=params.mask_threshold,
-            chosen_on="params",
-            applies="sigmoid(logit) >= threshold, per pixel and segment",
-        ),
-        bootstrap=BootstrapSetup(
-            unit="patient" if test.groups is not None else "image",
-            n=params.n_bootstrap,
-            level=params.ci_level,
-            seed=params.seed,
-        ),
-        subgroups=subgroups,
-        data=DataSummary(
-            data_hash=meta.data_hash,
-            counts=meta.counts,
-            class_counts=class_counts,
-            preprocess=meta.preprocess,
-        ),
-        model=ModelSummary(
-            architecture=spec.architecture,
-            class_names=list(spec.class_names),
-            num_classes=spec.num_classes,
-            provenance=spec.provenance,
-        ),
-        plots={name: f"{PLOTS_DIR}/{path.name}" for name, path in plots.items()},
-        evaluated_with=Versions(git_revision=git_revision(), library_versions=library_versions()),
-        hd95_unit=unit,
+    threshold = ThresholdChoice(
+        policy="fixed",
+        value=params.mask_threshold,
+        chosen_on="params",
+        applies="sigmoid(logit) >= threshold, per pixel and segment",
+    )
+    return evaluation_context(
+        params, spec, meta, arrays_dir, test, threshold, subgroups, plots, hd95_unit=unit
     )
