@@ -78,7 +78,9 @@ serve: install
 # opens the Prefect UI headless; no browser download at run time; fonts-liberation, which
 # --no-install-recommends would drop, for legible screenshots) and PostgreSQL (a Prefect
 # server on Postgres), and tesseract-ocr (with its English data, tesseract-ocr-eng: OCR of
-# burned-in text at ingest, deid.burned_in_text; docs/ingest.md). Only what is missing is
+# burned-in text at ingest, deid.burned_in_text; docs/ingest.md), and a PACS: Orthanc with its
+# DICOMweb plugin and dcmtk (storescu/echoscu), which tests/integration/test_pacs*.py start on
+# loopback (docs/pacs.md). Only what is missing is
 # installed, with sudo when not root; SKIP_SYSTEM_DEPS=1 skips this step (those tests then
 # skip and say why).
 .PHONY: system-deps
@@ -87,6 +89,9 @@ system-deps:
 	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing=" chromium fonts-liberation"; \
 	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v tesseract >/dev/null || missing="$$missing tesseract-ocr tesseract-ocr-eng"; \
+	command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
+	ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so >/dev/null 2>&1 || missing="$$missing orthanc-dicomweb"; \
+	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	[ -z "$$missing" ] && exit 0; \
 	if ! command -v apt-get >/dev/null; then \
 	  echo "system-deps: no apt-get here; install$$missing with your package manager, or run with SKIP_SYSTEM_DEPS=1 (the browser/PostgreSQL/OCR tests then skip)" >&2; exit 1; fi; \

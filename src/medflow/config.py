@@ -8,6 +8,7 @@ where its meaning is written down; params.yaml only carries a short reminder.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SYNTHETIC = "synthetic"
+PACS = "pacs"  # data.source: retrieve from the DICOMweb server of params `pacs`
 
 # The Modality values accepted by validation and served by the Bento.
 MODALITIES = ("CR", "DX", "CT", "MR", "US", "OT", "NM", "XA", "MG", "PX", "RF", "SC")
@@ -46,7 +48,8 @@ class SplitParams(_Section):
 class DataParams(_Section):
     source: str = SYNTHETIC
     """where the images come from, relative to data/ or absolute: `synthetic` (data/synthetic,
-    written by the synth stage); a folder of DICOM files (any names, read recursively) with a
+    written by the synth stage); `pacs` (the DICOMweb server of params `pacs`, retrieved by the
+    pull stage into data/pacs); a folder of DICOM files (any names, read recursively) with a
     labels.csv (columns path,label) or one sub-folder per class; or a MedMNIST-style .npz
     archive, whose own train/val/test splits are kept"""
     class_names: list[str] = Field(default_factory=lambda: ["normal", "lesion"], min_length=2)
@@ -75,6 +78,10 @@ class DataParams(_Section):
     @property
     def is_synthetic(self) -> bool:
         return self.source == SYNTHETIC
+
+    @property
+    def is_pacs(self) -> bool:
+        return self.source == PACS
 
 
 class SynthParams(_Section):
@@ -623,6 +630,92 @@ class ServeParams(_Section):
         return [v.strip().upper() for v in value]
 
 
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_QIDO_KEY = r"^[A-Za-z][A-Za-z0-9]*$"
+
+
+class PacsReceiveParams(_Section):
+    """`medflow receive`: a DICOM C-STORE/C-ECHO SCP (DIMSE) writing into data.source
+    (docs/pacs.md). Command-line options override these."""
+
+    ae_title: str = Field("MEDFLOW", min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")
+    """the receiver's own AE title (the called AE title senders must use)"""
+    port: int = Field(11112, ge=1, le=65535)
+    """the TCP port it listens on"""
+    host: str = "0.0.0.0"
+    """the address it listens on (127.0.0.1: this machine only)"""
+    allowed_calling_ae_titles: list[str] = Field(default_factory=list)
+    """the AE titles of the modalities/PACS allowed to send; an association from any other
+    is rejected. Empty: every association is rejected (list the senders)"""
+    labels: str = ""
+    """a CSV (relative to data/) with the column StudyInstanceUID or AccessionNumber and the
+    column label: a received instance of a listed study is filed under its label; others wait
+    in data/received-unlabelled until their study is listed. "": the pacs labels CSV"""
+
+
+class PacsInferParams(_Section):
+    """`medflow infer` and the PACS inference flow: new images from the PACS to the served
+    model, its result back to the PACS as a DICOM SR (and SEG) by STOW-RS (docs/pacs.md)."""
+
+    bento_url: str = "http://127.0.0.1:3000"
+    """the served champion Bento (`make serve`); its token: $MEDFLOW_API_TOKEN"""
+    filters: dict[str, str] = Field(default_factory=dict)
+    """QIDO-RS matching of the images to infer on (same keys as pacs.filters; SR/SEG/PR
+    instances are never sent). Empty: pacs.filters"""
+    lookback_days: int = Field(2, ge=0)
+    """only studies whose StudyDate is within this many days of today (0: any date)"""
+    cron: str = "*/15 * * * *"
+    """the inference deployment's schedule (cron, orchestration.timezone); "": none"""
+
+
+class PacsParams(_Section):
+    """A PACS or any DICOMweb server as the data source (data.source: pacs), a DICOM receiver,
+    and results sent back (docs/pacs.md). Credentials are never here: they come from the
+    environment variables named below."""
+
+    url: str = ""
+    """the DICOMweb service root (QIDO-RS, WADO-RS, STOW-RS), e.g.
+    http://orthanc:8042/dicom-web or https://pacs.example.org/dcm4chee-arc/aets/DCM4CHEE/rs"""
+    filters: dict[str, str] = Field(default_factory=dict)
+    """QIDO-RS matching keys and values of the images to pull: study level (StudyDate as
+    YYYYMMDD or a range YYYYMMDD-YYYYMMDD, StudyDescription with * wildcards, AccessionNumber,
+    ModalitiesInStudy) and series level (Modality, BodyPartExamined, SeriesDescription)"""
+    labels: str = "pacs_labels.csv"
+    """a CSV (relative to data/) with the column StudyInstanceUID or AccessionNumber, and the
+    column label (a class name or its index): studies not in it are not retrieved"""
+    user_env: str = Field("MEDFLOW_PACS_USER", pattern=_ENV_NAME)
+    """the environment variable holding the HTTP basic-auth user (with password_env)"""
+    password_env: str = Field("MEDFLOW_PACS_PASSWORD", pattern=_ENV_NAME)
+    """the environment variable holding the basic-auth password"""
+    token_env: str = Field("MEDFLOW_PACS_TOKEN", pattern=_ENV_NAME)
+    """the environment variable holding a bearer token (used instead of basic auth when set)"""
+    ca_bundle_env: str = Field("MEDFLOW_PACS_CA_BUNDLE", pattern=_ENV_NAME)
+    """the environment variable naming a CA bundle file for an https server with a private CA"""
+    workers: int = Field(4, ge=1, le=64)
+    """concurrent retrievals (threads per worker process; the shards go to ingest.workers
+    processes or a Dask cluster)"""
+    timeout_seconds: float = Field(60.0, gt=0)
+    """one HTTP request's connect and read timeout"""
+    retries: int = Field(4, ge=0, le=20)
+    """retries of a failed request (connection refused or reset, timeouts, 502/503/504), with
+    exponential backoff; then the run stops with an error naming the server"""
+    backoff_seconds: float = Field(0.5, ge=0)
+    """the first retry's wait; each next one doubles it"""
+    receive: PacsReceiveParams = PacsReceiveParams()
+    """the DIMSE receiver (`medflow receive`)"""
+    infer: PacsInferParams = PacsInferParams()
+    """inference on new PACS images, results stored back (`medflow infer`)"""
+
+    @field_validator("filters")
+    @classmethod
+    def _qido_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if not re.match(_QIDO_KEY, k)]
+        if bad:
+            raise ValueError(f"filters keys must be DICOM keywords (e.g. Modality), got {bad}")
+        return {k: str(v) for k, v in value.items()}
+
+
+
 class PackageParams(_Section):
     model_name: str = Field("medflow-classifier", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     """the name of the model in the BentoML model store and of the Bento"""
@@ -684,6 +777,8 @@ class Params(_Section):
     """the package stage and the Bento it builds"""
     orchestration: OrchestrationParams = OrchestrationParams()
     """the Prefect deployments"""
+    pacs: PacsParams = PacsParams()
+    """the PACS: DICOMweb source (data.source: pacs), receiver, results sent back"""
 
 
 class ConfigError(ValueError):

@@ -19,3 +19,8 @@ class GateFailed(StageFailed):
 
 class IngestFailed(StageFailed):
     """Ingest could not produce a usable, de-identified dataset."""
+
+
+class PacsError(StageFailed):
+    """The PACS (a DICOMweb server) refused a request or stayed unreachable; the message names
+    the server (never a study, a patient or a credential)."""

@@ -49,3 +49,18 @@ def _background_repros(
     yield
     if lane is not None:
         lane.join(timeout=1800)
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path):
+    """A real Orthanc PACS on loopback with its own storage, ports and credentials (stopped
+    after the test; tests may stop() and start() it again)."""
+    from tests.helpers.orthanc import SKIP_REASON, Orthanc, orthanc_binary
+
+    if orthanc_binary() is None:
+        pytest.skip(SKIP_REASON)
+    server = Orthanc(tmp_path / "orthanc").start()
+    try:
+        yield server
+    finally:
+        server.stop()
