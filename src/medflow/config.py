@@ -715,7 +715,6 @@ class PacsParams(_Section):
         return {k: str(v) for k, v in value.items()}
 
 
-
 class PackageParams(_Section):
     model_name: str = Field("medflow-classifier", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     """the name of the model in the BentoML model store and of the Bento"""

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from medflow import __version__
-from medflow.cli import models, orchestrate
+from medflow.cli import models, orchestrate, pacs
 from medflow.cli.common import ExitCode, command
 from medflow.stages import STAGES
 
@@ -47,6 +47,8 @@ for _stage in STAGES.values():
 app.command("flow")(command("flow", orchestrate.flow))
 app.add_typer(models.app, name="models")
 app.add_typer(orchestrate.app, name="orchestrate")
+app.command("receive")(command("receive", pacs.receive))
+app.command("infer")(command("infer", pacs.infer))
 
 
 @app.command("show-bento")

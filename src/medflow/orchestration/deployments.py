@@ -5,6 +5,10 @@
   which names the run). One training at a time: deployment concurrency limit 1, a second
   trigger waits (ENQUEUE) or is dropped (CANCEL_NEW), params `orchestration.collision_strategy`.
 - `medflow-data-watch/watch`: the watcher (flows/watch.py) every `watch_interval_seconds`.
+- `medflow-pacs-infer/infer` (params pacs.url set): inference on the PACS's new images, results
+  stored back (medflow.orchestration.pacs_infer), on `pacs.infer.cron` and on every
+  `medflow.data.changed` event; one pass at a time, a pass asked for during one is dropped
+  (the next cron or event catches up: the ledger knows what is done).
 - With params `orchestration.notify_block` set, `register` creates the automation
   `medflow-run-failed`: a failed or crashed pipeline run sends a notification through that
   saved block. Nothing is hard-coded; empty: no automation.
@@ -23,13 +27,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medflow.config import OrchestrationParams, load_params
+from medflow.config import OrchestrationParams, PacsInferParams, load_params
 from medflow.stages.layout import Layout
 
 log = logging.getLogger(__name__)
 
 TRAIN = "train"
 WATCH = "watch"
+INFER = "infer"
 AUTOMATION = "medflow-run-failed"
 
 
@@ -73,6 +78,43 @@ def watcher_deployment(root: Path, o: OrchestrationParams) -> Any:
         tags=["medflow", "watcher"],
         description="hash data.source; emit medflow.data.changed when it changes",
     )
+
+
+def pacs_infer_deployment(root: Path, infer: PacsInferParams, o: OrchestrationParams) -> Any:
+    """PACS inference: cron pacs.infer.cron, data-change trigger, one pass at a time."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+    from prefect.events import DeploymentEventTrigger
+    from prefect.schedules import Cron
+
+    from medflow.orchestration.pacs_infer import pacs_infer
+    from medflow.orchestration.watch import EVENT
+
+    trigger = DeploymentEventTrigger(
+        name="infer-on-data-change",
+        expect={EVENT},
+        match={"prefect.resource.id": "medflow.data.*", "medflow.root": str(root)},
+        parameters={"root": str(root)},
+    )
+    return pacs_infer.to_deployment(
+        name=INFER,
+        schedules=[Cron(infer.cron, timezone=o.timezone)] if infer.cron else None,
+        triggers=[trigger],
+        parameters={"root": str(root)},
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy="CANCEL_NEW"),
+        tags=["medflow", "pacs", "inference"],
+        description="new PACS images to the served champion; SR/SEG results back by STOW-RS",
+    )
+
+
+def deployments(root: Path) -> list[Any]:
+    """Every deployment of the project: training and watcher; PACS inference when pacs.url
+    is set."""
+    params = load_params(Layout(root).params)
+    o = params.orchestration
+    found = [training_deployment(root, o), watcher_deployment(root, o)]
+    if params.pacs.url:
+        found.append(pacs_infer_deployment(root, params.pacs.infer, o))
+    return found
 
 
 def register_notifications(o: OrchestrationParams) -> str | None:
@@ -134,9 +176,8 @@ def serve_all(root: Path) -> None:
     """Register the deployments (and the notification automation) and serve them; blocks."""
     from prefect import serve
 
-    o = load_params(Layout(root).params).orchestration
-    register_notifications(o)
-    serve(training_deployment(root, o), watcher_deployment(root, o))
+    register_notifications(load_params(Layout(root).params).orchestration)
+    serve(*deployments(root))
 
 
 def main(argv: list[str] | None = None) -> int:
