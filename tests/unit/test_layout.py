@@ -24,6 +24,7 @@ def test_layout_matches_dvc_outs():
     layout = Layout(Path("."))
     expected = {
         "synth": {layout.synthetic},
+        "pull": {layout.pull_record},
         "ingest": {layout.ingested},
         "validate": {layout.validation, layout.references},
         "preprocess": {layout.preprocessed},
@@ -42,6 +43,11 @@ def test_layout_matches_dvc_outs():
     assert {str(layout.plots), str(layout.predictions)} <= _outs(stages["evaluate"])
     assert str(layout.manifest) in stages["evaluate"]["deps"]
     assert str(layout.ingested) in stages["evaluate"]["deps"]  # the champion's preprocessing
+    # the raw folder is no output (identifiable: never cached); ingest is ordered after pull
+    assert str(layout.pacs_raw) not in _outs(stages["pull"])
+    pull_cmd = stages["pull"]["cmd"].split()
+    assert pull_cmd[2:4] == [layout.pacs_raw.name, layout.pull_record.name]
+    assert layout.pull_record.name in stages["ingest"]["deps"]
     assert f"--references {layout.references}" in stages["validate"]["cmd"]
     assert f"--champions {layout.champion}" in stages["evaluate"]["cmd"]
     assert f"--curves {layout.training}" in stages["train"]["cmd"]

@@ -1,17 +1,19 @@
 """The ingest stage on a Dask cluster, through Prefect's Dask task runner (prefect-dask).
 
 The same shards as a local run, each a Prefect task on a Dask worker, merged by the same
-run_ingest. Task results stay in memory (persist_result=False): a shard's result holds the
-original identifiers. Cluster set-up and commands: docs/ingest.md.
+run_ingest. With data.source pacs the pull's retrieval shards run the same way first (the
+pull stage's function, with this mapper). Task inputs and results stay in memory
+(persist_result=False, no cache): they hold the original identifiers. Cluster set-up and
+commands: docs/ingest.md; the PACS credentials must be in the Dask workers' environment.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -22,8 +24,13 @@ from medflow.config import load_params
 from medflow.data.deid import resolve_deid_key
 from medflow.data.ingest import IngestConfig, run_ingest
 from medflow.data.shard import ShardResult, ShardTask, ingest_shard
-from medflow.data.workers import ShardFn
+from medflow.data.workers import Mapper
+from medflow.pacs.retrieve import RetrieveResult, RetrieveShard, retrieve_shard
 from medflow.stages.layout import Layout
+from medflow.stages.pull import pull
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @task(name="ingest-shard", cache_policy=NO_CACHE, persist_result=False, log_prints=False)
@@ -32,11 +39,34 @@ def ingest_shard_task(shard: ShardTask) -> ShardResult:
     return ingest_shard(shard)
 
 
-def _prefect_mapper(_: ShardFn, tasks: Sequence[ShardTask]) -> Iterator[ShardResult]:
-    """Fan the shards out through the flow's task runner; results as they finish."""
-    futures = [ingest_shard_task.submit(t) for t in tasks]
-    for future in as_completed(futures):
-        yield future.result()
+@task(name="pull-shard", cache_policy=NO_CACHE, persist_result=False, log_prints=False)
+def pull_shard_task(shard: RetrieveShard) -> RetrieveResult:
+    """One shard of the PACS retrieval on a Dask worker (credentials from its environment)."""
+    return retrieve_shard(shard)
+
+
+def prefect_mapper(shard_task: Any) -> Mapper:
+    """A mapper that runs each shard as `shard_task` on the flow's task runner (the mapped
+    function is that task's own); results as they finish."""
+
+    def mapper(_: Callable[[T], R], tasks: Sequence[T], /) -> Iterator[R]:
+        futures = [shard_task.submit(t) for t in tasks]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:  # after a failure: shards not started are not started
+                _cancel(future)
+
+    return mapper
+
+
+def _cancel(future: Any) -> None:
+    """Cancel a Prefect future's Dask future (PrefectDaskFuture has no cancel of its own)."""
+    wrapped = getattr(future, "wrapped_future", None)
+    cancel = getattr(wrapped, "cancel", None) or getattr(future, "cancel", None)
+    if cancel is not None:
+        cancel()
 
 
 @flow(name="medflow-ingest-dask")
@@ -54,13 +84,23 @@ def ingest_dask(
     layout = Layout(Path(root).resolve())
     params = load_params(Path(params_file) if params_file else layout.params)
     src = Path(source) if source else params.data.resolve_source(layout.data)
+    pulled = None
+    if params.data.is_pacs and not source:
+        pulled = pull(params, src, layout.pull_record, mapper=prefect_mapper(pull_shard_task))
+        get_run_logger().info(
+            "pulled %d instance(s) on Dask (%d removed); %d held",
+            pulled.retrieved,
+            pulled.removed,
+            pulled.record.instances,
+        )
     dst = Path(out) if out else layout.ingested
     key = resolve_deid_key(
         os.environ,
         synthetic=params.data.is_synthetic,
         allow_demo=params.deid.allow_demo_key_for_synthetic,
     )
-    result = run_ingest(IngestConfig.from_params(params), src, dst, key, mapper=_prefect_mapper)
+    mapper = prefect_mapper(ingest_shard_task)
+    result = run_ingest(IngestConfig.from_params(params), src, dst, key, mapper=mapper)
     get_run_logger().info(
         "ingested %d images from %d files on Dask; outcomes %s",
         result.n_images,
@@ -72,6 +112,7 @@ def ingest_dask(
         "n_files": result.n_files,
         "outcomes": result.outcomes,
         "data_hash": result.data_hash,
+        "pulled": None if pulled is None else pulled.retrieved,
     }
 
 

@@ -6,12 +6,22 @@ on the project layout and its command-line form; neither the CLI nor the flow li
 
 from __future__ import annotations
 
-from medflow.stages import evaluate, gate, ingest, package, preprocess, synth, train, validate
+from medflow.stages import (
+    evaluate,
+    gate,
+    ingest,
+    package,
+    preprocess,
+    pull,
+    synth,
+    train,
+    validate,
+)
 from medflow.stages.stage import Stage
 
 STAGES: dict[str, Stage] = {
     module.STAGE.name: module.STAGE
-    for module in (synth, ingest, validate, preprocess, train, evaluate, gate, package)
+    for module in (synth, pull, ingest, validate, preprocess, train, evaluate, gate, package)
 }
 
 __all__ = ["STAGES", "Stage"]

@@ -26,6 +26,17 @@ class Layout:
         return self.data / "synthetic"
 
     @property
+    def pacs_raw(self) -> Path:
+        """The pull stage's raw folder (data.source pacs): identifiable instances under keyed
+        tokens, and labels.csv. The ingest's source folder; gitignored, never in the DVC cache."""
+        return self.data / "pacs"
+
+    @property
+    def pull_record(self) -> Path:
+        """The pull stage's record: changes exactly when the PACS query's result does."""
+        return self.data / "pull.json"
+
+    @property
     def ingested(self) -> Path:
         return self.data / "ingested"
 
