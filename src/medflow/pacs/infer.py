@@ -31,25 +31,11 @@ from medflow.errors import PacsError, StageFailed
 from medflow.pacs.client import call, connect, server_name
 from medflow.pacs.infer_bento import SEGMENTATION, Bento, BentoError, Refusal, Served
 from medflow.pacs.ledger import REFUSED, STORED, Ledger
+from medflow.pacs.query import find_instance_classes, find_series, find_studies, split_filters
 from medflow.pacs.sr import ModelAnswer, build_sr, derived_uid
 
 logger = logging.getLogger(__name__)
 
-# QIDO-RS keys matched at the study level; every other filter key is matched per series
-STUDY_KEYS = frozenset(
-    {
-        "StudyDate",
-        "StudyTime",
-        "StudyDescription",
-        "AccessionNumber",
-        "ModalitiesInStudy",
-        "StudyInstanceUID",
-        "StudyID",
-        "ReferringPhysicianName",
-        "PatientID",
-        "PatientName",
-    }
-)
 # series that hold no image to infer on (results, annotations, documents, RT objects)
 NOT_IMAGE_MODALITIES = frozenset(
     {"SR", "SEG", "PR", "KO", "DOC", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "REG", "RWV"}
@@ -108,9 +94,7 @@ def infer_filters(pacs: PacsParams, today: date) -> tuple[dict[str, str], dict[s
     if days > 0:
         start = today - timedelta(days=days)
         filters["StudyDate"] = f"{start:%Y%m%d}-{today:%Y%m%d}"
-    study = {k: v for k, v in filters.items() if k in STUDY_KEYS}
-    series = {k: v for k, v in filters.items() if k not in STUDY_KEYS}
-    return study, series
+    return split_filters(filters)
 
 
 def _is_image(sop_class: str) -> bool:
@@ -122,40 +106,19 @@ def _is_image(sop_class: str) -> bool:
 def query_images(
     client: DICOMwebClient, pacs: PacsParams, study_filters: dict, series_filters: dict
 ) -> tuple[int, list[ImageRef]]:
-    """(number of studies, their matching images), by hierarchical QIDO-RS."""
-
-    def value(found: dict, keyword: str) -> str:
-        return str(Dataset.from_json(found).get(keyword, "") or "")
-
-    studies = call(
-        pacs,
-        "QIDO-RS search for studies",
-        lambda: client.search_for_studies(search_filters=study_filters, get_remaining=True),
-    )
+    """(number of studies, their matching images), by hierarchical QIDO-RS (the pull's)."""
+    studies = find_studies(client, pacs, study_filters)
     images = []
-    for found_study in studies:
-        study = value(found_study, "StudyInstanceUID")
-        series_found = call(
-            pacs,
-            "QIDO-RS search for series",
-            lambda study=study: client.search_for_series(
-                study, search_filters=series_filters, get_remaining=True
-            ),
-        )
-        for found_series in series_found:
-            if value(found_series, "Modality").upper() in NOT_IMAGE_MODALITIES:
+    for study in studies:
+        for series in find_series(client, pacs, study.uid, series_filters):
+            if series.modality.upper() in NOT_IMAGE_MODALITIES:
                 continue
-            series = value(found_series, "SeriesInstanceUID")
-            instances = call(
-                pacs,
-                "QIDO-RS search for instances",
-                lambda study=study, series=series: client.search_for_instances(
-                    study, series, fields=["SOPClassUID"], get_remaining=True
-                ),
-            )
-            for found in instances:
-                if _is_image(value(found, "SOPClassUID")):
-                    images.append(ImageRef(study, series, value(found, "SOPInstanceUID")))
+            classes = find_instance_classes(client, pacs, study.uid, series.uid)
+            images += [
+                ImageRef(study.uid, series.uid, sop)
+                for sop, sop_class in classes.items()
+                if _is_image(sop_class)
+            ]
     return len(studies), images
 
 
