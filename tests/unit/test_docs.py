@@ -303,6 +303,29 @@ BURNED_IN = "deid.burned_in_text"
 DRIFT = "validate.drift"
 DEFAULTS = [
     (
+        "docs/pacs.md",
+        r"\(`pacs.timeout_seconds: ([\d.]+)`\)",
+        [("pacs.timeout_seconds", float)],
+    ),
+    (
+        "docs/pacs.md",
+        r"\(`pacs.retries: (\d+)`, the first wait `pacs.backoff_seconds: ([\d.]+)`",
+        [("pacs.retries", int), ("pacs.backoff_seconds", float)],
+    ),
+    ("docs/pacs.md", r"`pacs.workers` \(`(\d+)`\) requests", [("pacs.workers", int)]),
+    (
+        "docs/pacs.md",
+        r"listening on `pacs.receive.host` \(`([\d.]+)`\) and `pacs.receive.port` \(`(\d+)`\)"
+        r" with the AE title `pacs.receive.ae_title` \(`(\w+)`\)",
+        [("pacs.receive.host", str), ("pacs.receive.port", int), ("pacs.receive.ae_title", str)],
+    ),
+    (
+        "docs/pacs.md",
+        r"`pacs.infer.lookback_days` \(`(\d+)`\)",
+        [("pacs.infer.lookback_days", int)],
+    ),
+    ("docs/pacs.md", r"on `pacs.infer.cron` \(`([^`]+)`", [("pacs.infer.cron", str)]),
+    (
         "docs/ingest.md",
         r"`ingest.max_quarantine_fraction` of the files are quarantined \(default (\d+) %\)",
         [("ingest.max_quarantine_fraction", _percent)],

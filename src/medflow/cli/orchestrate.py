@@ -28,7 +28,8 @@ RootOpt = Annotated[Path, typer.Option("--root", help="project root (params.yaml
 @_orchestrate("serve")
 def orchestrate_serve(root: RootOpt = Path(".")) -> None:
     """Register the training (cron + data-change trigger, one at a time) and watcher
-    deployments, and the failure notification if configured; serve them until Ctrl-C.
+    deployments, the PACS inference one when pacs.url is set (docs/pacs.md), and the failure
+    notification if configured; serve them until Ctrl-C.
     Needs PREFECT_API_URL pointing at a server (make server)."""
     root = root.resolve()
     from medflow.orchestration.deployments import serve_all
