@@ -172,7 +172,11 @@ def _text(group, concept) -> str:
     )
 
 
-def _flow_logs_and_artifacts(flow_run_id) -> tuple[str, dict[str, str]]:
+def _flow_logs_and_artifacts(flow_run_id, expect: str = "stored") -> tuple[str, dict[str, str]]:
+    """The run's logs and artifacts as the server holds them. Logs reach the server in batches
+    in the background: read until `expect` is there (or 30 s)."""
+    import time
+
     from prefect import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
@@ -181,10 +185,15 @@ def _flow_logs_and_artifacts(flow_run_id) -> tuple[str, dict[str, str]]:
         LogFilterFlowRunId,
     )
 
+    deadline = time.monotonic() + 30
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
-        )
+        while True:
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+            )
+            if any(expect in log.message for log in logs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )

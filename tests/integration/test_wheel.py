@@ -54,7 +54,7 @@ def test_the_wheel_runs_the_cli_without_the_source_tree(wheel, tmp_path):
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "'synth', 'ingest', 'validate', 'preprocess'" in proc.stdout
+    assert "'synth', 'pull', 'ingest', 'validate', 'preprocess'" in proc.stdout
 
 
 def test_the_wheel_carries_every_module_and_data_file_of_the_package(wheel):

@@ -29,8 +29,14 @@ def _in_repo(root: Path) -> Iterator[Any]:
         yield repo
 
 
+ALWAYS = ["always changed"]  # `dvc status` of an always_changed stage with nothing else new
+
+
 def dvc_stale(root: Path, stage: str | None = None) -> set[str] | None:
-    """Stages `dvc status` reports changed (only `stage`, when given); None: not a DVC repo."""
+    """Stages `dvc status` reports changed (only `stage`, when given); None: not a DVC repo.
+
+    A stage whose only change is DVC's "always changed" (the pull) is not stale: whether it
+    runs anyway is the stage's own rule (medflow.stages.Stage.runs_always)."""
     from dvc.exceptions import NotDvcRepoError
 
     try:
@@ -39,7 +45,7 @@ def dvc_stale(root: Path, stage: str | None = None) -> set[str] | None:
     except NotDvcRepoError:
         return None
     # keys are stage names, or "dvc.yaml:name" for stages of other dvc.yaml files
-    return {key.rsplit(":", 1)[-1] for key in status}
+    return {key.rsplit(":", 1)[-1] for key, changes in status.items() if changes != ALWAYS}
 
 
 def dvc_commit(root: Path, stage: str) -> None:

@@ -164,6 +164,9 @@ def pipeline(
             timeout_seconds=o.stage_timeout_seconds,
         )
         known = None if (ran or stale is None) else name in stale
+        always = STAGES[name].runs_always
+        if not force and always is not None and always(params):
+            known = True
         try:
             results[name] = stage(name, str(layout.root), stale=known, force=force)
         except Exception as exc:

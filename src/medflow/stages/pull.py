@@ -122,4 +122,6 @@ def command(
         )
 
 
-STAGE = Stage("pull", run, command)
+# The PACS can change while nothing here does: with a pacs source the pull runs every time
+# (dvc.yaml: always_changed); with another, only when its record is missing or stale.
+STAGE = Stage("pull", run, command, runs_always=lambda params: params.data.is_pacs)

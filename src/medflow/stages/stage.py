@@ -45,11 +45,14 @@ class Stage:
             progress (a Progress: ingest counts files, train epochs).
         command: the stage with its paths as command-line arguments (the CLI command that
             dvc.yaml runs). Both call the same stage function of the module.
+        runs_always: whether it must run whatever DVC says (`always_changed` in dvc.yaml: the
+            pull, whose input is a server), given the params; None: never.
     """
 
     name: str
     run: Callable[..., Any]
     command: Callable[..., Any]
+    runs_always: Callable[[Params], bool] | None = None
 
     @property
     def reports_progress(self) -> bool:
