@@ -623,6 +623,17 @@ class ServeParams(_Section):
     """OpenTelemetry spans for /predict and /predict_batch (BentoML's tracing, collected only
     where a BentoML config sets an exporter and a sample rate). Off, those routes skip the
     tracing middleware: about 0.7 ms less per request (docs/serving.md)"""
+    prediction_log: bool = True
+    """record every classification in the prediction log (docs/monitoring.md): time, model,
+    a keyed hash of the SOP Instance UID, modality, manufacturer, image size and intensity,
+    probabilities, decision, latency; never an identifier. false: nothing is recorded and
+    POST /feedback answers 409"""
+    prediction_log_url: str = "sqlite:///monitoring/predictions.sqlite"
+    """the prediction log's database: SQLite (a relative path is from the server's working
+    directory) or PostgreSQL, postgresql://user@host:5432/dbname, its password from
+    $PGPASSWORD or ~/.pgpass (never here); `medflow monitor` reads the same database"""
+    prediction_log_retention_days: int = Field(90, ge=1)
+    """predictions (and their feedback) older than this many days are deleted"""
 
     @field_validator("allowed_modalities")
     @classmethod
@@ -715,6 +726,28 @@ class PacsParams(_Section):
         return {k: str(v) for k, v in value.items()}
 
 
+class MonitorParams(_Section):
+    """`medflow monitor` and its deployment: the served model's recent inputs and outputs
+    against its training data, and its live performance from feedback (docs/monitoring.md).
+    The input drift rules are validate.drift's (manufacturer_mix, intensity)."""
+
+    window_hours: float = Field(24.0, gt=0)
+    """the predictions of the last this many hours are compared"""
+    min_predictions: int = Field(100, ge=1)
+    """fewer predictions in the window: drift is not judged (the report says so)"""
+    psi_bins: int = Field(10, ge=2, le=100)
+    """bins of the predicted-probability distribution (quantiles of the reference's)"""
+    max_psi: float = Field(0.25, gt=0)
+    """population stability index of the predicted probabilities above this breaks a rule
+    (0.1-0.25 is commonly read as a moderate shift, above 0.25 as a large one)"""
+    min_feedback: int = Field(30, ge=1)
+    """fewer predictions with feedback in the window: live performance is not judged"""
+    max_auroc_drop: float = Field(0.1, gt=0, le=1)
+    """live AUROC below the model's evaluated test AUROC minus this breaks a rule"""
+    cron: str = "0 * * * *"
+    """the monitoring deployment's schedule (cron, orchestration.timezone); "": none"""
+
+
 class PackageParams(_Section):
     model_name: str = Field("medflow-classifier", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     """the name of the model in the BentoML model store and of the Bento"""
@@ -778,6 +811,8 @@ class Params(_Section):
     """the Prefect deployments"""
     pacs: PacsParams = PacsParams()
     """the PACS: DICOMweb source (data.source: pacs), receiver, results sent back"""
+    monitor: MonitorParams = MonitorParams()
+    """production monitoring of the served model (`medflow monitor`)"""
 
 
 class ConfigError(ValueError):

@@ -20,6 +20,7 @@ NOT_IMPORTED = {
     "python-multipart": "Starlette's multipart parser (medflow.serving.guard) imports it",
     "fastapi": "a ceiling for Prefect's server",
     "sqlalchemy": "a ceiling for Prefect's scheduler",
+    "psycopg": "SQLAlchemy's PostgreSQL driver for the prediction log (postgresql+psycopg://)",
     "uvloop": "uvicorn's event loop under bentoml serve",
     "httptools": "uvicorn's HTTP parser under bentoml serve",
     "uv": "bentoml build runs the uv program",
