@@ -289,6 +289,8 @@ PREDICTION_KEYS = {
     "input_format",
     "preprocessing",
     "gradcam_png",
+    "prediction_id",  # the prediction log (tests/integration/test_serving_feedback.py)
+    "image_hash",
 }
 
 

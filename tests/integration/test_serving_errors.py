@@ -5,7 +5,8 @@ the kind that causes it.
 The cases are keyed by the codes read from the table: a documented code without a case fails
 here, and so does a case whose code or status the table does not document, so the doc and the
 service stay in step (tests/unit/test_docs.py compares the table with the service's source,
-and README.md's summary with both).
+and README.md's summary with both). The two codes of a prediction log that is off or down
+need servers configured so: tests/integration/test_serving_feedback.py gives them (ELSEWHERE).
 One server: an API token, PNG/JPEG off, a 2 MB body limit, at most 4 files per batch and a
 10 ms bound on the wait for the network, all set through the environment.
 """
@@ -48,6 +49,12 @@ SERVER_ENV = {
 
 
 DOCUMENTED = serving_error_table()
+# Codes this server cannot give (its prediction log is on and reachable): produced over HTTP,
+# against servers configured for them, by tests/integration/test_serving_feedback.py.
+ELSEWHERE = {
+    "prediction_log_off": "test_with_the_log_off_nothing_is_recorded",
+    "prediction_log_unavailable": "test_a_database_that_cannot_be_reached_fails_no_prediction",
+}
 
 
 # ---------------------------------------------------------------------------- the files
@@ -196,6 +203,15 @@ def _form(
     )
 
 
+def _feedback(
+    headers: dict[str, str] | None = None, **kwargs: object
+) -> Callable[[str, dict[str, Path]], httpx.Response]:
+    """A request to /feedback (token added)."""
+    return lambda url, files: httpx.post(
+        f"{url}/feedback", headers={**AUTH, **(headers or {})}, timeout=30, **kwargs
+    )
+
+
 def _burst(url: str, files: dict[str, Path]) -> httpx.Response:
     """64 requests at once against a 10 ms bound on the wait for the network: some wait
     longer. Every answer is a prediction or a 503; the first 503 is the case's answer."""
@@ -214,6 +230,9 @@ def _burst(url: str, files: dict[str, Path]) -> httpx.Response:
     assert refused, f"no request waited over 10 ms among 64 at once: {codes}"
     assert refused[0].headers["retry-after"] == "1"
     return refused[0]
+
+
+UNKNOWN = {"prediction_id": "0" * 32, "label": 1}  # no prediction has this id
 
 
 @dataclass(frozen=True)
@@ -279,12 +298,30 @@ CASES: dict[str, list[Case]] = {
     "wrong_task": [
         Case("a DICOM to /segment of a classifier's Bento", _segment_a_classifier, "POST /predict")
     ],
+    "not_json": [Case("feedback as a form", _feedback(data={"label": "1"}), "application/json")],
+    "malformed_json": [
+        Case(
+            "feedback that is not JSON",
+            _feedback(content=b"{label", headers={"content-type": "application/json"}),
+            "not JSON",
+        )
+    ],
+    "unknown_prediction": [
+        Case("feedback on an id never answered", _feedback(json=UNKNOWN), "no logged prediction")
+    ],
+    "unknown_label": [
+        Case(
+            "feedback with a label the model lacks",
+            _feedback(json={**UNKNOWN, "label": "tumour"}),
+            "class name or index",
+        )
+    ],
 }
 
 
 def _params() -> list:
     out = []
-    for code in DOCUMENTED:
+    for code in [c for c in DOCUMENTED if c not in ELSEWHERE]:
         for i, case in enumerate(CASES.get(code) or [None]):
             out.append(pytest.param(code, case, id=f"{code}-{i}"))
     return out
@@ -295,7 +332,7 @@ def _status_counts(url: str) -> dict[int, float]:
     (BentoML's /metrics)."""
     counts: dict[int, float] = {}
     for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        routed = "/predict" in line or "/segment" in line
+        routed = "/predict" in line or "/segment" in line or "/feedback" in line
         if not line.startswith("bentoml_service_request_total{") or not routed:
             continue
         status = re.search(r'response_code="(\d+)"', line)
@@ -337,6 +374,11 @@ def test_documented_error_over_http(
 def test_cases_and_table_name_the_same_codes() -> None:
     """Without a server: a documented code without a case (the test above fails for it too),
     or a case whose code the table lacks (the doc is behind)."""
-    assert sorted(set(DOCUMENTED) - set(CASES)) == [], "documented, but no case produces them"
-    assert sorted(set(CASES) - set(DOCUMENTED)) == [], "produced here, but not documented"
+    here = set(DOCUMENTED) - set(ELSEWHERE)
+    assert sorted(here - set(CASES)) == [], "documented, but no case produces them"
+    assert sorted(set(CASES) - here) == [], "produced here, but not documented (or elsewhere)"
     assert all(CASES.values()), "a code with an empty list of cases"
+    assert set(ELSEWHERE) <= set(DOCUMENTED)
+    feedback_tests = (Path(__file__).parent / "test_serving_feedback.py").read_text()
+    for code, test in ELSEWHERE.items():
+        assert f"def {test}(" in feedback_tests and f'"{code}"' in feedback_tests, code

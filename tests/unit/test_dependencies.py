@@ -19,7 +19,6 @@ NOT_IMPORTED = {
     "pylibjpeg": "pydicom's JPEG/JPEG 2000/RLE decoders, plugins pydicom finds itself",
     "python-multipart": "Starlette's multipart parser (medflow.serving.guard) imports it",
     "fastapi": "a ceiling for Prefect's server",
-    "sqlalchemy": "a ceiling for Prefect's scheduler",
     "psycopg": "SQLAlchemy's PostgreSQL driver for the prediction log (postgresql+psycopg://)",
     "uvloop": "uvicorn's event loop under bentoml serve",
     "httptools": "uvicorn's HTTP parser under bentoml serve",

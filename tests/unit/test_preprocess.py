@@ -65,3 +65,42 @@ def test_dicom_without_pixels_is_refused(tmp_path):
 def test_bytes_and_path_give_the_same_array():
     path = examples.get_path("ct")
     np.testing.assert_array_equal(preprocess_file(path, P), preprocess_file(path.read_bytes(), P))
+
+
+def _ingest_stats(ds: pydicom.Dataset, frame: int) -> dict[str, float]:
+    """pixel_mean and pixel_std as ingest writes them into the manifest (medflow.data.shard)."""
+    from medflow.data.shard import _Scratch, _stats
+    from medflow.imaging.preprocess import decode_frame, luminance
+
+    scratch = _Scratch()
+    grey = decode_frame(ds, frame, P.max_frame_pixels, out=scratch.frame(ds))
+    return _stats(luminance(grey), scratch)
+
+
+@pytest.mark.parametrize("name", ["ct", "mr", "rgb_color", "ybr_color", "palette_color", "jpeg2k"])
+def test_intensity_is_the_manifests(name):
+    """Production inputs (the prediction log) and training data (the manifest) are compared
+    on these two numbers: the same definition, to 1e-9 relative."""
+    ds = getattr(examples, name)
+    _, summary = preprocess_dataset(ds, P)
+    expected = _ingest_stats(ds, summary.frame_used)
+    assert summary.pixel_mean == pytest.approx(expected["pixel_mean"], rel=1e-9, abs=1e-12)
+    assert summary.pixel_std == pytest.approx(expected["pixel_std"], rel=1e-9)
+    assert summary.pixel_std > 0
+
+
+def test_intensity_keeps_its_digits_when_the_spread_is_tiny():
+    """A large mean and a tiny spread: the one-pass formula would lose the variance."""
+    from medflow.imaging.preprocess import intensity
+
+    rng = np.random.default_rng(0)
+    for frame in (
+        3000.0 + rng.normal(0, 1e-3, (64, 64)),
+        np.full((8, 8), 1234.5),
+        rng.integers(0, 4096, (64, 48)).astype(np.float64),
+        rng.uniform(0, 255, (20, 30, 3)),
+    ):
+        grey = frame if frame.ndim == 2 else frame @ np.array([0.299, 0.587, 0.114])
+        mean, std = intensity(frame)
+        assert mean == pytest.approx(grey.mean(), rel=1e-12)
+        assert std == pytest.approx(grey.std(), rel=1e-9, abs=1e-12)

@@ -1,13 +1,15 @@
-"""ASGI middleware in front of the prediction routes: bearer token, size, form shape, answer.
+"""ASGI middleware in front of the service's routes: bearer token, size, form shape, answer.
 
-A request that passes is parsed once, into an in-memory `Form`, and answered by the service
-(`answerer`); until the service exists, requests go on to BentoML's own routes. Health and
-/metrics stay open. Why around BentoML's API layer: docs/decisions/serving-request-path.md.
+A request that passes is parsed once, into an in-memory `Form` (a multipart upload, or the
+JSON object of /feedback), and answered by the service (`answerer`); until the service exists,
+requests go on to BentoML's own routes. Health and /metrics stay open. Why around BentoML's
+API layer: docs/decisions/serving-request-path.md.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
 import sys
@@ -30,20 +32,23 @@ Message = dict[str, Any]
 
 @dataclass(frozen=True)
 class Route:
-    """The form a guarded route takes: its field names, which are files, which required."""
+    """The form a guarded route takes: its field names, which are files, which required, and
+    whether the body is a JSON object (application/json) instead of multipart/form-data."""
 
     fields: frozenset[str]
     files: frozenset[str]
     required: frozenset[str]
+    json: bool = False
 
 
 @dataclass(frozen=True)
 class Form:
     """A checked request's form: the bytes of each upload per file field, in the order sent,
-    the text fields (the last value of each), and the request's Accept header."""
+    the text fields (the last value of each; of a JSON body, its members as parsed), and the
+    request's Accept header."""
 
     files: dict[str, list[bytes]]
-    values: dict[str, str]
+    values: dict[str, Any]
     accept: str = ""
 
 
@@ -65,10 +70,11 @@ class _Refused(Exception):
 
 class RequestGuard:
     """401 without `Authorization: Bearer <token>` when $<token_env> is set; 413 for bodies
-    above max_body bytes; 415 unless multipart/form-data; 400 for a form that does not parse,
-    has unknown or missing fields, or text where a file belongs. The body is held in memory (up to
-    max_body). A request that passes goes to the Answer that `answerer` returns, or on to the
-    app while it returns None."""
+    above max_body bytes; 415 unless multipart/form-data (application/json for a JSON route);
+    400 for a form that does not parse, has unknown or missing fields, or text where a file
+    belongs (a JSON body: not an object, unknown or missing members). The body is held in
+    memory (up to max_body). A request that passes goes to the Answer that `answerer`
+    returns, or on to the app while it returns None."""
 
     def __init__(
         self,
@@ -101,9 +107,12 @@ class RequestGuard:
         try:
             headers = dict(scope.get("headers") or [])
             self._check_token(headers.get(b"authorization", b""))
-            self._check_headers(headers)
+            self._check_headers(headers, route)
             messages = await self._read_body(receive, headers.get(b"content-length"))
-            form = await self._read_form(scope, messages, route)
+            if route.json:
+                form = _read_json(messages, route)
+            else:
+                form = await self._read_form(scope, messages, route)
             accept = headers.get(b"accept", b"").decode("latin-1")
         except _Refused as refused:
             logger.info("refused a request: %s (%d)", refused.error.code, refused.error.status)
@@ -133,9 +142,19 @@ class RequestGuard:
                 )
             )
 
-    def _check_headers(self, headers: Mapping[bytes, bytes]) -> None:
+    def _check_headers(self, headers: Mapping[bytes, bytes], route: Route) -> None:
         content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if content_type != b"multipart/form-data":
+        if route.json and content_type != b"application/json":
+            raise _Refused(
+                ServeError(
+                    HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                    "not_json",
+                    f"expected a JSON object (application/json), got"
+                    f" {content_type.decode('latin-1') or 'no content type'!r}"
+                    " (curl -H 'Content-Type: application/json' -d '{...}' ...)",
+                )
+            )
+        if not route.json and content_type != b"multipart/form-data":
             raise _Refused(
                 ServeError(
                     HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
@@ -178,26 +197,7 @@ class RequestGuard:
                 )
             ) from None
         try:
-            unknown = sorted(set(form.keys()) - route.fields)
-            if unknown:
-                raise _Refused(
-                    ServeError(
-                        HTTPStatus.BAD_REQUEST,
-                        "unknown_field",
-                        f"unknown form field(s) {', '.join(repr(k[:40]) for k in unknown)};"
-                        f" this endpoint takes {', '.join(sorted(route.fields))}",
-                    )
-                )
-            missing = sorted(route.required - set(form.keys()))
-            if missing:
-                raise _Refused(
-                    ServeError(
-                        HTTPStatus.BAD_REQUEST,
-                        "missing_field",
-                        f"missing form field(s) {', '.join(map(repr, missing))}"
-                        " (curl -F file=@image.dcm ...)",
-                    )
-                )
+            _check_names(set(form.keys()), route, "form field(s)", " (curl -F file=@image.dcm ...)")
             for name, value in form.multi_items():
                 if (name in route.files) != isinstance(value, UploadFile):
                     want = "a file upload" if name in route.files else "a text value"
@@ -223,6 +223,54 @@ class RequestGuard:
             "upload_too_large",
             f"the request body has {size} bytes, above the limit of {self.max_body:,}"
             " (package.serve.max_upload_bytes); send smaller images, or fewer files",
+        )
+
+
+def _read_json(messages: list[Message], route: Route) -> Form:
+    """The JSON object of a body, its members checked against the route's fields."""
+    body = b"".join(message.get("body", b"") for message in messages)
+    try:
+        values = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
+        raise _Refused(
+            ServeError(
+                HTTPStatus.BAD_REQUEST,
+                "malformed_json",
+                f"the body is not JSON ({type(exc).__name__})",
+            )
+        ) from None
+    if not isinstance(values, dict):
+        raise _Refused(
+            ServeError(
+                HTTPStatus.BAD_REQUEST,
+                "malformed_json",
+                f"the body is a JSON {type(values).__name__}; send one object {{...}}",
+            )
+        )
+    _check_names(set(values), route, "member(s)", "")
+    return Form({}, values)
+
+
+def _check_names(names: set[str], route: Route, what: str, example: str) -> None:
+    """400 `unknown_field` / `missing_field` for names the route does not take / requires."""
+    unknown = sorted(names - route.fields)
+    if unknown:
+        raise _Refused(
+            ServeError(
+                HTTPStatus.BAD_REQUEST,
+                "unknown_field",
+                f"unknown {what} {', '.join(repr(k[:40]) for k in unknown)};"
+                f" this endpoint takes {', '.join(sorted(route.fields))}",
+            )
+        )
+    missing = sorted(route.required - names)
+    if missing:
+        raise _Refused(
+            ServeError(
+                HTTPStatus.BAD_REQUEST,
+                "missing_field",
+                f"missing {what} {', '.join(map(repr, missing))}{example}",
+            )
         )
 
 

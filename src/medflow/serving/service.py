@@ -1,11 +1,14 @@
 """The BentoML service: POST /predict (one image) and /predict_batch (several) for a
-classification model, POST /segment for a segmentation model.
+classification model, POST /segment for a segmentation model; POST /feedback.
 
 `MedflowClassifier` runs, in each worker: the guard (medflow.serving.guard), upload checks and
 medflow.imaging.preprocess (medflow.serving.inputs), the network (medflow.serving.engine) and
 the decision, or the masks (medflow.serving.segment; a DICOM SEG: medflow.serving.seg_dicom).
-Client errors are 4xx with {"error", "detail"}; no file name or identifying header value is
-logged or returned. Why one service: docs/decisions/serving-network-in-worker.md.
+A classification is recorded in the prediction log (medflow.serving.prediction_log) and
+counted on /metrics (medflow.serving.metrics); /feedback adds its ground truth
+(medflow.serving.feedback). Client errors are 4xx with {"error", "detail"}; no file name,
+identifying header value, image hash or prediction id is logged. Why one service:
+docs/decisions/serving-network-in-worker.md.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ import asyncio
 import base64
 import logging
 import os
+import time
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 
@@ -31,9 +37,12 @@ from medflow.serving import MODEL_TAG_ARG, SERVE_ARG
 from medflow.serving.batcher import Overloaded
 from medflow.serving.engine import Engine
 from medflow.serving.errors import ServeError
+from medflow.serving.feedback import FeedbackAnswer, give_feedback
 from medflow.serving.gradcam import GradCam, overlay, png_bytes
 from medflow.serving.guard import Answer, Form, RequestGuard, Route
 from medflow.serving.inputs import Checked, Prepared, check_upload, prepare_checked, sniff
+from medflow.serving.metrics import ServiceMetrics
+from medflow.serving.prediction_log import PredictionLog, PredictionRow, hash_message
 from medflow.serving.seg_dicom import MEDIA_TYPE as DICOM_MEDIA_TYPE
 from medflow.serving.seg_dicom import build_seg, wants_dicom
 from medflow.serving.segment import (
@@ -107,6 +116,11 @@ class Prediction(BaseModel):
     preprocessing: PreprocessSummary
     # Grad-CAM of the predicted class over the model input, PNG in base64; only on request.
     gradcam_png: str | None = Field(None, description="base64 PNG, with gradcam=true")
+    # The prediction log's keys (None when it is off): POST /feedback takes either.
+    prediction_id: str | None = Field(None, description="this prediction in the log")
+    image_hash: str | None = Field(
+        None, description="keyed hash of the image's SOP Instance UID (else of the file)"
+    )
 
 
 @bentoml.service(
@@ -147,9 +161,18 @@ class MedflowClassifier:
             activation="sigmoid" if self.segments else "softmax",
         )
         self._active = 0  # prediction requests in this worker (all on its event loop)
+        self.metrics = ServiceMetrics(self.model_tag, names)
+        self.log = None
+        if SERVE.prediction_log and not self.segments:
+            self.log = PredictionLog(
+                SERVE.prediction_log_url,
+                retention_days=SERVE.prediction_log_retention_days,
+                on_scores=self.metrics.set_scores,
+                on_dropped=self.metrics.dropped,
+            )
         _WORKER["service"] = self  # the guard now hands requests to self.answer
         logger.info(
-            "serving %s (%s %s, classes %s) on %s; png/jpeg %s, modalities %s",
+            "serving %s (%s %s, classes %s) on %s; png/jpeg %s, modalities %s; prediction log %s",
             self.model_tag,
             self.spec.task,
             self.spec.architecture,
@@ -157,7 +180,14 @@ class MedflowClassifier:
             device,
             "allowed" if SERVE.allow_png_jpeg else "refused",
             SERVE.allowed_modalities,
+            "on" if self.log else "off",
         )
+
+    @bentoml.on_shutdown
+    def close_prediction_log(self) -> None:
+        """Write the rows still queued before the worker exits."""
+        if self.log is not None:
+            self.log.close()
 
     # Over HTTP, both routes are answered by `answer` (from the guard); the API methods declare
     # them to BentoML (OpenAPI schema, clients) and serve calls made in Python.
@@ -182,11 +212,22 @@ class MedflowClassifier:
         application/dicom` the answer is a DICOM SEG referencing the upload."""
         return await self._segment(file.read_bytes(), overlay, as_dicom=False)  # type: ignore[return-value]
 
+    @bentoml.api
+    async def feedback(
+        self, label: str | int, prediction_id: str | None = None, image_hash: str | None = None
+    ) -> FeedbackAnswer:
+        """The ground truth of a past prediction (JSON): `label` (a class name or index) and
+        the `prediction_id` of its answer, or the `image_hash` (then its latest prediction)."""
+        values = {"label": label, "prediction_id": prediction_id, "image_hash": image_hash}
+        return await self._feedback(values)  # type: ignore[return-value]
+
     async def answer(self, path: str, form: Form) -> Response:
-        """A request to one of PREDICT_ROUTES that the guard has checked; any failure that is
-        not the client's is a 500 with a generic JSON error (details in the server log)."""
+        """A request to a guarded route that the guard has checked; any failure that is not
+        the client's is a 500 with a generic JSON error (details in the server log)."""
         try:
             self._check_task(path)
+            if path == "/feedback":
+                return await self._feedback(form.values)
             if path == "/segment":
                 overlay = _flag(form, "overlay")
                 if len(form.files["file"]) != 1:
@@ -218,7 +259,7 @@ class MedflowClassifier:
     def _check_task(self, path: str) -> None:
         """A classifier answers /predict*, a segmentation model /segment; the other route is
         a 409 naming the one to use."""
-        if self.segments and path in CLASSIFY_ROUTES:
+        if self.segments and path in (*CLASSIFY_ROUTES, "/feedback"):
             raise ServeError(
                 HTTPStatus.CONFLICT,
                 "wrong_task",
@@ -231,9 +272,22 @@ class MedflowClassifier:
                 f"this Bento serves a classification model ({self.model_tag}): POST /predict",
             )
 
+    async def _feedback(self, values: dict) -> Response:
+        """The response of /feedback; a refusal is a 4xx (or 503) response, as in _classify."""
+        try:
+            self._check_task("/feedback")
+            answer, recorded = await give_feedback(self.log, values, self.spec.class_names)
+        except ServeError as exc:
+            logger.info("refused a feedback: %s (%d)", exc.code, exc.status)
+            return exc.response()
+        if not recorded.duplicate:
+            self.metrics.feedback(recorded.model_tag)
+        return Response(answer.model_dump_json().encode(), media_type="application/json")
+
     async def _classify(self, uploads: list[bytes], gradcam: bool, *, batch: bool) -> Response:
         """The response of /predict (one upload) or /predict_batch; a refusal is a 4xx
         response, not raised: BentoML would log a traceback and answer its own error shape."""
+        started = time.perf_counter()
         try:
             self._check_task("/predict_batch" if batch else "/predict")
             if batch and not 1 <= len(uploads) <= SERVE.max_batch_size:
@@ -246,10 +300,18 @@ class MedflowClassifier:
             self._active += 1
             try:
                 prepared, probs = await self._prepare(uploads)
-                predictions = await self._predict(prepared, probs, gradcam)
+                predictions = await self._predict(prepared, probs, gradcam, uploads)
             finally:
                 self._active -= 1
-            return _json(predictions if batch else predictions[0])
+            response = _json(predictions if batch else predictions[0])
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            route = "/predict_batch" if batch else "/predict"
+            try:
+                self._record(prepared, uploads, predictions, latency_ms, route)
+            except Exception as exc:  # a bug here must not cost the client its answer
+                # the type only: a message could quote a value of the row
+                logger.error("a prediction was not recorded (%s)", type(exc).__name__)
+            return response
         except ServeError as exc:
             logger.info("refused a request: %s (%d)", exc.code, exc.status)
             return exc.response()
@@ -356,14 +418,18 @@ class MedflowClassifier:
         return prepared, self.engine.try_now(np.stack([p.image for p in prepared]))
 
     async def _predict(
-        self, prepared: list[Prepared], probs: np.ndarray | None, gradcam: bool
+        self,
+        prepared: list[Prepared],
+        probs: np.ndarray | None,
+        gradcam: bool,
+        uploads: list[bytes],
     ) -> list[Prediction]:
         probs = np.asarray(await self._infer(prepared, probs), dtype=np.float64)
         names, threshold = self.spec.class_names, self.spec.threshold
         loop = asyncio.get_running_loop()
         name, _, version = self.model_tag.partition(":")
         out = []
-        for p, row in zip(prepared, probs.tolist(), strict=True):
+        for p, row, raw in zip(prepared, probs.tolist(), uploads, strict=True):
             index = decide(row, threshold)
             heatmap = None
             if gradcam:
@@ -382,6 +448,7 @@ class MedflowClassifier:
                     input_format=p.input_format,
                     preprocessing=p.summary,
                     gradcam_png=heatmap,
+                    **self._log_keys(p, raw),
                 )
             )
             logger.debug(  # BentoML's access log has a line per request already
@@ -393,8 +460,66 @@ class MedflowClassifier:
             )
         return out
 
+    def _log_keys(self, p: Prepared, raw: bytes) -> dict[str, str | None]:
+        """prediction_id and image_hash of a new prediction (None without a prediction log)."""
+        if self.log is None:
+            return {"prediction_id": None, "image_hash": None}
+        digest = self.log.image_hash(_hash_message(p, raw))
+        return {"prediction_id": uuid.uuid4().hex, "image_hash": digest}
+
+    def _record(
+        self,
+        prepared: list[Prepared],
+        uploads: list[bytes],
+        predictions: list[Prediction],
+        latency_ms: float,
+        route: str,
+    ) -> None:
+        """Count the predictions; queue their rows for the prediction log (no I/O here)."""
+        for prediction in predictions:
+            self.metrics.predicted(prediction.label)
+        if self.log is None:
+            return
+        now = datetime.now(UTC)
+        names = self.spec.class_names
+        for p, raw, prediction in zip(prepared, uploads, predictions, strict=True):
+            ds = p.ds
+            # the hash key is unknown while the database is down: the row keeps the message
+            # (in memory only) for the writer to hash
+            source = None if prediction.image_hash is not None else _hash_message(p, raw)
+            self.log.record(
+                PredictionRow(
+                    prediction_id=prediction.prediction_id,
+                    created_at=now,
+                    model_tag=self.model_tag,
+                    image_hash=prediction.image_hash,
+                    input_format=p.input_format,
+                    modality=str(ds.get("Modality", "") or "") if ds is not None else "",
+                    manufacturer=str(ds.get("Manufacturer", "") or "") if ds is not None else "",
+                    rows=p.summary.original_shape[0],
+                    columns=p.summary.original_shape[1],
+                    pixel_mean=p.summary.pixel_mean,
+                    pixel_std=p.summary.pixel_std,
+                    probabilities=list(prediction.probabilities.values()),
+                    class_names=names,
+                    label_index=prediction.label_index,
+                    label=prediction.label,
+                    threshold=prediction.threshold,
+                    latency_ms=latency_ms,
+                    route=route,
+                    hash_source=source,
+                )
+            )
+
 
 _PREDICTIONS = TypeAdapter(list[Prediction])
+
+
+def _hash_message(p: Prepared, raw: bytes) -> str:
+    """What the image hash is computed over: a DICOM's SOP Instance UID, else the upload's
+    sha256 (a PNG/JPEG, a DICOM without UID; in memory, never stored)."""
+    uid = str(p.ds.get("SOPInstanceUID", "") or "").strip() if p.input_format == "dicom" else ""
+    return hash_message(uid or None, raw)
 
 
 def _each(items: list, step: Callable) -> list:
@@ -442,7 +567,7 @@ def _json(result: Prediction | list[Prediction]) -> Response:
     return Response(body, media_type="application/json")
 
 
-# Auth, size limit and form shape in front of the prediction routes (health and metrics open).
+# Auth, size limit and form shape in front of the service's routes (health and metrics open).
 MedflowClassifier.add_asgi_middleware(
     RequestGuard,
     routes={
@@ -452,6 +577,7 @@ MedflowClassifier.add_asgi_middleware(
             required=frozenset(
                 k for k, f in api.input_spec.model_fields.items() if f.is_required()
             ),
+            json=not api.input_spec.multipart_fields,  # /feedback
         )
         for api in MedflowClassifier.apis.values()
     },

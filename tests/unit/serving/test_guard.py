@@ -86,3 +86,77 @@ def test_refusals_never_reach_the_service(monkeypatch: pytest.MonkeyPatch) -> No
     for code, resp in cases.items():
         assert 400 <= resp.status_code < 500, (code, resp.text)
         assert resp.json()["error"] == code
+
+
+FEEDBACK = Route(
+    fields=frozenset({"label", "prediction_id", "image_hash"}),
+    files=frozenset(),
+    required=frozenset({"label"}),
+    json=True,
+)
+
+
+def _post_feedback(guard: RequestGuard, **kwargs: object) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=guard)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.post("/feedback", **kwargs)
+
+    return asyncio.run(go())
+
+
+def test_a_json_route_hands_the_object_to_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, Form]] = []
+
+    async def answer(path: str, form: Form) -> Response:
+        seen.append((path, form))
+        return JSONResponse({"ok": True})
+
+    monkeypatch.setenv("MEDFLOW_TEST_TOKEN", "s3cret")
+    guard = RequestGuard(
+        _downstream, {"/feedback": FEEDBACK}, "MEDFLOW_TEST_TOKEN", 4096, lambda: answer
+    )
+    body = {"prediction_id": "ab" * 16, "label": 1}
+    resp = _post_feedback(guard, json=body, headers={"Authorization": "Bearer s3cret"})
+    assert resp.status_code == 200, resp.text
+    assert seen == [("/feedback", Form({}, body, accept="*/*"))]
+    assert _post_feedback(guard, json=body).status_code == 401  # the same token as /predict
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "status", "code"),
+    [
+        ({"files": {"label": (None, "1")}}, 415, "not_json"),
+        (
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+            400,
+            "malformed_json",
+        ),
+        (
+            {"content": b"\xff\xfe", "headers": {"content-type": "application/json"}},
+            400,
+            "malformed_json",
+        ),
+        ({"json": ["label", 1]}, 400, "malformed_json"),
+        (
+            {"content": b"[" * 3000, "headers": {"content-type": "application/json"}},
+            400,
+            "malformed_json",
+        ),
+        ({"json": {"label": 1, "patient": "x"}}, 400, "unknown_field"),
+        ({"json": {"prediction_id": "x"}}, 400, "missing_field"),
+        ({"json": {"label": "x" * 5000}}, 413, "upload_too_large"),
+    ],
+)
+def test_a_bad_json_body_is_refused_before_the_service(
+    request_kwargs: dict, status: int, code: str
+) -> None:
+    async def answer(path: str, form: Form) -> Response:
+        raise AssertionError("a refused request reached the service")
+
+    guard = RequestGuard(
+        _downstream, {"/feedback": FEEDBACK}, "MEDFLOW_TEST_TOKEN", 4096, lambda: answer
+    )
+    resp = _post_feedback(guard, **request_kwargs)
+    assert resp.status_code == status, resp.text
+    assert resp.json()["error"] == code
