@@ -1,4 +1,5 @@
-"""Prefect entry point: the training and watcher deployments (medflow.orchestration.deployments).
+"""Prefect entry point: the training, watcher and monitor deployments
+(medflow.orchestration.deployments).
 
 Serve them (needs PREFECT_API_URL):  medflow orchestrate serve --root .
 """

@@ -1,5 +1,5 @@
 """The `medflow` console script: a command per stage (from medflow.stages), the Prefect
-flow, the model registry and the Prefect deployments."""
+flow, the model registry, the Prefect deployments and the monitor."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from medflow import __version__
-from medflow.cli import models, orchestrate, pacs
+from medflow.cli import models, monitor, orchestrate, pacs
 from medflow.cli.common import ExitCode, command
 from medflow.stages import STAGES
 
@@ -49,6 +49,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(orchestrate.app, name="orchestrate")
 app.command("receive")(command("receive", pacs.receive))
 app.command("infer")(command("infer", pacs.infer))
+app.command("monitor")(command("monitor", monitor.monitor))
 
 
 @app.command("show-bento")

@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # wrong command-line usage (click's own code)
     CONFIG = 3  # params.yaml missing, unreadable or invalid
     GATE_REFUSED = 4  # the evaluation gate refused the model: nothing is packaged
+    DRIFT = 5  # `medflow monitor`: a monitoring rule broke (drift or a performance drop)
 
 
 def setup_logging() -> None:

@@ -27,9 +27,9 @@ RootOpt = Annotated[Path, typer.Option("--root", help="project root (params.yaml
 @app.command("serve")
 @_orchestrate("serve")
 def orchestrate_serve(root: RootOpt = Path(".")) -> None:
-    """Register the training (cron + data-change trigger, one at a time) and watcher
-    deployments, the PACS inference one when pacs.url is set (docs/pacs.md), and the failure
-    notification if configured; serve them until Ctrl-C.
+    """Register the training (cron + data-change and drift triggers, one at a time), watcher
+    and monitor deployments, the PACS inference one when pacs.url is set (docs/pacs.md), and
+    the failure and drift notifications if configured; serve them until Ctrl-C.
     Needs PREFECT_API_URL pointing at a server (make server)."""
     root = root.resolve()
     from medflow.orchestration.deployments import serve_all
@@ -40,11 +40,12 @@ def orchestrate_serve(root: RootOpt = Path(".")) -> None:
 @app.command("register")
 @_orchestrate("register")
 def orchestrate_register(root: RootOpt = Path(".")) -> None:
-    """Create the failure-notification automation from params orchestration.notify_block."""
+    """Create the failure- and drift-notification automations from params
+    orchestration.notify_block."""
     root = root.resolve()
     from medflow.orchestration.deployments import register_notifications
 
-    name = register_notifications(load_params(root / "params.yaml").orchestration)
+    name = register_notifications(load_params(root / "params.yaml").orchestration, root)
     typer.echo(f"automation: {name}" if name else "orchestration.notify_block is empty: none")
 
 

@@ -1,7 +1,8 @@
 """The package stage: a model that passed the gate -> BentoML model store -> a Bento.
 
-The store entry carries the model, its metrics, spec and gate decision, and reference samples
-for infra-validation; the Bento is built for exactly that model tag
+The store entry carries the model, its metrics, spec and gate decision, reference samples
+for infra-validation and a classifier's monitoring reference (monitoring.json, for `medflow
+monitor`); the Bento is built for exactly that model tag
 (docs/decisions/champion-records.md). Either task: a classifier's Bento answers /predict, a
 segmentation model's /segment (the same service, medflow.serving.service).
 """
@@ -31,6 +32,7 @@ from medflow.registry.champion import (  # noqa: F401
     replaced_by_hand,
 )
 from medflow.registry.infra_validation import REFERENCE_DIR, REFERENCE_FILE, SEGMENTATION
+from medflow.registry.monitoring import MONITORING_FILE, build_reference
 from medflow.serving import MODEL_TAG_ARG, SERVE_ARG
 
 logger = logging.getLogger(__name__)
@@ -227,8 +229,9 @@ def save_to_store(
 ) -> str:
     """A new model store entry holding model.pt and `spec` as model.json, and with
     `reference` (manifest, predictions) its reference samples (write_reference; for a
-    segmentation model write_seg_reference, which needs the manifest only); returns
-    `name:version`."""
+    segmentation model write_seg_reference, which needs the manifest only) and, for a
+    classifier, monitoring.json (medflow.registry.monitoring: what `medflow monitor` compares
+    production with); returns `name:version`."""
     import bentoml
 
     metadata = store_safe(
@@ -255,6 +258,16 @@ def save_to_store(
                 raise ValueError("a classifier's reference samples need predictions.csv")
             n = write_reference(Path(m.path), reference[0], reference[1], spec.class_names)
             logger.info("stored %d test-split reference samples for infra-validation", n)
+            monitoring = build_reference(
+                reference[0], reference[1], spec.class_names, spec.threshold, metrics.values()
+            )
+            monitoring.write(Path(m.path_of(MONITORING_FILE)))
+            logger.info(
+                "stored the monitoring reference: the training data's profile (%d images) and"
+                " %d test-split predictions",
+                monitoring.profile["images"],
+                len(monitoring.probabilities),
+            )
     return str(m.tag)
 
 
