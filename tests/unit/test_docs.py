@@ -303,6 +303,16 @@ BURNED_IN = "deid.burned_in_text"
 DRIFT = "validate.drift"
 DEFAULTS = [
     (
+        "docs/monitoring.md",
+        r"`package.serve.prediction_log_url` \(default `([^`]+)`\)",
+        [("package.serve.prediction_log_url", str)],
+    ),
+    (
+        "docs/monitoring.md",
+        r"`package.serve.prediction_log_retention_days` \(default (\d+)\)",
+        [("package.serve.prediction_log_retention_days", int)],
+    ),
+    (
         "docs/pacs.md",
         r"\(`pacs.timeout_seconds: ([\d.]+)`\)",
         [("pacs.timeout_seconds", float)],
