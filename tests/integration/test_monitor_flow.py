@@ -161,7 +161,7 @@ def test_the_command_exits_0_5_or_1(prefect_server, project) -> None:
     assert alarm.exit_code == ExitCode.DRIFT == 5, alarm.output
     assert "(2 h)" in alarm.output
     assert "manufacturer_mix  BROKEN" in alarm.output and "intensity         BROKEN" in alarm.output
-    assert "medflow.monitor.drift emitted (1 event(s))" in alarm.output
+    assert "of them newly: medflow.monitor.drift emitted (1 event(s))" in alarm.output
 
 
 class _Webhook(BaseHTTPRequestHandler):

@@ -63,8 +63,9 @@ def text(summary: dict[str, Any]) -> str:
     lines.append(f"report: {summary['report']}")
     if summary["broken"]:
         events = len(summary.get("events", []))
+        new = sum(b["new"] for b in summary["broken"])
         lines.append(
-            f"{len(summary['broken'])} rule(s) broke: medflow.monitor.drift emitted"
-            f" ({events} event(s))"
+            f"{len(summary['broken'])} rule(s) broke, {new} of them newly:"
+            f" medflow.monitor.drift emitted ({events} event(s))"
         )
     return "\n".join(lines)

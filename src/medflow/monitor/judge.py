@@ -77,9 +77,7 @@ def monitor_model(
     if labelled.any():
         # repeat predictions of an image resample together; numbered in order of appearance,
         # not by the hash text, so that the intervals do not depend on the log's hash key
-        groups = (
-            pd.factorize(rows.loc[labelled, "image_hash"])[0] if "image_hash" in rows else None
-        )
+        groups = pd.factorize(rows.loc[labelled, "image_hash"])[0] if "image_hash" in rows else None
         performance = live_performance(
             labels, probs[labelled], threshold, class_names, params.evaluate, groups
         )

@@ -75,6 +75,8 @@ class MonitorResult:
     out_dir: Path
     params: Params
     notes: list[str] = field(default_factory=list)
+    # (model tag, rule name) broken in the store's previous run: broken again is not news
+    already_broken: frozenset[tuple[str, str]] = frozenset()
 
     @property
     def broken(self) -> list[tuple[str, Rule]]:
@@ -99,6 +101,7 @@ class MonitorResult:
                     "name": r.name,
                     "score": r.as_dict()["score"],
                     "threshold": r.threshold,
+                    "new": (tag, r.name) not in self.already_broken,
                 }
                 for tag, r in self.broken
             ],

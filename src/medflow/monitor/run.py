@@ -94,7 +94,7 @@ def run_monitor(
         FileNotFoundError, MonitorError: see open_store.
         HandoffError: a model's monitoring.json is damaged.
     """
-    from medflow.serving.prediction_log import read_window, write_scores
+    from medflow.serving.prediction_log import latest_scores, read_window, write_scores
 
     hours = window_hours if window_hours is not None else params.monitor.window_hours
     if hours <= 0:
@@ -104,6 +104,8 @@ def run_monitor(
     engine = open_store(store_url, root)
     try:
         window = read_window(engine, since, until)
+        previous = latest_scores(engine)
+        before = frozenset((r["model_tag"], r["name"]) for r in previous if r["broken"])
         store = engine.url.render_as_string(hide_password=True)
         log.info("monitor: %d predictions between %s and %s", len(window), since, until)
         notes = []
@@ -117,7 +119,9 @@ def run_monitor(
                 monitor_model(tag, rows, load_reference(tag), params, tmp / DOCS_DIR)
                 for tag, rows in window.groupby("model_tag", sort=True)
             ]
-            result = MonitorResult(until, since, until, store, models, Path(out_dir), params, notes)
+            result = MonitorResult(
+                until, since, until, store, models, Path(out_dir), params, notes, before
+            )
             write_report(tmp, result)
         write_scores(engine, until, score_rows(result))
     finally:

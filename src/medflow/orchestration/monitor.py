@@ -1,9 +1,10 @@
 """The Prefect flow `medflow-monitor`: one monitor run (medflow.monitor.run) on a project.
 
 Its counts and rules are its result and the markdown artifact `monitor-report`; when a rule
-breaks it emits `medflow.monitor.drift` (resource `medflow.monitor.<model name>`, the
-project's root; payload: the broken rules, no identifier), which the training deployment's
-trigger and the drift notification (medflow.orchestration.deployments) listen for.
+breaks that the previous run did not find broken, it emits `medflow.monitor.drift` (resource
+`medflow.monitor.<model name>`, the project's root; payload: the broken rules, those broken
+anew, no identifier), which the training deployment's trigger and the drift notification
+(medflow.orchestration.deployments) listen for.
 `medflow monitor` runs this flow once; the deployment `medflow-monitor/monitor` on
 monitor.cron.
 """
@@ -100,11 +101,16 @@ def monitor_flow(
 
 def event_payloads(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Model name -> the payload of its drift event: the broken rules of its tags (name,
-    score, threshold) and the window's counts. No identifier."""
+    score, threshold), those that broke anew, and the window's counts. No identifier.
+
+    Only a model with a rule that broke anew (not broken in the store's previous run) gets
+    one: a lasting shift asks for retraining once, not on every monitor run."""
     found: dict[str, dict[str, Any]] = {}
     for model in summary["models"]:
         broken = [r for r in model["rules"] if r["broken"]]
-        if not broken:
+        tag = model["model_tag"]
+        new = [b["name"] for b in summary["broken"] if b["model_tag"] == tag and b["new"]]
+        if not new:  # nothing broke, or only what the previous run reported already
             continue
         name = model["model_tag"].split(":", 1)[0]
         payload = found.setdefault(
@@ -113,10 +119,12 @@ def event_payloads(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 "model": name,
                 "window_hours": summary["window"]["hours"],
                 "broken": [],
+                "newly_broken": [],
                 "predictions": 0,
             },
         )
         payload["predictions"] += model["predictions"]
+        payload["newly_broken"] += [{"model_tag": tag, "name": n} for n in new]
         payload["broken"] += [
             {
                 "model_tag": model["model_tag"],

@@ -21,13 +21,14 @@ from medflow.orchestration.deployments import (
 from medflow.orchestration.watch import EVENT as DATA_EVENT
 
 
-def _summary(*models: dict) -> dict:
+def _summary(*models: dict, already: frozenset[tuple[str, str]] = frozenset()) -> dict:
     broken = [
         {
             "model_tag": m["model_tag"],
             "name": r["name"],
             "score": r["score"],
             "threshold": r["threshold"],
+            "new": (m["model_tag"], r["name"]) not in already,
         }
         for m in models
         for r in m["rules"]
@@ -133,6 +134,24 @@ def test_one_event_per_model_name_with_the_broken_rules_only() -> None:
         ("medflow-classifier:v2", "auroc_drop"),
     ]
     assert set(payload["broken"][0]) == {"model_tag", "name", "score", "threshold"}
+    assert len(payload["newly_broken"]) == 3
+
+
+def test_rules_broken_in_the_previous_run_too_emit_nothing_new() -> None:
+    """A lasting shift asks for retraining once, not on every monitor run; a rule that breaks
+    anew (or a new model tag) asks again, its payload naming every broken rule."""
+    models = (
+        _model("medflow-classifier:v1", 120, "psi", "intensity"),
+        _model("other-model:v1", 50, "psi"),
+    )
+    again = {("medflow-classifier:v1", "psi"), ("medflow-classifier:v1", "intensity")}
+    assert list(monitor.event_payloads(_summary(*models, already=frozenset(again)))) == [
+        "other-model"
+    ]
+    partly = frozenset({("medflow-classifier:v1", "psi")})
+    payload = monitor.event_payloads(_summary(*models, already=partly))["medflow-classifier"]
+    assert payload["newly_broken"] == [{"model_tag": "medflow-classifier:v1", "name": "intensity"}]
+    assert {b["name"] for b in payload["broken"]} == {"psi", "intensity"}
 
 
 def test_the_artifact_and_the_command_show_the_rules() -> None:
@@ -148,4 +167,6 @@ def test_the_artifact_and_the_command_show_the_rules() -> None:
     assert "120 predictions from 2026-11-29T12:00 to 2026-11-30T12:00 UTC (24 h)" in out
     assert "psi               BROKEN 0.5 > 0.25" in out
     assert "auroc_drop        not judged: auroc_drop detail" in out
-    assert out.endswith("1 rule(s) broke: medflow.monitor.drift emitted (1 event(s))")
+    assert out.endswith(
+        "1 rule(s) broke, 1 of them newly: medflow.monitor.drift emitted (1 event(s))"
+    )

@@ -97,6 +97,9 @@ def test_a_shifted_site_with_wrong_feedback_breaks_every_rule(tmp_path: Path) ->
         html.count("data:image/png;base64,") == 4
     )  # probabilities, makers, intensity, reliability
     assert all(r["broken"] for r in latest_scores(engine_for(URL, tmp_path)))
+    assert all(b["new"] for b in summary["broken"])
+    # the next run finds the same rules broken: not news (no second drift event)
+    assert not any(b["new"] for b in _run(tmp_path).summary()["broken"])
 
     data = _output_bytes(tmp_path)
     ids = [*before.prediction_ids, *before.image_hashes, *after.prediction_ids, *after.image_hashes]
