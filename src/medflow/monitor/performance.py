@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medflow.config import EvaluateParams, MonitorParams
-from medflow.evaluation.metrics import METRICS, bootstrap_intervals, point_metrics
+from medflow.evaluation.metrics import METRICS, metrics_with_ci
 from medflow.monitor.rules import AUROC_DROP, Rule, not_judged
 
 
@@ -52,23 +52,13 @@ def live_performance(
         raise ValueError(
             f"probabilities have shape {probs.shape}, expected ({len(labels)}, {len(class_names)})"
         )
-    point = point_metrics(labels, probs, threshold, params.n_bins)
-    intervals = bootstrap_intervals(
-        labels,
-        probs,
-        threshold,
-        params.n_bins,
-        groups=groups,
-        n_bootstrap=params.n_bootstrap,
-        level=params.ci_level,
-        seed=params.seed,
-    )
+    flat = metrics_with_ci(labels, probs, threshold, params, groups)
     return LivePerformance(
         n_labelled=len(labels),
         labelled_per_class={name: int(np.sum(labels == i)) for i, name in enumerate(class_names)},
         threshold=threshold,
-        metrics={m: float(point[m]) for m in METRICS},
-        intervals={m: (float(lo), float(hi)) for m, (lo, hi) in intervals.items()},
+        metrics={m: float(flat[m]) for m in METRICS},
+        intervals={m: (float(flat[f"{m}_ci_low"]), float(flat[f"{m}_ci_high"])) for m in METRICS},
         ci_level=params.ci_level,
     )
 
